@@ -1,0 +1,40 @@
+//! Generated protobuf code: the etcd v3 API (`etcdserverpb`, `mvccpb`, `authpb`) and Cairn's internal
+//! messages (`cairnpb`), plus serde for the two internal messages that travel inside Raft entries.
+
+#![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+pub mod authpb {
+    tonic::include_proto!("authpb");
+}
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+pub mod cairnpb {
+    tonic::include_proto!("cairnpb");
+}
+
+use prost::Message;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Raft entries are serialized with serde; these messages ride inside them as their protobuf bytes,
+/// so the log stores exactly what the wire carried.
+macro_rules! serde_as_protobuf {
+    ($($message:ty),*) => {$(
+        impl Serialize for $message {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_bytes(&self.encode_to_vec())
+            }
+        }
+        impl<'de> Deserialize<'de> for $message {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let bytes = bytes::Bytes::deserialize(deserializer)?;
+                <$message>::decode(bytes).map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+serde_as_protobuf!(cairnpb::RaftRequest, cairnpb::RaftResponse);
