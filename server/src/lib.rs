@@ -2,3 +2,29 @@
 
 pub mod mvcc;
 pub mod pb;
+pub mod state;
+pub mod store;
+
+use serde::{Deserialize, Serialize};
+
+/// How the Raft layer reaches a member: its advertised peer URLs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    pub peer_urls: Vec<String>,
+}
+
+openraft::declare_raft_types!(
+    /// Cairn's Raft types: log entries carry `RaftRequest`s, member IDs are etcd-style u64s.
+    pub TypeConfig:
+        D = pb::cairnpb::RaftRequest,
+        R = pb::cairnpb::RaftResponse,
+        NodeId = u64,
+        Node = PeerNode,
+);
+
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;

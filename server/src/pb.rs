@@ -38,3 +38,23 @@ macro_rules! serde_as_protobuf {
 }
 
 serde_as_protobuf!(cairnpb::RaftRequest, cairnpb::RaftResponse);
+
+impl std::fmt::Display for cairnpb::RaftRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use cairnpb::raft_request::Request;
+        let kind = match &self.request {
+            None => "empty",
+            Some(Request::Put(_)) => "put",
+            Some(Request::DeleteRange(_)) => "delete-range",
+            Some(Request::Txn(_)) => "txn",
+            Some(Request::Compaction(_)) => "compaction",
+            Some(Request::LeaseGrant(_)) => "lease-grant",
+            Some(Request::LeaseRevoke(_)) => "lease-revoke",
+            Some(Request::Alarm(_)) => "alarm",
+            Some(Request::MemberAttributes(_)) => "member-attributes",
+            Some(Request::MemberPeerUrls(_)) => "member-peer-urls",
+            Some(Request::MemberRemoved(_)) => "member-removed",
+        };
+        f.write_str(kind)
+    }
+}

@@ -1,0 +1,208 @@
+//! The replicated application state: the MVCC store, member attributes and alarms. `apply` turns one
+//! log entry into one response; every member applies the same entries and reaches the same state.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::mvcc::{Mvcc, MvccError};
+use crate::pb::cairnpb::{RaftRequest, RaftResponse, raft_request::Request, raft_response::Response};
+use crate::pb::etcdserverpb::{
+    AlarmMember, AlarmResponse, AlarmType, CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse,
+    alarm_request::AlarmAction,
+};
+
+/// What the cluster knows of a member beyond its Raft role.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttributes {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AppState {
+    pub mvcc: Mvcc,
+    pub members: BTreeMap<u64, MemberAttributes>,
+    /// IDs of members removed from the cluster; they may never rejoin.
+    pub removed: BTreeSet<u64>,
+    /// Active alarms as (member ID, alarm type).
+    pub alarms: BTreeSet<(u64, i32)>,
+}
+
+fn refused(error: MvccError, revision: i64) -> RaftResponse {
+    RaftResponse {
+        response: Some(Response::Error(error.code())),
+        revision,
+    }
+}
+
+impl AppState {
+    pub fn has_alarm(&self, alarm: AlarmType) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == alarm as i32)
+    }
+
+    pub fn alarm_members(&self) -> Vec<AlarmMember> {
+        self.alarms
+            .iter()
+            .map(|(member_id, alarm)| AlarmMember {
+                member_id: *member_id,
+                alarm: *alarm,
+            })
+            .collect()
+    }
+
+    /// Applies one entry. Refusals are answers, not failures: they go back to the client.
+    pub fn apply(&mut self, request: &RaftRequest) -> RaftResponse {
+        let outcome = self.apply_request(request);
+        let revision = self.mvcc.revision();
+        match outcome {
+            Ok(response) => RaftResponse {
+                response: Some(response),
+                revision,
+            },
+            Err(error) => refused(error, revision),
+        }
+    }
+
+    fn apply_request(&mut self, request: &RaftRequest) -> Result<Response, MvccError> {
+        let Some(request) = &request.request else {
+            return Ok(Response::Done(Default::default()));
+        };
+        // A full store only accepts requests that free space (etcd's NOSPACE alarm).
+        let no_space = self.has_alarm(AlarmType::Nospace);
+        Ok(match request {
+            Request::Put(put) => {
+                if no_space {
+                    return Err(MvccError::NoSpace);
+                }
+                Response::Put(self.mvcc.put(put)?)
+            }
+            Request::DeleteRange(delete) => Response::DeleteRange(self.mvcc.delete_range(delete)),
+            Request::Txn(txn) => {
+                if no_space && txn_writes(txn) {
+                    return Err(MvccError::NoSpace);
+                }
+                Response::Txn(self.mvcc.txn(txn)?)
+            }
+            Request::Compaction(compaction) => {
+                self.mvcc.compact(compaction.revision)?;
+                Response::Compaction(CompactionResponse::default())
+            }
+            Request::LeaseGrant(grant) => {
+                if no_space {
+                    return Err(MvccError::NoSpace);
+                }
+                self.mvcc.lease_grant(grant.id, grant.ttl)?;
+                Response::LeaseGrant(LeaseGrantResponse {
+                    id: grant.id,
+                    ttl: grant.ttl,
+                    ..Default::default()
+                })
+            }
+            Request::LeaseRevoke(revoke) => {
+                self.mvcc.lease_revoke(revoke.id)?;
+                Response::LeaseRevoke(LeaseRevokeResponse::default())
+            }
+            Request::Alarm(alarm) => {
+                let entry = (alarm.member_id, alarm.alarm);
+                match AlarmAction::try_from(alarm.action) {
+                    Ok(AlarmAction::Activate) if alarm.alarm != AlarmType::None as i32 => {
+                        self.alarms.insert(entry);
+                    }
+                    Ok(AlarmAction::Deactivate) => {
+                        self.alarms.remove(&entry);
+                    }
+                    _ => {}
+                }
+                Response::Alarm(AlarmResponse {
+                    header: None,
+                    alarms: self.alarm_members(),
+                })
+            }
+            Request::MemberAttributes(attributes) => {
+                if !self.removed.contains(&attributes.id) {
+                    let member = self.members.entry(attributes.id).or_default();
+                    member.name = attributes.name.clone();
+                    member.client_urls = attributes.client_urls.clone();
+                }
+                Response::Done(Default::default())
+            }
+            Request::MemberPeerUrls(urls) => {
+                if !self.removed.contains(&urls.id) {
+                    self.members.entry(urls.id).or_default().peer_urls = urls.peer_urls.clone();
+                }
+                Response::Done(Default::default())
+            }
+            Request::MemberRemoved(removed) => {
+                self.members.remove(&removed.id);
+                self.removed.insert(removed.id);
+                Response::Done(Default::default())
+            }
+        })
+    }
+}
+
+/// Whether any branch of a transaction writes (a read-only txn is allowed on a full store).
+fn txn_writes(txn: &crate::pb::etcdserverpb::TxnRequest) -> bool {
+    use crate::pb::etcdserverpb::request_op::Request as Op;
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .any(|op| match &op.request {
+            Some(Op::RequestPut(_)) => true,
+            Some(Op::RequestTxn(nested)) => txn_writes(nested),
+            _ => false,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::cairnpb::MemberRemoved;
+    use crate::pb::etcdserverpb::{AlarmRequest, PutRequest};
+
+    fn put(key: &str) -> RaftRequest {
+        RaftRequest {
+            request: Some(Request::Put(PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn nospace_alarm_blocks_writes_until_disarmed() {
+        let mut state = AppState::default();
+        let alarm = |action: AlarmAction| RaftRequest {
+            request: Some(Request::Alarm(AlarmRequest {
+                action: action as i32,
+                member_id: 7,
+                alarm: AlarmType::Nospace as i32,
+            })),
+        };
+        state.apply(&alarm(AlarmAction::Activate));
+        let refused = state.apply(&put("k"));
+        assert_eq!(refused.response, Some(Response::Error(MvccError::NoSpace.code())));
+        state.apply(&alarm(AlarmAction::Deactivate));
+        assert!(matches!(state.apply(&put("k")).response, Some(Response::Put(_))));
+        assert_eq!(state.mvcc.revision(), 2);
+    }
+
+    #[test]
+    fn a_removed_member_cannot_be_brought_back_by_a_late_attribute_update() {
+        let mut state = AppState::default();
+        state.apply(&RaftRequest {
+            request: Some(Request::MemberRemoved(MemberRemoved { id: 3 })),
+        });
+        state.apply(&RaftRequest {
+            request: Some(Request::MemberAttributes(crate::pb::cairnpb::MemberAttributes {
+                id: 3,
+                name: "ghost".into(),
+                client_urls: vec![],
+            })),
+        });
+        assert!(state.members.is_empty());
+        assert!(state.removed.contains(&3));
+    }
+}

@@ -1,0 +1,19 @@
+//! Durable storage behind openraft: the Raft log on a write-ahead log, and the state machine with its
+//! on-disk snapshots. Implements the openraft storage traits and nothing else.
+
+mod log_store;
+mod snapshot;
+mod state_machine;
+pub mod wal;
+
+pub use log_store::LogStore;
+pub use state_machine::{Machine, SharedMachine, StateMachine};
+
+/// Where the storage layer keeps its files inside `--data-dir`.
+pub fn wal_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("member").join("wal")
+}
+
+pub fn snap_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("member").join("snap")
+}

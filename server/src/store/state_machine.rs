@@ -1,0 +1,160 @@
+//! The state machine behind openraft: applies committed entries to the application state, builds
+//! and installs snapshots, and shares the state with readers.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use futures::StreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::snapshot;
+use crate::pb::cairnpb::RaftResponse;
+use crate::state::AppState;
+use crate::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+
+/// The application state plus what Raft needs to know about it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Machine {
+    pub app: AppState,
+    pub last_applied: Option<LogId>,
+    pub last_membership: StoredMembership,
+}
+
+/// Readers (the client API) and the Raft apply loop share the machine through this handle.
+pub type SharedMachine = Arc<RwLock<Machine>>;
+
+#[derive(Clone)]
+pub struct StateMachine {
+    machine: SharedMachine,
+    snap_dir: PathBuf,
+}
+
+fn read(machine: &SharedMachine) -> std::sync::RwLockReadGuard<'_, Machine> {
+    machine.read().expect("state machine lock poisoned")
+}
+
+fn write(machine: &SharedMachine) -> std::sync::RwLockWriteGuard<'_, Machine> {
+    machine.write().expect("state machine lock poisoned")
+}
+
+fn invalid(error: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, error.to_string())
+}
+
+impl StateMachine {
+    /// Opens the state machine at the newest snapshot in `snap_dir`; Raft re-applies the log after it.
+    pub fn open(snap_dir: &Path) -> io::Result<StateMachine> {
+        let machine = match snapshot::load_latest(snap_dir)? {
+            Some(file) => postcard::from_bytes(&file.data).map_err(invalid)?,
+            None => Machine::default(),
+        };
+        Ok(StateMachine {
+            machine: Arc::new(RwLock::new(machine)),
+            snap_dir: snap_dir.to_owned(),
+        })
+    }
+
+    pub fn shared(&self) -> SharedMachine {
+        self.machine.clone()
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let (meta, data) = {
+            let machine = read(&self.machine);
+            let meta = SnapshotMeta {
+                last_log_id: machine.last_applied.clone(),
+                last_membership: machine.last_membership.clone(),
+            };
+            (meta, postcard::to_stdvec(&*machine).map_err(io::Error::other)?)
+        };
+        let dir = self.snap_dir.clone();
+        let (meta, data) =
+            tokio::task::spawn_blocking(move || snapshot::save(&dir, &meta, &data).map(|()| (meta, data)))
+                .await
+                .map_err(io::Error::other)??;
+        tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot saved");
+        Ok(Snapshot { meta, snapshot: data })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let machine = read(&self.machine);
+        Ok((machine.last_applied.clone(), machine.last_membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: futures::Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let response = {
+                let mut machine = write(&self.machine);
+                machine.last_applied = Some(entry.log_id.clone());
+                match entry.payload {
+                    EntryPayload::Normal(request) => machine.app.apply(&request),
+                    EntryPayload::Membership(membership) => {
+                        machine.last_membership =
+                            StoredMembership::new(Some(entry.log_id.clone()), membership);
+                        RaftResponse {
+                            response: None,
+                            revision: machine.app.mvcc.revision(),
+                        }
+                    }
+                    EntryPayload::Blank => RaftResponse {
+                        response: None,
+                        revision: machine.app.mvcc.revision(),
+                    },
+                }
+            };
+            if let Some(responder) = responder {
+                responder.send(response);
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), io::Error> {
+        let installed: Machine = postcard::from_bytes(&data).map_err(invalid)?;
+        if installed.last_applied != meta.last_log_id {
+            return Err(invalid(format!(
+                "snapshot data is at {:?} but its metadata says {:?}",
+                installed.last_applied, meta.last_log_id
+            )));
+        }
+        let dir = self.snap_dir.clone();
+        let saved_meta = meta.clone();
+        tokio::task::spawn_blocking(move || snapshot::save(&dir, &saved_meta, &data))
+            .await
+            .map_err(io::Error::other)??;
+        *write(&self.machine) = installed;
+        tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        let dir = self.snap_dir.clone();
+        let file = tokio::task::spawn_blocking(move || snapshot::load_latest(&dir))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(file.map(|f| Snapshot {
+            meta: f.meta,
+            snapshot: f.data,
+        }))
+    }
+}

@@ -1,0 +1,338 @@
+//! The write-ahead log on disk: checksummed records in numbered segment files. One writer thread
+//! batches whatever is queued, writes it, fsyncs once and only then reports the batch durable
+//! (group commit). Replay stops at a torn tail left by a crash and refuses real corruption.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Instant;
+
+/// Segments roll over at this size; whole segments are deleted once every entry in them is purged.
+const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+const FRAME_HEADER: usize = 8;
+
+/// A record to persist: its encoded bytes and, for entry records, the highest log index it holds.
+pub struct Record {
+    pub payload: Vec<u8>,
+    pub max_index: Option<u64>,
+    /// Log indexes at or below this are purged: segments holding only such entries can go.
+    pub purged_through: Option<u64>,
+}
+
+/// Called with the outcome once the batch holding the record is durable.
+pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+enum Job {
+    Write {
+        record: Record,
+        done: Option<Done>,
+    },
+    /// Records to put at the head of every new segment so deleting old segments loses nothing.
+    SetPreamble(Vec<Vec<u8>>),
+}
+
+/// Where fsync timings go (the WAL fsync histogram).
+pub type FsyncObserver = Box<dyn Fn(std::time::Duration) + Send>;
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct Wal {
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Segment {
+    seq: u64,
+    max_index: Option<u64>,
+}
+
+struct Writer {
+    dir: PathBuf,
+    file: BufWriter<File>,
+    size: u64,
+    segments: Vec<Segment>,
+    preamble: Vec<Vec<u8>>,
+    purged_through: Option<u64>,
+    observe_fsync: FsyncObserver,
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:016x}.wal"))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let mut framed = Vec::with_capacity(payload.len() + FRAME_HEADER);
+    framed.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    framed.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    framed.extend_from_slice(payload);
+    framed
+}
+
+/// The records found on disk, in write order, and what replay had to repair.
+pub struct Replayed {
+    pub records: Vec<Vec<u8>>,
+    pub torn_tail_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WalError {
+    #[error("write-ahead log {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "write-ahead log {path} is corrupt at byte {offset}: checksum mismatch before later valid records; \
+         refusing to start rather than lose acknowledged writes"
+    )]
+    Corrupt { path: PathBuf, offset: u64 },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
+    move |source| WalError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Parses one frame at `offset`; `None` if what is there is not a whole, valid frame.
+fn parse_frame(data: &[u8], offset: usize) -> Option<(&[u8], usize)> {
+    let header = data.get(offset..offset + FRAME_HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    let payload = data.get(offset + FRAME_HEADER..offset + FRAME_HEADER + len)?;
+    (crc32fast::hash(payload) == crc).then_some((payload, offset + FRAME_HEADER + len))
+}
+
+fn list_segments(dir: &Path) -> Result<Vec<u64>, WalError> {
+    let mut seqs = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_at(dir))? {
+        let entry = entry.map_err(io_at(dir))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if let Some(hex) = name.strip_suffix(".wal")
+            && let Ok(seq) = u64::from_str_radix(hex, 16)
+        {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+impl Wal {
+    /// Reads every record in `dir` (creating it if needed), repairs a torn tail, and starts the writer
+    /// on a fresh segment. `max_index_of` tells which log index a replayed record holds, so old
+    /// segments can be deleted once purged.
+    pub fn open(
+        dir: &Path,
+        max_index_of: impl Fn(&[u8]) -> Option<u64>,
+        observe_fsync: FsyncObserver,
+    ) -> Result<(Wal, Replayed), WalError> {
+        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        let seqs = list_segments(dir)?;
+        let mut records = Vec::new();
+        let mut segments = Vec::new();
+        let mut torn_tail_bytes = 0;
+        for (position, seq) in seqs.iter().enumerate() {
+            let path = segment_path(dir, *seq);
+            let mut data = Vec::new();
+            File::open(&path)
+                .and_then(|mut f| f.read_to_end(&mut data))
+                .map_err(io_at(&path))?;
+            let mut offset = 0;
+            let mut max_index = None;
+            while offset < data.len() {
+                match parse_frame(&data, offset) {
+                    Some((payload, next)) => {
+                        max_index = max_index.max(max_index_of(payload));
+                        records.push(payload.to_vec());
+                        offset = next;
+                    }
+                    None => break,
+                }
+            }
+            if offset < data.len() {
+                let is_last = position + 1 == seqs.len();
+                if !is_last || tail_has_valid_frame(&data, offset) {
+                    return Err(WalError::Corrupt {
+                        path,
+                        offset: offset as u64,
+                    });
+                }
+                // A write the crash interrupted: it was never acknowledged, so drop it.
+                torn_tail_bytes = (data.len() - offset) as u64;
+                let file = OpenOptions::new().write(true).open(&path).map_err(io_at(&path))?;
+                file.set_len(offset as u64).map_err(io_at(&path))?;
+                file.sync_all().map_err(io_at(&path))?;
+            }
+            segments.push(Segment { seq: *seq, max_index });
+        }
+        let next_seq = seqs.last().map_or(0, |s| s + 1);
+        let path = segment_path(dir, next_seq);
+        let file = File::create(&path).map_err(io_at(&path))?;
+        sync_dir(dir).map_err(io_at(dir))?;
+        segments.push(Segment {
+            seq: next_seq,
+            max_index: None,
+        });
+        let writer = Writer {
+            dir: dir.to_owned(),
+            file: BufWriter::with_capacity(1 << 20, file),
+            size: 0,
+            segments,
+            preamble: Vec::new(),
+            purged_through: None,
+            observe_fsync,
+        };
+        let (jobs, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("wal-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(io_at(dir))?;
+        Ok((
+            Wal { jobs },
+            Replayed {
+                records,
+                torn_tail_bytes,
+            },
+        ))
+    }
+
+    /// Queues a record; `done` runs once it is on disk (fsynced).
+    pub fn write(&self, record: Record, done: Option<Done>) {
+        if let Err(mpsc::SendError(Job::Write { done: Some(done), .. })) =
+            self.jobs.send(Job::Write { record, done })
+        {
+            done(Err(io::Error::other("write-ahead log writer has stopped")));
+        }
+    }
+
+    /// Queues a record and waits until it is durable.
+    pub async fn write_durable(&self, record: Record) -> io::Result<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.write(record, Some(Box::new(move |result| drop(tx.send(result)))));
+        rx.await
+            .map_err(|_| io::Error::other("write-ahead log writer has stopped"))?
+    }
+
+    /// Records every new segment starts with (latest vote, commit point, purge point).
+    pub fn set_preamble(&self, records: Vec<Vec<u8>>) {
+        let _ = self.jobs.send(Job::SetPreamble(records));
+    }
+}
+
+fn tail_has_valid_frame(data: &[u8], bad_offset: usize) -> bool {
+    // If a well-formed record follows the damaged one, the damage is not a torn final write.
+    let Some(header) = data.get(bad_offset..bad_offset + FRAME_HEADER) else {
+        return false;
+    };
+    let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
+    parse_frame(data, bad_offset + FRAME_HEADER + len).is_some()
+}
+
+impl Writer {
+    fn run(mut self, jobs: mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut batch = vec![first];
+            batch.extend(jobs.try_iter());
+            let mut waiting = Vec::new();
+            let mut result = Ok(());
+            for job in batch {
+                match job {
+                    Job::SetPreamble(records) => self.preamble = records,
+                    Job::Write { record, done } => {
+                        if result.is_ok() {
+                            result = self.append(&record);
+                        }
+                        if let Some(done) = done {
+                            waiting.push(done);
+                        }
+                    }
+                }
+            }
+            if result.is_ok() {
+                result = self.sync();
+            }
+            let failed = result.as_ref().err().map(|e| e.to_string());
+            for done in waiting {
+                done(match &failed {
+                    None => Ok(()),
+                    Some(message) => Err(io::Error::other(message.clone())),
+                });
+            }
+            if let Some(message) = failed {
+                // A log that cannot be written cannot promise durability: stop taking writes.
+                tracing::error!(error = %message, "write-ahead log failed; refusing further writes");
+                for job in jobs.iter() {
+                    if let Job::Write { done: Some(done), .. } = job {
+                        done(Err(io::Error::other(message.clone())));
+                    }
+                }
+                return;
+            }
+            if let Err(error) = self.maybe_roll() {
+                tracing::error!(%error, "write-ahead log segment roll failed");
+            }
+        }
+    }
+
+    fn append(&mut self, record: &Record) -> io::Result<()> {
+        let framed = frame(&record.payload);
+        self.file.write_all(&framed)?;
+        self.size += framed.len() as u64;
+        if let Some(index) = record.max_index {
+            let current = self.segments.last_mut().expect("a current segment always exists");
+            current.max_index = current.max_index.max(Some(index));
+        }
+        if record.purged_through.is_some() {
+            self.purged_through = self.purged_through.max(record.purged_through);
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.file.flush()?;
+        let started = Instant::now();
+        self.file.get_ref().sync_data()?;
+        (self.observe_fsync)(started.elapsed());
+        Ok(())
+    }
+
+    /// Starts a new segment when the current one is full, and deletes segments whose entries are all
+    /// purged (their vote and purge records live on in every newer segment's preamble).
+    fn maybe_roll(&mut self) -> io::Result<()> {
+        if self.size >= SEGMENT_BYTES {
+            let seq = self.segments.last().map_or(0, |s| s.seq + 1);
+            let path = segment_path(&self.dir, seq);
+            let mut file = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+            for record in &self.preamble {
+                file.write_all(&frame(record))?;
+            }
+            file.flush()?;
+            file.get_ref().sync_data()?;
+            sync_dir(&self.dir)?;
+            self.size = file.get_ref().metadata()?.len();
+            self.file = file;
+            self.segments.push(Segment { seq, max_index: None });
+        }
+        let Some(purged) = self.purged_through else {
+            return Ok(());
+        };
+        let keep_from = self
+            .segments
+            .iter()
+            .position(|s| s.max_index.is_some_and(|m| m > purged))
+            .unwrap_or(self.segments.len() - 1);
+        // Only segments older than the newest preamble-bearing one may go; the current one always stays.
+        let removable = keep_from.min(self.segments.len() - 1);
+        if removable > 0 && self.segments.len() > 1 {
+            for segment in self.segments.drain(..removable) {
+                fs::remove_file(segment_path(&self.dir, segment.seq))?;
+            }
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+}
