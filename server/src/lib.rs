@@ -1,7 +1,14 @@
 //! Cairn: an etcd-v3-compatible, durable Raft key-value server.
 
+pub mod config;
+pub mod http;
+pub mod metrics;
 pub mod mvcc;
+pub mod network;
+pub mod node;
 pub mod pb;
+pub mod server;
+pub mod service;
 pub mod state;
 pub mod store;
 
@@ -28,3 +35,10 @@ pub type Entry = openraft::alias::EntryOf<TypeConfig>;
 pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+
+pub mod bootstrap {
+    //! How a member finds its cluster: identity derivation, the initial member list (static or DNS
+    //! SRV), and the data-directory metadata that pins a member to one cluster for life.
+    pub mod data_dir;
+    pub mod identity;
+}

@@ -1,1 +1,51 @@
-fn main() {}
+//! The `cairn` server binary: flags → validated config → member start → serve until stopped.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use cairn::config::{Args, LogFormat};
+use cairn::node::Node;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_new(format!("{level},openraft=warn,h2=warn,hyper=warn,tower=warn"))
+        .with_context(|| format!("invalid --log-level {level:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let config = Args::parse().with_config_file()?.validate()?;
+    init_logging(&config.log_level, config.log_format)?;
+    let node = Node::open(config, Arc::default()).await?;
+    cairn::server::serve(node.clone()).await?;
+    node.bootstrap().await?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        reason = node.stopped() => anyhow::bail!("{reason}"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = terminate.recv() => tracing::info!("terminated; stopping"),
+    }
+    // Leadership moves on faster when the leader steps down before it goes.
+    let _ = node.raft.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cairn: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

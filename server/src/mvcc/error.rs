@@ -2,7 +2,7 @@
 //! refusal can travel through the Raft log and the peer plane unchanged.
 
 /// A request the store refuses. Messages are byte-identical to etcd's: clients match on the text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum MvccError {
     #[error("etcdserver: key not found")]
     KeyNotFound,

@@ -6,7 +6,7 @@ mod snapshot;
 mod state_machine;
 pub mod wal;
 
-pub use log_store::LogStore;
+pub use log_store::{LogStore, LogStoreError};
 pub use state_machine::{Machine, SharedMachine, StateMachine};
 
 /// Where the storage layer keeps its files inside `--data-dir`.

@@ -1,0 +1,430 @@
+//! Server flags (also `CAIRN_<FLAG>` environment variables, or a YAML `--config-file`) and their
+//! validation into a `Config` the rest of the server trusts.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags mirror etcd's names and defaults; every flag can also be set as `CAIRN_<FLAG>`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "cairn",
+    version,
+    about = "An etcd-v3-compatible, durable Raft key-value server"
+)]
+pub struct Args {
+    /// Human-readable name of this member; must appear in --initial-cluster.
+    #[arg(long, env = "CAIRN_NAME", default_value = "default")]
+    pub name: String,
+    /// Directory for the write-ahead log and snapshots (default: <name>.cairn).
+    #[arg(long, env = "CAIRN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Comma-separated URLs to listen on for client traffic (gRPC and HTTP).
+    #[arg(
+        long,
+        env = "CAIRN_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub listen_client_urls: String,
+    /// Comma-separated client URLs published to the cluster and clients.
+    #[arg(
+        long,
+        env = "CAIRN_ADVERTISE_CLIENT_URLS",
+        default_value = "http://localhost:2379"
+    )]
+    pub advertise_client_urls: String,
+    /// Comma-separated URLs to listen on for peer (Raft) traffic.
+    #[arg(long, env = "CAIRN_LISTEN_PEER_URLS", default_value = "http://localhost:2380")]
+    pub listen_peer_urls: String,
+    /// This member's peer URLs as told to the rest of the cluster.
+    #[arg(
+        long,
+        env = "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://localhost:2380"
+    )]
+    pub initial_advertise_peer_urls: String,
+    /// Initial members as name=peerURL,... (default: this member alone).
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER", default_value = "")]
+    pub initial_cluster: String,
+    /// `new` to bootstrap a cluster, `existing` to join one (after `member add`).
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    pub initial_cluster_state: ClusterState,
+    /// Token unique to this cluster; members with another token are another cluster.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "CAIRN_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    pub heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, env = "CAIRN_ELECTION_TIMEOUT", default_value_t = 1000)]
+    pub election_timeout: u64,
+    /// Committed entries between snapshots (the log before a snapshot is then discarded).
+    #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    pub snapshot_count: u64,
+    /// Size at which the store raises the NOSPACE alarm (0 = 2 GiB).
+    #[arg(long, env = "CAIRN_QUOTA_BACKEND_BYTES", default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "CAIRN_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    pub max_request_bytes: usize,
+    /// Largest number of operations in one transaction.
+    #[arg(long, env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
+    pub max_txn_ops: usize,
+    /// Extra comma-separated URLs serving /metrics and the health endpoints over plain HTTP.
+    #[arg(long, env = "CAIRN_LISTEN_METRICS_URLS", default_value = "")]
+    pub listen_metrics_urls: String,
+    /// debug, info, warn or error.
+    #[arg(long, env = "CAIRN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log output format.
+    #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// YAML file of flag-name: value pairs; when given, other flags and variables are ignored (as in etcd).
+    #[arg(long, env = "CAIRN_CONFIG_FILE")]
+    pub config_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid URL {url:?} in --{flag}: {reason}")]
+    Url {
+        flag: &'static str,
+        url: String,
+        reason: String,
+    },
+    #[error("--{flag} must list at least one URL")]
+    NoUrls { flag: &'static str },
+    #[error("--initial-cluster entry {entry:?} is not of the form name=http://host:port")]
+    ClusterEntry { entry: String },
+    #[error("--name {name:?} is not listed in --initial-cluster ({cluster})")]
+    NameNotInCluster { name: String, cluster: String },
+    #[error(
+        "--initial-cluster lists {listed:?} for {name:?} but --initial-advertise-peer-urls is {advertised:?}; \
+         they must be the same"
+    )]
+    AdvertisedMismatch {
+        name: String,
+        listed: Vec<String>,
+        advertised: Vec<String>,
+    },
+    #[error("--initial-cluster-token must not be empty")]
+    EmptyToken,
+    #[error(
+        "--election-timeout ({election} ms) must be at least 5 times --heartbeat-interval ({heartbeat} ms)"
+    )]
+    Timeouts { election: u64, heartbeat: u64 },
+    #[error("--{flag} must be greater than zero")]
+    Zero { flag: &'static str },
+    #[error("cannot read --config-file {path}: {reason}")]
+    ConfigFile { path: PathBuf, reason: String },
+}
+
+/// A validated configuration: everything here has been checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client: Vec<SocketAddr>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer: Vec<SocketAddr>,
+    pub advertise_peer_urls: Vec<String>,
+    /// Initial members by name, each with its peer URLs.
+    pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub cluster_state: ClusterState,
+    pub token: String,
+    pub heartbeat: Duration,
+    pub election_timeout: Duration,
+    pub snapshot_count: u64,
+    pub quota_bytes: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+    pub listen_metrics: Vec<SocketAddr>,
+    pub log_level: String,
+    pub log_format: LogFormat,
+}
+
+const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks a URL is `http://host:port` and normalizes it (no trailing slash).
+fn check_url(flag: &'static str, raw: &str) -> Result<String, ConfigError> {
+    let bad = |reason: &str| ConfigError::Url {
+        flag,
+        url: raw.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
+    match url.scheme() {
+        "http" => {}
+        "https" => return Err(bad("TLS (https) is not supported yet; use http")),
+        other => return Err(bad(&format!("unsupported scheme {other:?}; use http"))),
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(bad("no host"));
+    }
+    let port = url.port().ok_or_else(|| bad("no port"))?;
+    if url.path() != "/" && !url.path().is_empty() {
+        return Err(bad("a path is not allowed"));
+    }
+    Ok(format!("http://{}:{port}", url.host_str().unwrap_or_default()))
+}
+
+fn urls(flag: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
+    let list = split_list(value)
+        .iter()
+        .map(|u| check_url(flag, u))
+        .collect::<Result<Vec<_>, _>>()?;
+    if list.is_empty() {
+        return Err(ConfigError::NoUrls { flag });
+    }
+    Ok(list)
+}
+
+fn listen_addrs(flag: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    let mut addrs = Vec::new();
+    for url in urls(flag, value)? {
+        let host_port = url.trim_start_matches("http://");
+        let resolved = host_port.to_socket_addrs().map_err(|e| ConfigError::Url {
+            flag,
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        // etcd binds IPs; localhost resolves to its loopback address(es).
+        addrs.extend(resolved.filter(|a| a.is_ipv4()).take(1));
+    }
+    Ok(addrs)
+}
+
+/// Parses `name=url,name=url2,other=url3` into members with their peer URLs.
+pub fn parse_initial_cluster(value: &str) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    let mut members: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in split_list(value) {
+        let (name, url) = entry
+            .split_once('=')
+            .ok_or_else(|| ConfigError::ClusterEntry { entry: entry.clone() })?;
+        if name.is_empty() {
+            return Err(ConfigError::ClusterEntry { entry });
+        }
+        members
+            .entry(name.to_owned())
+            .or_default()
+            .push(check_url("initial-cluster", url)?);
+    }
+    Ok(members)
+}
+
+impl Args {
+    /// Reads `--config-file` (YAML, keys are flag names) into arguments, as etcd does: the file wins.
+    pub fn with_config_file(self) -> Result<Args, ConfigError> {
+        let Some(path) = self.config_file.clone() else {
+            return Ok(self);
+        };
+        let failed = |reason: String| ConfigError::ConfigFile {
+            path: path.clone(),
+            reason,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| failed(e.to_string()))?;
+        let map: BTreeMap<String, serde_yaml::Value> =
+            serde_yaml::from_str(&text).map_err(|e| failed(e.to_string()))?;
+        let mut argv = vec!["cairn".to_owned()];
+        for (key, value) in map {
+            let value = match value {
+                serde_yaml::Value::String(s) => s,
+                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_yaml::Value::Bool(b) => b.to_string(),
+                other => {
+                    return Err(failed(format!(
+                        "value of {key:?} must be a string or number, got {other:?}"
+                    )));
+                }
+            };
+            argv.push(format!("--{key}={value}"));
+        }
+        Args::try_parse_from(argv).map_err(|e| failed(e.to_string()))
+    }
+
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if self.initial_cluster_token.is_empty() {
+            return Err(ConfigError::EmptyToken);
+        }
+        for (flag, value) in [
+            ("heartbeat-interval", self.heartbeat_interval),
+            ("snapshot-count", self.snapshot_count),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero { flag });
+            }
+        }
+        if self.max_txn_ops == 0 {
+            return Err(ConfigError::Zero { flag: "max-txn-ops" });
+        }
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::Zero {
+                flag: "max-request-bytes",
+            });
+        }
+        if self.election_timeout < 5 * self.heartbeat_interval {
+            return Err(ConfigError::Timeouts {
+                election: self.election_timeout,
+                heartbeat: self.heartbeat_interval,
+            });
+        }
+        let advertise_peer_urls = urls("initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?;
+        let initial_cluster = if self.initial_cluster.is_empty() {
+            BTreeMap::from([(self.name.clone(), advertise_peer_urls.clone())])
+        } else {
+            parse_initial_cluster(&self.initial_cluster)?
+        };
+        match initial_cluster.get(&self.name) {
+            None => {
+                return Err(ConfigError::NameNotInCluster {
+                    name: self.name,
+                    cluster: self.initial_cluster,
+                });
+            }
+            Some(listed) => {
+                let (mut a, mut b) = (listed.clone(), advertise_peer_urls.clone());
+                a.sort();
+                b.sort();
+                if a != b {
+                    return Err(ConfigError::AdvertisedMismatch {
+                        name: self.name,
+                        listed: listed.clone(),
+                        advertised: advertise_peer_urls,
+                    });
+                }
+            }
+        }
+        let listen_metrics = if self.listen_metrics_urls.is_empty() {
+            vec![]
+        } else {
+            listen_addrs("listen-metrics-urls", &self.listen_metrics_urls)?
+        };
+        Ok(Config {
+            data_dir: self
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name))),
+            listen_client: listen_addrs("listen-client-urls", &self.listen_client_urls)?,
+            advertise_client_urls: urls("advertise-client-urls", &self.advertise_client_urls)?,
+            listen_peer: listen_addrs("listen-peer-urls", &self.listen_peer_urls)?,
+            advertise_peer_urls,
+            initial_cluster,
+            cluster_state: self.initial_cluster_state,
+            token: self.initial_cluster_token,
+            heartbeat: Duration::from_millis(self.heartbeat_interval),
+            election_timeout: Duration::from_millis(self.election_timeout),
+            snapshot_count: self.snapshot_count,
+            quota_bytes: if self.quota_backend_bytes == 0 {
+                DEFAULT_QUOTA
+            } else {
+                self.quota_backend_bytes
+            },
+            max_request_bytes: self.max_request_bytes,
+            max_txn_ops: self.max_txn_ops,
+            listen_metrics,
+            log_level: self.log_level,
+            log_format: self.log_format,
+            name: self.name,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut argv = vec!["cairn"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn defaults_make_a_single_member_on_localhost() {
+        let config = args(&[]).validate().unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("default.cairn"));
+        assert_eq!(config.initial_cluster.len(), 1);
+        assert_eq!(config.listen_client[0].port(), 2379);
+        assert_eq!(config.quota_bytes, DEFAULT_QUOTA);
+    }
+
+    #[test]
+    fn name_missing_from_initial_cluster_is_refused() {
+        let error = args(&["--name", "x", "--initial-cluster", "a=http://127.0.0.1:2380"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--name \"x\" is not listed in --initial-cluster (a=http://127.0.0.1:2380)"
+        );
+    }
+
+    #[test]
+    fn bad_urls_and_timeouts_name_the_problem() {
+        let error = args(&["--listen-client-urls", "ftp://1.2.3.4:1"])
+            .validate()
+            .unwrap_err();
+        assert!(error.to_string().contains("--listen-client-urls"), "{error}");
+        let error = args(&["--election-timeout", "300"]).validate().unwrap_err();
+        assert!(error.to_string().contains("at least 5 times"), "{error}");
+        let error = parse_initial_cluster("a=http://h:1,oops").unwrap_err();
+        assert!(error.to_string().contains("\"oops\""), "{error}");
+    }
+
+    #[test]
+    fn advertised_urls_must_match_the_cluster_entry() {
+        let error = args(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://127.0.0.1:1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(matches!(error, ConfigError::AdvertisedMismatch { .. }));
+    }
+
+    #[test]
+    fn config_file_keys_are_flag_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cairn.yaml");
+        std::fs::write(&path, "name: infra1\ninitial-cluster: infra1=http://127.0.0.1:3380\ninitial-advertise-peer-urls: http://127.0.0.1:3380\nsnapshot-count: 5\n").unwrap();
+        let config = args(&["--config-file", path.to_str().unwrap(), "--name", "ignored"])
+            .with_config_file()
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!((config.name.as_str(), config.snapshot_count), ("infra1", 5));
+    }
+}
+
+/// Checks a peer URL given at runtime (member add/update) the way flags are checked.
+pub fn check_peer_url(url: &str) -> Result<String, ConfigError> {
+    check_url("peer-urls", url)
+}

@@ -1,0 +1,246 @@
+//! Membership changes (etcd's MemberAdd/Remove/Promote/Update), run on the leader with etcd's strict
+//! reconfiguration checks, and the member list as clients see it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::ChangeMembers;
+
+use super::{Node, NodeError, REQUEST_TIMEOUT};
+use crate::PeerNode;
+use crate::bootstrap::identity;
+use crate::network::{ForwardError, MemberChange, PeerAnswer, PeerCall};
+use crate::pb::cairnpb::{MemberRemoved, RaftRequest, raft_request};
+use crate::pb::etcdserverpb::Member;
+
+/// etcd's `--max-learners` default.
+const MAX_LEARNERS: usize = 1;
+/// A learner may be promoted once it has this share of the leader's log (etcd's readyPercent).
+const LEARNER_READY_PERCENT: f64 = 0.9;
+
+fn quorum(voters: usize) -> usize {
+    voters / 2 + 1
+}
+
+impl Node {
+    /// The member list: Raft's latest membership, with the names and client URLs members published.
+    pub fn members(&self) -> Vec<Member> {
+        let metrics = self.raft_metrics();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let attributes = self.read_machine(|m| m.app.members.clone());
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let published = attributes.get(id).cloned().unwrap_or_default();
+                Member {
+                    id: *id,
+                    name: published.name,
+                    peer_ur_ls: node.peer_urls.clone(),
+                    client_ur_ls: published.client_urls,
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// A member counts as started once it has published its attributes (as in etcd).
+    fn started(&self) -> BTreeSet<u64> {
+        self.read_machine(|m| {
+            m.app
+                .members
+                .iter()
+                .filter(|(_, a)| !a.name.is_empty())
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    }
+
+    /// Adds a member: computes its ID the etcd way, checks the request, then runs it on the leader.
+    pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<u64, NodeError> {
+        let mut checked = Vec::new();
+        for url in &peer_urls {
+            checked.push(crate::config::check_peer_url(url).map_err(|_| NodeError::MemberBadUrls)?);
+        }
+        if checked.is_empty() {
+            return Err(NodeError::MemberBadUrls);
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let id = identity::member_id(&checked, &self.config.token, Some(now));
+        self.member_change(MemberChange::Add {
+            id,
+            peer_urls: checked,
+            learner,
+        })
+        .await?;
+        Ok(id)
+    }
+
+    pub async fn member_change(&self, change: MemberChange) -> Result<(), NodeError> {
+        if self.is_leader() {
+            match self.member_change_here(change.clone()).await {
+                Err(NodeError::NotLeader) => {}
+                other => return other,
+            }
+        }
+        match self
+            .call_leader(&PeerCall::MemberChange(change), Instant::now() + REQUEST_TIMEOUT)
+            .await?
+        {
+            PeerAnswer::MemberChanged => Ok(()),
+            PeerAnswer::Failed(ForwardError::Node(error)) => Err(error),
+            _ => Err(NodeError::Internal("leader answered a different call".into())),
+        }
+    }
+
+    /// Runs a membership change on this member, which must lead.
+    pub async fn member_change_here(&self, change: MemberChange) -> Result<(), NodeError> {
+        if !self.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        let metrics = self.raft_metrics();
+        let membership = metrics.membership_config.membership().clone();
+        let voters: BTreeSet<u64> = membership.voter_ids().collect();
+        let nodes: BTreeMap<u64, PeerNode> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
+        let learners: BTreeSet<u64> = nodes.keys().filter(|id| !voters.contains(id)).copied().collect();
+        let mut started = self.started();
+        started.insert(self.member_id);
+        let raft_error = |e: String| NodeError::Internal(e);
+        match change {
+            MemberChange::Add {
+                id,
+                peer_urls,
+                learner,
+            } => {
+                if nodes.contains_key(&id) {
+                    return Err(NodeError::MemberExists);
+                }
+                if nodes
+                    .values()
+                    .flat_map(|n| &n.peer_urls)
+                    .any(|u| peer_urls.contains(u))
+                {
+                    return Err(NodeError::PeerUrlExists);
+                }
+                if learner && learners.len() >= MAX_LEARNERS {
+                    return Err(NodeError::TooManyLearners);
+                }
+                if !learner {
+                    let started_voters = voters.iter().filter(|v| started.contains(v)).count();
+                    let new_size = voters.len() + 1;
+                    // etcd allows 1 started of 2 (growing a single member cluster).
+                    if started_voters < quorum(new_size) && !(started_voters == 1 && new_size == 2) {
+                        return Err(NodeError::NotEnoughStarted);
+                    }
+                }
+                self.raft
+                    .add_learner(id, PeerNode { peer_urls }, false)
+                    .await
+                    .map_err(|e| raft_error(e.to_string()))?;
+                if !learner {
+                    self.raft
+                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                        .await
+                        .map_err(|e| raft_error(e.to_string()))?;
+                }
+            }
+            MemberChange::Remove { id } => {
+                if !nodes.contains_key(&id) {
+                    return Err(NodeError::MemberNotFound);
+                }
+                if voters.contains(&id) {
+                    let remaining: Vec<u64> = voters.iter().filter(|v| **v != id).copied().collect();
+                    let started_remaining = remaining.iter().filter(|v| started.contains(v)).count();
+                    if remaining.is_empty() || started_remaining < quorum(remaining.len()) {
+                        return Err(NodeError::NotEnoughStarted);
+                    }
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| raft_error(e.to_string()))?;
+                } else {
+                    self.raft
+                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                        .await
+                        .map_err(|e| raft_error(e.to_string()))?;
+                }
+                let removed = RaftRequest {
+                    request: Some(raft_request::Request::MemberRemoved(MemberRemoved { id })),
+                };
+                self.propose(removed).await?;
+            }
+            MemberChange::Promote { id } => {
+                if voters.contains(&id) {
+                    return Err(NodeError::MemberNotLearner);
+                }
+                if !learners.contains(&id) {
+                    return Err(NodeError::MemberNotFound);
+                }
+                let leader_last = metrics.last_log_index.unwrap_or(0);
+                let matched = metrics
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map_or(0, |log_id| log_id.index);
+                if (matched as f64) < (leader_last as f64) * LEARNER_READY_PERCENT {
+                    return Err(NodeError::LearnerNotReady);
+                }
+                self.raft
+                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                    .await
+                    .map_err(|e| raft_error(e.to_string()))?;
+            }
+            MemberChange::Update { id, peer_urls } => {
+                if !nodes.contains_key(&id) {
+                    return Err(NodeError::MemberNotFound);
+                }
+                if nodes
+                    .iter()
+                    .any(|(other, n)| *other != id && n.peer_urls.iter().any(|u| peer_urls.contains(u)))
+                {
+                    return Err(NodeError::PeerUrlExists);
+                }
+                self.raft
+                    .change_membership(
+                        ChangeMembers::SetNodes(BTreeMap::from([(id, PeerNode { peer_urls })])),
+                        true,
+                    )
+                    .await
+                    .map_err(|e| raft_error(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands leadership to `target` (etcd's MoveLeader); must run on the leader.
+    pub async fn move_leader(&self, target: u64) -> Result<(), NodeError> {
+        if !self.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        let metrics = self.raft_metrics();
+        if target == self.member_id {
+            return Ok(());
+        }
+        if !metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == target)
+        {
+            return Err(NodeError::BadLeaderTransferee);
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        self.raft
+            .wait(Some(REQUEST_TIMEOUT))
+            .metrics(|m| m.current_leader == Some(target), "leader transfer")
+            .await
+            .map_err(|_| NodeError::Timeout)?;
+        Ok(())
+    }
+}

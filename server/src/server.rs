@@ -1,0 +1,176 @@
+//! Listeners: the client port (etcd's gRPC services and the HTTP endpoints on one port), the peer
+//! port (the peer service only), and optional metrics-only ports.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+use crate::http;
+use crate::network::client::MAX_PEER_MESSAGE;
+use crate::node::Node;
+use crate::pb::cairnpb::peer_server::PeerServer;
+use crate::pb::etcdserverpb::cluster_server::ClusterServer;
+use crate::pb::etcdserverpb::kv_server::KvServer;
+use crate::pb::etcdserverpb::lease_server::LeaseServer;
+use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::service::cluster::ClusterService;
+use crate::service::kv::KvService;
+use crate::service::lease::LeaseService;
+use crate::service::maintenance::MaintenanceService;
+use crate::service::peer::PeerService;
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    addr: SocketAddr,
+    source: std::io::Error,
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ListenError { addr, source })
+}
+
+/// gRPC decoding limit: the request limit plus etcd's allowance for gRPC overhead.
+fn grpc_limit(max_request_bytes: usize) -> usize {
+    max_request_bytes + 512 * 1024
+}
+
+fn client_router(node: &Arc<Node>) -> Router {
+    let limit = grpc_limit(node.config.max_request_bytes);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(async move {
+        health_reporter
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
+    });
+    let routes =
+        Routes::new(KvServer::new(KvService { node: node.clone() }).max_decoding_message_size(limit))
+            .add_service(
+                LeaseServer::new(LeaseService { node: node.clone() }).max_decoding_message_size(limit),
+            )
+            .add_service(
+                ClusterServer::new(ClusterService { node: node.clone() }).max_decoding_message_size(limit),
+            )
+            .add_service(
+                MaintenanceServer::new(MaintenanceService { node: node.clone() })
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(health_service);
+    let metrics = node.clone();
+    routes
+        .into_axum_router()
+        .layer(GrpcMetricsLayer { node: metrics })
+        .merge(http::router(node.clone()))
+}
+
+/// Binds every listener, then serves in the background. Binding first means a port conflict fails
+/// start-up with a clear error instead of a half-started member.
+pub async fn serve(node: Arc<Node>) -> Result<(), ListenError> {
+    let mut peer_listeners = Vec::new();
+    for addr in &node.config.listen_peer {
+        peer_listeners.push(bind(*addr).await?);
+    }
+    let mut client_listeners = Vec::new();
+    for addr in &node.config.listen_client {
+        client_listeners.push(bind(*addr).await?);
+    }
+    let mut metrics_listeners = Vec::new();
+    for addr in &node.config.listen_metrics {
+        metrics_listeners.push(bind(*addr).await?);
+    }
+    for listener in peer_listeners {
+        let service = PeerServer::new(PeerService { node: node.clone() })
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        let router = Routes::new(service).into_axum_router();
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "peer listener stopped");
+            }
+        });
+    }
+    for listener in client_listeners {
+        let router = client_router(&node);
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "client listener stopped");
+            }
+        });
+    }
+    for listener in metrics_listeners {
+        let router = http::router(node.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "metrics listener stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Counts handled gRPC calls by method and status code (from the grpc-status header, which tonic
+/// puts in the headers for errors returned before a response body).
+#[derive(Clone)]
+struct GrpcMetricsLayer {
+    node: Arc<Node>,
+}
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics {
+            inner,
+            node: self.node.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct GrpcMetrics<S> {
+    inner: S,
+    node: Arc<Node>,
+}
+
+impl<S, B> tower::Service<axum::http::Request<B>> for GrpcMetrics<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::response::Response> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let method = request.uri().path().to_owned();
+        let node = self.node.clone();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            let code = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map_or(tonic::Code::Ok, tonic::Code::from);
+            // Unknown methods answer Unimplemented: label them alike to keep the label set bounded.
+            let method = if code == tonic::Code::Unimplemented {
+                "unknown"
+            } else {
+                method.as_str()
+            };
+            node.metrics().grpc_handled(method, code);
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,54 @@
+//! The one mapping from Cairn's errors to gRPC statuses, with etcd's codes and exact messages.
+
+use tonic::{Code, Status};
+
+use crate::mvcc::{MvccError, TxnCheckError};
+use crate::node::NodeError;
+
+pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
+pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
+pub const INVALID_SORT_OPTION: &str = "etcdserver: invalid sort option";
+pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
+pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
+
+pub fn invalid(message: &str) -> Status {
+    Status::new(Code::InvalidArgument, message)
+}
+
+pub fn mvcc_status(error: MvccError) -> Status {
+    let code = match error {
+        MvccError::KeyNotFound => Code::InvalidArgument,
+        MvccError::Compacted | MvccError::FutureRevision | MvccError::LeaseTtlTooLarge => Code::OutOfRange,
+        MvccError::LeaseNotFound => Code::NotFound,
+        MvccError::LeaseExists => Code::FailedPrecondition,
+        MvccError::NoSpace => Code::ResourceExhausted,
+        MvccError::Corrupt => Code::DataLoss,
+    };
+    Status::new(code, error.to_string())
+}
+
+pub fn txn_status(error: TxnCheckError) -> Status {
+    invalid(&error.to_string())
+}
+
+pub fn node_status(error: NodeError) -> Status {
+    let code = match &error {
+        NodeError::Mvcc(inner) => return mvcc_status(*inner),
+        NodeError::NoLeader | NodeError::LeaderChanged | NodeError::Timeout | NodeError::Stopped => {
+            Code::Unavailable
+        }
+        NodeError::NotLeader
+        | NodeError::MemberExists
+        | NodeError::PeerUrlExists
+        | NodeError::NotEnoughStarted
+        | NodeError::MemberNotLearner
+        | NodeError::LearnerNotReady
+        | NodeError::TooManyLearners
+        | NodeError::BadLeaderTransferee
+        | NodeError::NotSupportedForLearner => Code::FailedPrecondition,
+        NodeError::MemberBadUrls => Code::InvalidArgument,
+        NodeError::MemberNotFound => Code::NotFound,
+        NodeError::Internal(_) => Code::Unknown,
+    };
+    Status::new(code, error.to_string())
+}

@@ -1,0 +1,8 @@
+//! gRPC services: thin adapters from the etcd v3 API (client plane) and the peer plane to the node.
+
+pub mod cluster;
+pub mod error;
+pub mod kv;
+pub mod lease;
+pub mod maintenance;
+pub mod peer;
