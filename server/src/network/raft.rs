@@ -58,6 +58,11 @@ impl Connection {
             Ok(PeerAnswer::Failed(reason)) => Err(unreachable(Unexpected(format!("{reason:?}")))),
             Ok(answer) => Ok(answer),
             Err(error @ PeerError::Garbled { .. }) => Err(RPCError::Network(NetworkError::new(&error))),
+            Err(error @ PeerError::Refused { .. }) => {
+                // Another cluster (or a member that removed us): say so loudly, it never heals alone.
+                tracing::warn!(%error, "request sent was ignored by remote peer");
+                Err(unreachable(error))
+            }
             Err(error) => Err(unreachable(error)),
         }
     }

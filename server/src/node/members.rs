@@ -44,16 +44,20 @@ impl Node {
             .collect()
     }
 
-    /// A member counts as started once it has published its attributes (as in etcd).
-    fn started(&self) -> BTreeSet<u64> {
-        self.read_machine(|m| {
-            m.app
-                .members
-                .iter()
-                .filter(|(_, a)| !a.name.is_empty())
-                .map(|(id, _)| *id)
-                .collect()
-        })
+    /// Members the leader has heard from lately (itself included): etcd's strict reconfiguration
+    /// check counts connected members, so a dead member does not count towards quorum.
+    fn active(&self, metrics: &openraft::RaftMetrics<crate::TypeConfig>) -> BTreeSet<u64> {
+        use openraft::Instant as _;
+        let recent = self.config.election_timeout * 3;
+        let mut active: BTreeSet<u64> = metrics
+            .heartbeat
+            .iter()
+            .flatten()
+            .filter(|(_, acked)| acked.as_ref().is_some_and(|at| at.elapsed() < recent))
+            .map(|(id, _)| *id)
+            .collect();
+        active.insert(self.member_id);
+        active
     }
 
     /// Adds a member: computes its ID the etcd way, checks the request, then runs it on the leader.
@@ -105,8 +109,7 @@ impl Node {
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let nodes: BTreeMap<u64, PeerNode> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
         let learners: BTreeSet<u64> = nodes.keys().filter(|id| !voters.contains(id)).copied().collect();
-        let mut started = self.started();
-        started.insert(self.member_id);
+        let started = self.active(&metrics);
         let raft_error = |e: String| NodeError::Internal(e);
         match change {
             MemberChange::Add {

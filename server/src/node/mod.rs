@@ -402,11 +402,57 @@ impl Node {
         }
     }
 
+    /// Whether a peer says this member was removed. A removed member is cut off before the removal
+    /// record reaches it, so it has to ask (as etcd members learn it from their peers).
+    async fn removed_according_to_peers(&self) -> bool {
+        let metrics = self.raft_metrics();
+        let in_membership = metrics
+            .membership_config
+            .membership()
+            .get_node(&self.member_id)
+            .is_some();
+        if in_membership && metrics.current_leader.is_some() {
+            return false;
+        }
+        let mut urls: Vec<String> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.member_id)
+            .filter_map(|(_, node)| node.peer_urls.first().cloned())
+            .collect();
+        urls.extend(
+            self.config
+                .initial_cluster
+                .iter()
+                .filter(|(n, _)| **n != self.config.name)
+                .flat_map(|(_, u)| u.clone()),
+        );
+        for url in urls {
+            if let Ok(PeerAnswer::ClusterInfo(info)) = self
+                .peers
+                .call(&url, &PeerCall::ClusterInfo, Duration::from_secs(1))
+                .await
+                && info.cluster_id == self.cluster_id
+            {
+                return info.removed.contains(&self.member_id);
+            }
+        }
+        false
+    }
+
     /// Stops the member when the cluster removes it, now or at restart.
     async fn watch_removal(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
+        let mut last_asked = Instant::now();
         loop {
-            if self.read_machine(|m| m.app.removed.contains(&self.member_id)) {
+            let ask_peers = last_asked.elapsed() >= Duration::from_secs(1);
+            if ask_peers {
+                last_asked = Instant::now();
+            }
+            if self.read_machine(|m| m.app.removed.contains(&self.member_id))
+                || (ask_peers && self.removed_according_to_peers().await)
+            {
                 let reason = "this member has been permanently removed from the cluster. Exiting.".to_owned();
                 tracing::error!("{reason}");
                 self.fatal.send_replace(Some(reason));

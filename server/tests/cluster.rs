@@ -1,0 +1,370 @@
+//! Multi-process tests: real `cairn` members on loopback, used through Debian's etcdctl exactly as an
+//! operator would, with `kill -9` for crashes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Cluster, Member, etcdctl, etcdctl_stdin, ok};
+
+#[test]
+fn three_members_serve_etcdctl_through_every_endpoint() {
+    let cluster = Cluster::start(3, "etcdctl-suite");
+    let all = cluster.endpoints();
+    // Writes through every member (followers forward to the leader), reads from every member.
+    for (i, member) in cluster.members.iter().enumerate() {
+        assert_eq!(
+            ok(
+                &member.endpoint(),
+                &["put", &format!("dir/k{i}"), &format!("v{i}")]
+            )
+            .trim(),
+            "OK"
+        );
+    }
+    for member in &cluster.members {
+        let got = ok(&member.endpoint(), &["get", "dir/", "--prefix"]);
+        assert_eq!(
+            got, "dir/k0\nv0\ndir/k1\nv1\ndir/k2\nv2\n",
+            "from {}",
+            member.name
+        );
+        assert_eq!(
+            ok(&member.endpoint(), &["get", "dir/k0", "dir/k2"]),
+            "dir/k0\nv0\ndir/k1\nv1\n"
+        );
+        let serial = ok(
+            &member.endpoint(),
+            &["get", "dir/k1", "--consistency=s", "--print-value-only"],
+        );
+        assert_eq!(serial, "v1\n");
+    }
+    let listed: serde_json::Value =
+        serde_json::from_str(&ok(&all, &["get", "dir/", "--prefix", "--limit=1", "-w", "json"])).unwrap();
+    assert_eq!(
+        (listed["count"].as_i64(), listed["more"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert_eq!(ok(&all, &["del", "dir/k0"]).trim(), "1");
+
+    // Compare-and-swap with etcdctl's interactive txn syntax.
+    let txn = etcdctl_stdin(
+        &all,
+        &["txn"],
+        "value(\"dir/k1\") = \"v1\"\n\nput dir/k1 swapped\n\nget dir/k1\n\n",
+    );
+    assert!(txn.status.success(), "{}", String::from_utf8_lossy(&txn.stderr));
+    assert!(String::from_utf8_lossy(&txn.stdout).starts_with("SUCCESS"));
+    let failed = etcdctl_stdin(
+        &all,
+        &["txn"],
+        "value(\"dir/k1\") = \"v1\"\n\nput dir/k1 again\n\nget dir/k1\n\n",
+    );
+    assert!(String::from_utf8_lossy(&failed.stdout).starts_with("FAILURE"));
+    assert_eq!(ok(&all, &["get", "dir/k1", "--print-value-only"]), "swapped\n");
+
+    // Leases: grant, attach, inspect, revoke deletes the key.
+    let grant = ok(&all, &["lease", "grant", "60"]);
+    let lease = grant.split_whitespace().nth(1).expect("lease ID").to_owned();
+    ok(&all, &["put", "leased", "x", &format!("--lease={lease}")]);
+    let ttl = ok(&all, &["lease", "timetolive", &lease, "--keys"]);
+    assert!(
+        ttl.contains("granted with TTL(60s)") && ttl.contains("attached keys([leased])"),
+        "{ttl}"
+    );
+    assert!(ok(&all, &["lease", "list"]).contains(&lease));
+    ok(&all, &["lease", "revoke", &lease]);
+    assert_eq!(ok(&all, &["get", "leased"]), "");
+
+    // Cluster and maintenance views.
+    let members = ok(&all, &["member", "list"]);
+    assert_eq!(
+        members.lines().filter(|l| l.contains(", started, ")).count(),
+        3,
+        "{members}"
+    );
+    let health = etcdctl(&all, &["endpoint", "health", "--cluster"]);
+    assert!(
+        health.status.success(),
+        "{}",
+        String::from_utf8_lossy(&health.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&health.stderr)
+            .matches("is healthy")
+            .count(),
+        3
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&ok(&all, &["endpoint", "status", "-w", "json"])).unwrap();
+    let statuses = status.as_array().unwrap();
+    assert_eq!(statuses.len(), 3);
+    let leaders: Vec<u64> = statuses
+        .iter()
+        .map(|s| s["Status"]["leader"].as_u64().unwrap())
+        .collect();
+    assert!(
+        leaders.iter().all(|l| *l == leaders[0] && *l != 0),
+        "members disagree on the leader: {leaders:?}"
+    );
+    let leading = statuses
+        .iter()
+        .filter(|s| s["Status"]["header"]["member_id"] == s["Status"]["leader"])
+        .count();
+    assert_eq!(leading, 1, "exactly one member leads");
+    let snapshot = cluster.root.path().join("backup.db");
+    let saved = etcdctl(
+        &cluster.members[0].endpoint(),
+        &["snapshot", "save", snapshot.to_str().unwrap()],
+    );
+    assert!(
+        saved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&saved.stderr)
+    );
+    assert!(String::from_utf8_lossy(&saved.stdout).contains("Snapshot saved at"));
+    let hashes = ok(&all, &["endpoint", "hashkv"]);
+    let values: Vec<&str> = hashes.lines().map(|l| l.rsplit(", ").next().unwrap()).collect();
+    assert!(
+        values.windows(2).all(|w| w[0] == w[1]),
+        "hashes differ across members: {hashes}"
+    );
+
+    // Bad input: named clearly, nothing changed.
+    let empty = etcdctl(&all, &["put", "", "x"]);
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("etcdserver: key is not provided"));
+}
+
+fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn leader_kill9_keeps_every_acknowledged_write() {
+    let mut cluster = Cluster::start(3, "leader-crash");
+    let mut acknowledged = Vec::new();
+    for i in 0..30 {
+        let key = format!("before/{i:02}");
+        if etcdctl(&cluster.endpoints(), &["put", &key, "v"])
+            .status
+            .success()
+        {
+            acknowledged.push(key);
+        }
+    }
+    let (leader, old_id) = cluster.leader();
+    cluster.members[leader].kill9();
+    let (_, new_id) = cluster.leader();
+    assert_ne!(old_id, new_id, "a new leader must take over");
+    for i in 0..30 {
+        let key = format!("after/{i:02}");
+        if etcdctl(&cluster.endpoints(), &["put", &key, "v"])
+            .status
+            .success()
+        {
+            acknowledged.push(key);
+        }
+    }
+    assert!(
+        acknowledged.len() >= 55,
+        "most writes should succeed, got {}",
+        acknowledged.len()
+    );
+    // The old leader comes back and catches up.
+    cluster.members[leader].start();
+    cluster.wait_healthy(Duration::from_secs(30));
+    for member in &cluster.members {
+        let keys = ok(&member.endpoint(), &["get", "", "--from-key", "--keys-only"]);
+        for key in &acknowledged {
+            assert!(
+                keys.lines().any(|l| l == key),
+                "{} lost acknowledged {key}",
+                member.name
+            );
+        }
+    }
+}
+
+#[test]
+fn all_members_kill9_and_restart_lose_nothing() {
+    let mut cluster = Cluster::start(3, "full-crash");
+    for i in 0..40 {
+        ok(
+            &cluster.endpoints(),
+            &["put", &format!("k{i:02}"), &format!("value-{i}")],
+        );
+    }
+    for member in &mut cluster.members {
+        member.kill9();
+    }
+    for member in &mut cluster.members {
+        member.start();
+    }
+    cluster.wait_healthy(Duration::from_secs(30));
+    for member in &cluster.members {
+        let values = ok(
+            &member.endpoint(),
+            &["get", "k", "--prefix", "--print-value-only"],
+        );
+        assert_eq!(
+            values.lines().count(),
+            40,
+            "{} after restart:\n{values}",
+            member.name
+        );
+        assert!(values.lines().enumerate().all(|(i, v)| v == format!("value-{i}")));
+    }
+}
+
+#[test]
+fn members_of_another_cluster_are_refused() {
+    let mut cluster = Cluster::start(3, "cluster-a");
+    // A data dir never changes clusters: restarting with another token fails before touching it.
+    cluster.members[2].kill9();
+    cluster.members[2].token = "cluster-b".into();
+    cluster.members[2].start();
+    let (status, log) = cluster.members[2]
+        .wait_exit(Duration::from_secs(10))
+        .expect("must exit");
+    assert!(!status.success());
+    assert!(
+        log.contains("--initial-cluster-token is \"cluster-b\"; refusing to mix clusters"),
+        "{log}"
+    );
+
+    // A fresh member with another token that points at this cluster's peers is refused by them.
+    let mut stranger = Member::new(cluster.root.path(), "stranger", "cluster-b");
+    stranger.initial_cluster = format!(
+        "stranger={},m0={}",
+        stranger.peer_url, cluster.members[0].peer_url
+    );
+    stranger.start();
+    wait_until(
+        "the cluster to refuse the stranger",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_to_string(&cluster.members[0].log)
+                .unwrap_or_default()
+                .contains("cluster ID mismatch")
+        },
+    );
+    let stranger_log = std::fs::read_to_string(&stranger.log).unwrap();
+    assert!(
+        stranger_log.contains("request sent was ignored by remote peer"),
+        "{stranger_log}"
+    );
+    assert!(!etcdctl(&stranger.endpoint(), &["put", "x", "y"]).status.success());
+    let members = ok(&cluster.members[0].endpoint(), &["member", "list"]);
+    assert_eq!(
+        members.lines().count(),
+        3,
+        "the stranger never joined:\n{members}"
+    );
+}
+
+#[test]
+fn learner_is_added_promoted_and_removed_at_runtime() {
+    let cluster = Cluster::start(3, "reconfigure");
+    ok(&cluster.endpoints(), &["put", "seed", "1"]);
+    let mut learner = Member::new(cluster.root.path(), "m3", "reconfigure");
+    let added = ok(
+        &cluster.endpoints(),
+        &[
+            "member",
+            "add",
+            "m3",
+            &format!("--peer-urls={}", learner.peer_url),
+            "--learner",
+        ],
+    );
+    let initial = added
+        .lines()
+        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("member add prints ETCD_INITIAL_CLUSTER")
+        .to_owned();
+    let id = added.split_whitespace().nth(1).expect("member ID").to_owned();
+    learner.initial_cluster = initial;
+    learner.state = "existing";
+    learner.start();
+    // A learner serves serializable reads once it has caught up, and refuses the rest.
+    wait_until("the learner to catch up", Duration::from_secs(20), || {
+        etcdctl(
+            &learner.endpoint(),
+            &["get", "seed", "--consistency=s", "--print-value-only"],
+        )
+        .stdout
+            == b"1\n"
+    });
+    let refused = etcdctl(&learner.endpoint(), &["put", "x", "y"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("rpc not supported for learner"));
+    wait_until("the learner to be promoted", Duration::from_secs(20), || {
+        etcdctl(&cluster.endpoints(), &["member", "promote", &id])
+            .status
+            .success()
+    });
+    let members = ok(&cluster.endpoints(), &["member", "list"]);
+    assert_eq!(
+        members.lines().filter(|l| l.ends_with(", false")).count(),
+        4,
+        "{members}"
+    );
+    ok(&learner.endpoint(), &["put", "via-new-member", "ok"]);
+    assert_eq!(
+        ok(
+            &cluster.members[0].endpoint(),
+            &["get", "via-new-member", "--print-value-only"]
+        ),
+        "ok\n"
+    );
+
+    ok(&cluster.endpoints(), &["member", "remove", &id]);
+    let (status, log) = learner
+        .wait_exit(Duration::from_secs(15))
+        .expect("a removed member stops");
+    assert!(!status.success());
+    assert!(
+        log.contains("this member has been permanently removed from the cluster"),
+        "{log}"
+    );
+    assert_eq!(ok(&cluster.endpoints(), &["member", "list"]).lines().count(), 3);
+}
+
+#[test]
+fn removal_that_would_lose_quorum_is_refused() {
+    let mut cluster = Cluster::start(3, "strict-reconfig");
+    let (leader, _) = cluster.leader();
+    let down = (leader + 1) % 3;
+    let victim = (leader + 2) % 3;
+    cluster.members[down].kill9();
+    let list = ok(&cluster.members[leader].endpoint(), &["member", "list"]);
+    let victim_id = list
+        .lines()
+        .find(|l| l.contains(&format!(", {}, ", cluster.members[victim].name)))
+        .and_then(|l| l.split(',').next())
+        .expect("victim in member list")
+        .to_owned();
+    // Wait until the leader notices the dead member, then removing a live one must be refused.
+    std::thread::sleep(Duration::from_secs(2));
+    let refused = etcdctl(
+        &cluster.members[leader].endpoint(),
+        &["member", "remove", &victim_id],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr)
+            .contains("etcdserver: re-configuration failed due to not enough started members"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(
+        ok(&cluster.members[leader].endpoint(), &["member", "list"])
+            .lines()
+            .count(),
+        3
+    );
+}
