@@ -353,6 +353,11 @@ impl Args {
     }
 }
 
+/// Checks a peer URL given at runtime (member add/update) the way flags are checked.
+pub fn check_peer_url(url: &str) -> Result<String, ConfigError> {
+    check_url("peer-urls", url)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,9 +427,4 @@ mod tests {
             .unwrap();
         assert_eq!((config.name.as_str(), config.snapshot_count), ("infra1", 5));
     }
-}
-
-/// Checks a peer URL given at runtime (member add/update) the way flags are checked.
-pub fn check_peer_url(url: &str) -> Result<String, ConfigError> {
-    check_url("peer-urls", url)
 }

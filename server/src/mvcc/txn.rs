@@ -76,10 +76,10 @@ fn branch_writes(ops: &[crate::pb::etcdserverpb::RequestOp]) -> Result<Writes, T
     }
     for op in ops {
         match &op.request {
-            Some(Request::RequestPut(put)) => {
-                if writes.deletes_cover(&put.key) || !writes.puts.insert(put.key.clone()) {
-                    return Err(TxnCheckError::DuplicateKey);
-                }
+            Some(Request::RequestPut(put))
+                if (writes.deletes_cover(&put.key) || !writes.puts.insert(put.key.clone())) =>
+            {
+                return Err(TxnCheckError::DuplicateKey);
             }
             Some(Request::RequestTxn(nested)) => {
                 let then = branch_writes(&nested.success)?;

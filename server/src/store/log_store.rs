@@ -72,12 +72,12 @@ impl LogContents {
     fn preamble(&self) -> Vec<Vec<u8>> {
         let mut records = Vec::new();
         if let Some(vote) = &self.vote {
-            records.push(encode(&LogRecord::Vote(vote.clone())));
+            records.push(encode(&LogRecord::Vote(*vote)));
         }
         if let Some(purged) = &self.last_purged {
-            records.push(encode(&LogRecord::Purge(purged.clone())));
+            records.push(encode(&LogRecord::Purge(*purged)));
         }
-        records.push(encode(&LogRecord::Committed(self.committed.clone())));
+        records.push(encode(&LogRecord::Committed(self.committed)));
         records
     }
 }
@@ -163,7 +163,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.lock().vote.clone())
+        Ok(self.lock().vote)
     }
 }
 
@@ -172,13 +172,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let contents = self.lock();
-        let last_purged_log_id = contents.last_purged.clone();
+        let last_purged_log_id = contents.last_purged;
         let last_log_id = contents
             .entries
             .values()
             .next_back()
-            .map(|e| e.log_id.clone())
-            .or(last_purged_log_id.clone());
+            .map(|e| e.log_id)
+            .or(last_purged_log_id);
         Ok(LogState {
             last_purged_log_id,
             last_log_id,
@@ -190,7 +190,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
-        let payload = encode(&LogRecord::Vote(vote.clone()));
+        let payload = encode(&LogRecord::Vote(*vote));
         self.wal
             .write_durable(Record {
                 payload,
@@ -198,14 +198,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 purged_through: None,
             })
             .await?;
-        self.lock().vote = Some(vote.clone());
+        self.lock().vote = Some(*vote);
         self.refresh_preamble();
         Ok(())
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
         // Not waited for: losing it only means re-applying from the last snapshot after a crash.
-        let payload = encode(&LogRecord::Committed(committed.clone()));
+        let payload = encode(&LogRecord::Committed(committed));
         self.wal.write(
             Record {
                 payload,
@@ -219,7 +219,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.lock().committed.clone())
+        Ok(self.lock().committed)
     }
 
     async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
@@ -248,7 +248,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
-        let payload = encode(&LogRecord::TruncateAfter(last_log_id.clone()));
+        let payload = encode(&LogRecord::TruncateAfter(last_log_id));
         self.wal
             .write_durable(Record {
                 payload,
@@ -261,7 +261,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
-        let payload = encode(&LogRecord::Purge(log_id.clone()));
+        let payload = encode(&LogRecord::Purge(log_id));
         let purged_through = Some(log_id.index);
         self.lock().purge(log_id);
         self.refresh_preamble();

@@ -69,7 +69,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let (meta, data) = {
             let machine = read(&self.machine);
             let meta = SnapshotMeta {
-                last_log_id: machine.last_applied.clone(),
+                last_log_id: machine.last_applied,
                 last_membership: machine.last_membership.clone(),
             };
             (meta, postcard::to_stdvec(&*machine).map_err(io::Error::other)?)
@@ -90,7 +90,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
         let machine = read(&self.machine);
-        Ok((machine.last_applied.clone(), machine.last_membership.clone()))
+        Ok((machine.last_applied, machine.last_membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
@@ -101,12 +101,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let (entry, responder) = item?;
             let response = {
                 let mut machine = write(&self.machine);
-                machine.last_applied = Some(entry.log_id.clone());
+                machine.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Normal(request) => machine.app.apply(&request),
                     EntryPayload::Membership(membership) => {
-                        machine.last_membership =
-                            StoredMembership::new(Some(entry.log_id.clone()), membership);
+                        machine.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                         RaftResponse {
                             response: None,
                             revision: machine.app.mvcc.revision(),
