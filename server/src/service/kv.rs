@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::{
-    EMPTY_KEY, INVALID_SORT_OPTION, LEASE_PROVIDED, VALUE_PROVIDED, invalid, mvcc_status, node_status,
-    txn_status,
+    EMPTY_KEY, INVALID_SORT_OPTION, LEASE_PROVIDED, REQUEST_TOO_LARGE, VALUE_PROVIDED, invalid, mvcc_status,
+    node_status, txn_status,
 };
 use crate::mvcc::check_txn;
 use crate::node::{Node, NodeError};
@@ -19,6 +19,43 @@ use crate::pb::etcdserverpb::{
 
 pub struct KvService {
     pub node: Arc<Node>,
+}
+
+/// Refuses requests over `--max-request-bytes` (etcd's ErrRequestTooLarge).
+pub(super) fn check_size(node: &Node, request: &impl prost::Message) -> Result<(), Status> {
+    if request.encoded_len() > node.config.max_request_bytes {
+        return Err(invalid(REQUEST_TOO_LARGE));
+    }
+    Ok(())
+}
+
+/// Refuses a write that would take the store past its quota, and raises the NOSPACE alarm so the
+/// whole cluster turns read/delete-only until space is freed and the alarm disarmed (as etcd does).
+pub(super) async fn check_quota(node: &Node, cost: usize) -> Result<(), Status> {
+    use crate::pb::etcdserverpb::{AlarmRequest, AlarmType, alarm_request::AlarmAction};
+    let used = node.read_machine(|m| m.app.mvcc.footprint());
+    if used + cost as u64 <= node.config.quota_bytes {
+        return Ok(());
+    }
+    let alarm = AlarmRequest {
+        action: AlarmAction::Activate as i32,
+        member_id: node.member_id,
+        alarm: AlarmType::Nospace as i32,
+    };
+    tracing::warn!(
+        used,
+        quota = node.config.quota_bytes,
+        "database space exceeded; raising the NOSPACE alarm"
+    );
+    if let Err(error) = node
+        .propose(RaftRequest {
+            request: Some(raft_request::Request::Alarm(alarm)),
+        })
+        .await
+    {
+        tracing::warn!(%error, "raising the NOSPACE alarm failed");
+    }
+    Err(mvcc_status(crate::mvcc::MvccError::NoSpace))
 }
 
 fn check_range(request: &RangeRequest) -> Result<(), Status> {
@@ -73,6 +110,7 @@ pub(super) async fn propose<T>(
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let request = request.into_inner();
+        check_size(&self.node, &request)?;
         check_range(&request)?;
         if !request.serializable {
             // Learners serve serializable reads only (etcd's isRPCSupportedForLearner).
@@ -92,7 +130,9 @@ impl Kv for KvService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let request = request.into_inner();
+        check_size(&self.node, &request)?;
         check_put(&request)?;
+        check_quota(&self.node, request.key.len() + request.value.len()).await?;
         let (mut response, revision) =
             propose(&self.node, raft_request::Request::Put(request), |r| match r {
                 raft_response::Response::Put(put) => Some(put),
@@ -108,6 +148,7 @@ impl Kv for KvService {
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let request = request.into_inner();
+        check_size(&self.node, &request)?;
         if request.key.is_empty() {
             return Err(invalid(EMPTY_KEY));
         }
@@ -126,7 +167,11 @@ impl Kv for KvService {
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let request = request.into_inner();
+        check_size(&self.node, &request)?;
         check_txn(&request, self.node.config.max_txn_ops).map_err(txn_status)?;
+        if crate::state::txn_writes(&request) {
+            check_quota(&self.node, prost::Message::encoded_len(&request)).await?;
+        }
         let (mut response, revision) =
             propose(&self.node, raft_request::Request::Txn(request), |r| match r {
                 raft_response::Response::Txn(txn) => Some(txn),

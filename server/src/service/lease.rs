@@ -61,6 +61,7 @@ impl Lease for LeaseService {
         }
         // The ID and the minimum TTL are settled before proposing, so every member applies the same.
         request.ttl = request.ttl.max(self.node.lessor.min_ttl);
+        super::kv::check_quota(&self.node, 0).await?;
         if request.id == 0 {
             request.id = (rand::random::<u64>() >> 1).max(1) as i64;
         }

@@ -144,7 +144,7 @@ impl AppState {
 }
 
 /// Whether any branch of a transaction writes (a read-only txn is allowed on a full store).
-fn txn_writes(txn: &crate::pb::etcdserverpb::TxnRequest) -> bool {
+pub fn txn_writes(txn: &crate::pb::etcdserverpb::TxnRequest) -> bool {
     use crate::pb::etcdserverpb::request_op::Request as Op;
     txn.success
         .iter()
