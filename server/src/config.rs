@@ -64,6 +64,15 @@ pub struct Args {
     /// `new` to bootstrap a cluster, `existing` to join one (after `member add`).
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
     pub initial_cluster_state: ClusterState,
+    /// Bootstrap from the DNS SRV records `_cairn-server._tcp.<domain>` instead of --initial-cluster.
+    #[arg(long, env = "CAIRN_DISCOVERY_SRV")]
+    pub discovery_srv: Option<String>,
+    /// Suffix of the SRV service name: `_cairn-server-<name>._tcp.<domain>`.
+    #[arg(long, env = "CAIRN_DISCOVERY_SRV_NAME")]
+    pub discovery_srv_name: Option<String>,
+    /// DNS server (ip:port) to ask for SRV records instead of the system resolver.
+    #[arg(long, env = "CAIRN_DISCOVERY_SRV_RESOLVER")]
+    pub discovery_srv_resolver: Option<SocketAddr>,
     /// Token unique to this cluster; members with another token are another cluster.
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
@@ -74,7 +83,7 @@ pub struct Args {
     #[arg(long, env = "CAIRN_ELECTION_TIMEOUT", default_value_t = 1000)]
     pub election_timeout: u64,
     /// Committed entries between snapshots (the log before a snapshot is then discarded).
-    #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
     /// Size at which the store raises the NOSPACE alarm (0 = 2 GiB).
     #[arg(long, env = "CAIRN_QUOTA_BACKEND_BYTES", default_value_t = 0)]
@@ -122,6 +131,8 @@ pub enum ConfigError {
         listed: Vec<String>,
         advertised: Vec<String>,
     },
+    #[error("--initial-cluster and --discovery-srv are both set; use one way to find the initial members")]
+    TwoBootstraps,
     #[error("--initial-cluster-token must not be empty")]
     EmptyToken,
     #[error(
@@ -134,6 +145,14 @@ pub enum ConfigError {
     ConfigFile { path: PathBuf, reason: String },
 }
 
+/// Where to find the initial members through DNS.
+#[derive(Debug, Clone)]
+pub struct SrvDiscovery {
+    pub domain: String,
+    pub service_name: Option<String>,
+    pub nameserver: Option<SocketAddr>,
+}
+
 /// A validated configuration: everything here has been checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -143,8 +162,9 @@ pub struct Config {
     pub advertise_client_urls: Vec<String>,
     pub listen_peer: Vec<SocketAddr>,
     pub advertise_peer_urls: Vec<String>,
-    /// Initial members by name, each with its peer URLs.
+    /// Initial members by name, each with its peer URLs (filled by SRV discovery when used).
     pub initial_cluster: BTreeMap<String, Vec<String>>,
+    pub discovery: Option<SrvDiscovery>,
     pub cluster_state: ClusterState,
     pub token: String,
     pub heartbeat: Duration,
@@ -293,12 +313,22 @@ impl Args {
             });
         }
         let advertise_peer_urls = urls("initial-advertise-peer-urls", &self.initial_advertise_peer_urls)?;
+        let discovery = self.discovery_srv.clone().map(|domain| SrvDiscovery {
+            domain,
+            service_name: self.discovery_srv_name.clone(),
+            nameserver: self.discovery_srv_resolver,
+        });
+        if discovery.is_some() && !self.initial_cluster.is_empty() {
+            return Err(ConfigError::TwoBootstraps);
+        }
         let initial_cluster = if self.initial_cluster.is_empty() {
             BTreeMap::from([(self.name.clone(), advertise_peer_urls.clone())])
         } else {
             parse_initial_cluster(&self.initial_cluster)?
         };
         match initial_cluster.get(&self.name) {
+            // With DNS discovery the member list is found later, and this member by address.
+            _ if discovery.is_some() => {}
             None => {
                 return Err(ConfigError::NameNotInCluster {
                     name: self.name,
@@ -333,6 +363,7 @@ impl Args {
             listen_peer: listen_addrs("listen-peer-urls", &self.listen_peer_urls)?,
             advertise_peer_urls,
             initial_cluster,
+            discovery,
             cluster_state: self.initial_cluster_state,
             token: self.initial_cluster_token,
             heartbeat: Duration::from_millis(self.heartbeat_interval),
@@ -385,6 +416,38 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "--name \"x\" is not listed in --initial-cluster (a=http://127.0.0.1:2380)"
+        );
+    }
+
+    #[test]
+    fn dns_discovery_replaces_the_static_list() {
+        let error = args(&[
+            "--discovery-srv",
+            "example.com",
+            "--initial-cluster",
+            "default=http://localhost:2380",
+        ])
+        .validate()
+        .unwrap_err();
+        assert!(matches!(error, ConfigError::TwoBootstraps), "{error}");
+        let config = args(&[
+            "--name",
+            "x",
+            "--discovery-srv",
+            "example.com",
+            "--discovery-srv-name",
+            "blue",
+        ])
+        .validate()
+        .unwrap();
+        let discovery = config.discovery.expect("discovery configured");
+        assert_eq!(
+            crate::bootstrap::srv::record_name(&discovery.domain, discovery.service_name.as_deref()),
+            "_cairn-server-blue._tcp.example.com."
+        );
+        assert_eq!(
+            crate::bootstrap::srv::record_name("example.com.", None),
+            "_cairn-server._tcp.example.com."
         );
     }
 

@@ -41,4 +41,5 @@ pub mod bootstrap {
     //! SRV), and the data-directory metadata that pins a member to one cluster for life.
     pub mod data_dir;
     pub mod identity;
+    pub mod srv;
 }

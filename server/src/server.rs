@@ -36,6 +36,18 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
         .map_err(|source| ListenError { addr, source })
 }
 
+/// Answers leave at once: without TCP_NODELAY a response written in two parts waits for the
+/// client's delayed ACK (40 ms on Linux) before its second part is sent.
+fn no_delay(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn set(stream: &mut tokio::net::TcpStream) {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::warn!(%error, "cannot set TCP_NODELAY on a connection");
+        }
+    }
+    listener.tap_io(set as fn(&mut tokio::net::TcpStream))
+}
+
 /// gRPC decoding limit: the request limit plus etcd's allowance for gRPC overhead.
 fn grpc_limit(max_request_bytes: usize) -> usize {
     max_request_bytes + 512 * 1024
@@ -91,7 +103,7 @@ pub async fn serve(node: Arc<Node>) -> Result<(), ListenError> {
             .max_encoding_message_size(MAX_PEER_MESSAGE);
         let router = Routes::new(service).into_axum_router();
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
+            if let Err(error) = axum::serve(no_delay(listener), router).await {
                 tracing::error!(%error, "peer listener stopped");
             }
         });
@@ -99,7 +111,7 @@ pub async fn serve(node: Arc<Node>) -> Result<(), ListenError> {
     for listener in client_listeners {
         let router = client_router(&node);
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
+            if let Err(error) = axum::serve(no_delay(listener), router).await {
                 tracing::error!(%error, "client listener stopped");
             }
         });
@@ -107,7 +119,7 @@ pub async fn serve(node: Arc<Node>) -> Result<(), ListenError> {
     for listener in metrics_listeners {
         let router = http::router(node.clone());
         tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, router).await {
+            if let Err(error) = axum::serve(no_delay(listener), router).await {
                 tracing::error!(%error, "metrics listener stopped");
             }
         });

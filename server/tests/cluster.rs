@@ -3,9 +3,9 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{Cluster, Member, etcdctl, etcdctl_stdin, ok};
+use support::{Cluster, Member, etcdctl, etcdctl_stdin, ok, wait_or_explain, wait_until};
 
 #[test]
 fn three_members_serve_etcdctl_through_every_endpoint() {
@@ -135,14 +135,6 @@ fn three_members_serve_etcdctl_through_every_endpoint() {
     assert!(String::from_utf8_lossy(&empty.stderr).contains("etcdserver: key is not provided"));
 }
 
-fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 #[test]
 fn leader_kill9_keeps_every_acknowledged_write() {
     let mut cluster = Cluster::start(3, "leader-crash");
@@ -270,27 +262,7 @@ fn members_of_another_cluster_are_refused() {
 fn learner_is_added_promoted_and_removed_at_runtime() {
     let cluster = Cluster::start(3, "reconfigure");
     ok(&cluster.endpoints(), &["put", "seed", "1"]);
-    let mut learner = Member::new(cluster.root.path(), "m3", "reconfigure");
-    let added = ok(
-        &cluster.endpoints(),
-        &[
-            "member",
-            "add",
-            "m3",
-            &format!("--peer-urls={}", learner.peer_url),
-            "--learner",
-        ],
-    );
-    let initial = added
-        .lines()
-        .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
-        .and_then(|l| l.strip_suffix('"'))
-        .expect("member add prints ETCD_INITIAL_CLUSTER")
-        .to_owned();
-    let id = added.split_whitespace().nth(1).expect("member ID").to_owned();
-    learner.initial_cluster = initial;
-    learner.state = "existing";
-    learner.start();
+    let (mut learner, id) = cluster.add_learner("m3", "reconfigure");
     // A learner serves serializable reads once it has caught up, and refuses the rest.
     wait_until("the learner to catch up", Duration::from_secs(20), || {
         etcdctl(
@@ -366,5 +338,104 @@ fn removal_that_would_lose_quorum_is_refused() {
             .lines()
             .count(),
         3
+    );
+}
+
+/// With a small --snapshot-count the leader purges its log, so a member that was down and a member
+/// added later can only catch up by installing a snapshot; both end with the same data (HashKV).
+#[test]
+fn lagging_and_new_members_catch_up_by_snapshot() {
+    let mut cluster = Cluster::start_with(3, "snapshots", &["--snapshot-count=50"]);
+    let all = cluster.endpoints();
+    ok(&all, &["put", "early", "1"]);
+    // A follower goes down, so that every write below must succeed on the remaining quorum.
+    let (leader, _) = cluster.leader();
+    let lagging = (leader + 1) % 3;
+    cluster.members[lagging].kill9();
+    let up = cluster.endpoints();
+    for i in 0..300 {
+        ok(&up, &["put", &format!("while-down/{i:03}"), "v"]);
+    }
+
+    // The lagging member comes back logging JSON, so its lines can be read by machines (and here).
+    cluster.members[lagging]
+        .extra_args
+        .push("--log-format=json".into());
+    cluster.members[lagging].start();
+    let endpoint = cluster.members[lagging].endpoint();
+    wait_or_explain(
+        "the lagging member to catch up",
+        Duration::from_secs(30),
+        || {
+            etcdctl(
+                &endpoint,
+                &["get", "while-down/299", "--consistency=s", "--print-value-only"],
+            )
+            .stdout
+                == b"v\n"
+        },
+        || cluster.logs(),
+    );
+    let log = std::fs::read_to_string(&cluster.members[lagging].log).unwrap();
+    let restarted = &log[log.find("{\"timestamp\"").expect("JSON log lines")..];
+    let messages: Vec<String> = restarted
+        .lines()
+        .map(|line| {
+            let entry: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+            assert!(entry["level"].is_string(), "{line}");
+            entry["fields"]["message"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect();
+    assert!(
+        messages.iter().any(|m| m == "snapshot installed"),
+        "no snapshot install in\n{restarted}"
+    );
+
+    // A member added now also starts from a snapshot.
+    let (joiner, _) = cluster.add_learner("m3", "snapshots");
+    wait_or_explain(
+        "the new member to catch up",
+        Duration::from_secs(30),
+        || {
+            let out = etcdctl(
+                &joiner.endpoint(),
+                &["get", "while-down/299", "--consistency=s", "--print-value-only"],
+            );
+            out.stdout == b"v\n"
+        },
+        || {
+            format!(
+                "{}\n--- m3 ---\n{}",
+                cluster.logs(),
+                std::fs::read_to_string(&joiner.log).unwrap_or_default()
+            )
+        },
+    );
+    assert!(
+        std::fs::read_to_string(&joiner.log)
+            .unwrap()
+            .contains("snapshot installed")
+    );
+
+    let revision = ok(&all, &["get", "early", "-w", "json"]);
+    let revision: serde_json::Value = serde_json::from_str(&revision).unwrap();
+    let revision = revision["header"]["revision"].as_i64().unwrap().to_string();
+    let hashes: Vec<String> = cluster
+        .members
+        .iter()
+        .chain([&joiner])
+        .map(|m| {
+            let out = ok(
+                &m.endpoint(),
+                &["endpoint", "hashkv", &format!("--rev={revision}"), "-w", "json"],
+            );
+            let value: serde_json::Value = serde_json::from_str(&out).unwrap();
+            value[0]["HashKV"]["hash"].to_string()
+        })
+        .collect();
+    assert!(
+        hashes.iter().all(|h| h == &hashes[0]),
+        "members disagree after catching up: {hashes:?}"
     );
 }

@@ -23,8 +23,21 @@ fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    let config = Args::parse().with_config_file()?.validate()?;
+    let mut config = Args::parse().with_config_file()?.validate()?;
     init_logging(&config.log_level, config.log_format)?;
+    let initialized = cairn::bootstrap::data_dir::load(&config.data_dir)?.is_some();
+    // An initialized data dir knows its cluster; DNS is only asked on first start.
+    if let (Some(srv), false) = (&config.discovery, initialized) {
+        config.initial_cluster = cairn::bootstrap::srv::discover(
+            &srv.domain,
+            srv.service_name.as_deref(),
+            srv.nameserver,
+            &config.name,
+            &config.advertise_peer_urls,
+        )
+        .await?;
+        tracing::info!(members = ?config.initial_cluster, "initial cluster found through DNS SRV");
+    }
     let node = Node::open(config, Arc::default()).await?;
     cairn::server::serve(node.clone()).await?;
     node.bootstrap().await?;

@@ -1,6 +1,5 @@
 //! The multi-version key space: every key's history of versions and deletions, kept until compaction.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 
 use bytes::Bytes;
@@ -125,9 +124,12 @@ impl<'a> KeyRange<'a> {
 }
 
 /// Every key with its history, ordered by key; each history ordered by revision.
+///
+/// A persistent map: a clone shares all of its nodes with the original and costs O(1), so a
+/// snapshot can be taken under a short lock and written out while writes go on.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct KeySpace {
-    keys: BTreeMap<Bytes, Vec<Record>>,
+    keys: imbl::OrdMap<Bytes, Vec<Record>>,
     /// Bytes held by all records, live and historic.
     footprint: u64,
 }
@@ -146,7 +148,7 @@ impl KeySpace {
             Box::new(std::iter::empty())
         } else {
             let (lower, upper) = range.bounds();
-            Box::new(self.keys.range::<[u8], _>((lower, upper)))
+            Box::new(self.keys.range::<_, [u8]>((lower, upper)))
         };
         slice.filter_map(move |(key, history)| visible_at(history, revision).map(|stored| (key, stored)))
     }
@@ -176,7 +178,8 @@ impl KeySpace {
     /// Drops history that no read at or after `revision` can see.
     pub fn compact(&mut self, revision: i64) {
         let mut freed = 0;
-        self.keys.retain(|key, history| {
+        let mut changed = Vec::new();
+        for (key, history) in self.keys.iter() {
             // Index of the newest record at or before the compaction point: the one reads at
             // `revision` still see. Everything before it is unreachable.
             let keep_from = history.partition_point(|r| r.mod_revision() <= revision);
@@ -184,11 +187,21 @@ impl KeySpace {
             if keep_from > 0 && matches!(history[keep_from - 1], Record::Tombstone { .. }) {
                 drop_until = keep_from;
             }
-            for record in history.drain(..drop_until) {
-                freed += record.footprint(key);
+            if drop_until > 0 {
+                freed += history[..drop_until]
+                    .iter()
+                    .map(|r| r.footprint(key))
+                    .sum::<u64>();
+                changed.push((key.clone(), history[drop_until..].to_vec()));
             }
-            !history.is_empty()
-        });
+        }
+        for (key, kept) in changed {
+            if kept.is_empty() {
+                self.keys.remove(&key);
+            } else {
+                self.keys.insert(key, kept);
+            }
+        }
         self.footprint -= freed;
     }
 

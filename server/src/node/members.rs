@@ -93,7 +93,9 @@ impl Node {
             .call_leader(&PeerCall::MemberChange(change), Instant::now() + REQUEST_TIMEOUT)
             .await?
         {
-            PeerAnswer::MemberChanged => Ok(()),
+            // Like etcd, answer with a member list that already holds the change: the leader has
+            // committed it, this member may not have received it yet.
+            PeerAnswer::MemberChanged => self.linearizable_barrier().await,
             PeerAnswer::Failed(ForwardError::Node(error)) => Err(error),
             _ => Err(NodeError::Internal("leader answered a different call".into())),
         }

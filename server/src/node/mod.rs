@@ -527,7 +527,8 @@ async fn resolve_identity(config: &Config) -> Result<data_dir::MemberIdentity, S
                 .collect();
             data_dir::MemberIdentity {
                 name: config.name.clone(),
-                member_id: identity::member_id(&config.advertise_peer_urls, &config.token, None),
+                // The cluster's own spelling of this member's URLs (SRV gives host names).
+                member_id: identity::member_id(&config.initial_cluster[&config.name], &config.token, None),
                 cluster_id: identity::cluster_id(&ids),
                 token: config.token.clone(),
             }
@@ -589,7 +590,7 @@ fn identity_from_cluster(config: &Config, info: ClusterInfo) -> Result<data_dir:
             )));
         }
     }
-    let mine = sorted(&config.advertise_peer_urls);
+    let mine = sorted(&config.initial_cluster[&config.name]);
     let Some((member_id, _)) = info.members.iter().find(|(_, urls)| sorted(urls) == mine) else {
         return Err(StartError::Join(format!(
             "this member's peer URLs {mine:?} are not in cluster {:x}; run `member add` first",

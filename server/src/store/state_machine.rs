@@ -66,19 +66,20 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     type SnapshotData = Vec<u8>;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
-        let (meta, data) = {
-            let machine = read(&self.machine);
-            let meta = SnapshotMeta {
-                last_log_id: machine.last_applied,
-                last_membership: machine.last_membership.clone(),
-            };
-            (meta, postcard::to_stdvec(&*machine).map_err(io::Error::other)?)
+        // The key space is a persistent map, so this copy is cheap and the lock is held briefly;
+        // encoding and writing the copy happen off the async threads while writes go on.
+        let copy = read(&self.machine).clone();
+        let meta = SnapshotMeta {
+            last_log_id: copy.last_applied,
+            last_membership: copy.last_membership.clone(),
         };
         let dir = self.snap_dir.clone();
-        let (meta, data) =
-            tokio::task::spawn_blocking(move || snapshot::save(&dir, &meta, &data).map(|()| (meta, data)))
-                .await
-                .map_err(io::Error::other)??;
+        let (meta, data) = tokio::task::spawn_blocking(move || {
+            let data = postcard::to_stdvec(&copy).map_err(io::Error::other)?;
+            snapshot::save(&dir, &meta, &data).map(|()| (meta, data))
+        })
+        .await
+        .map_err(io::Error::other)??;
         tracing::info!(last_log_id = ?meta.last_log_id, bytes = data.len(), "snapshot saved");
         Ok(Snapshot { meta, snapshot: data })
     }
@@ -129,18 +130,20 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, data: Vec<u8>) -> Result<(), io::Error> {
-        let installed: Machine = postcard::from_bytes(&data).map_err(invalid)?;
-        if installed.last_applied != meta.last_log_id {
-            return Err(invalid(format!(
-                "snapshot data is at {:?} but its metadata says {:?}",
-                installed.last_applied, meta.last_log_id
-            )));
-        }
         let dir = self.snap_dir.clone();
         let saved_meta = meta.clone();
-        tokio::task::spawn_blocking(move || snapshot::save(&dir, &saved_meta, &data))
-            .await
-            .map_err(io::Error::other)??;
+        let installed = tokio::task::spawn_blocking(move || {
+            let installed: Machine = postcard::from_bytes(&data).map_err(invalid)?;
+            if installed.last_applied != saved_meta.last_log_id {
+                return Err(invalid(format!(
+                    "snapshot data is at {:?} but its metadata says {:?}",
+                    installed.last_applied, saved_meta.last_log_id
+                )));
+            }
+            snapshot::save(&dir, &saved_meta, &data).map(|()| installed)
+        })
+        .await
+        .map_err(io::Error::other)??;
         *write(&self.machine) = installed;
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())

@@ -6,16 +6,27 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+/// A port for a member to listen on. Taken from below the kernel's ephemeral range (32768+), so
+/// that a restarted member never finds its port taken by some client's outgoing connection; each
+/// test process walks its own stretch of the range (seeded by its pid) and skips ports in use.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind an ephemeral port")
-        .local_addr()
-        .unwrap()
-        .port()
+    const FIRST: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let seed = std::process::id().wrapping_mul(7919) % SPAN;
+    for _ in 0..SPAN {
+        let step = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (FIRST + (seed + step) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FIRST} and {}", FIRST + SPAN);
 }
 
 pub fn etcdctl_path() -> &'static str {
@@ -37,6 +48,8 @@ pub struct Member {
     pub token: String,
     pub initial_cluster: String,
     pub state: &'static str,
+    /// Flags added after the harness's own, e.g. DNS discovery instead of `--initial-cluster`.
+    pub extra_args: Vec<String>,
 }
 
 impl Member {
@@ -51,6 +64,7 @@ impl Member {
             token: token.to_owned(),
             initial_cluster: String::new(),
             state: "new",
+            extra_args: Vec::new(),
         }
     }
 
@@ -63,12 +77,15 @@ impl Member {
             .arg(format!("--advertise-client-urls={}", self.client_url))
             .arg(format!("--listen-peer-urls={}", self.peer_url))
             .arg(format!("--initial-advertise-peer-urls={}", self.peer_url))
-            .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg(format!("--initial-cluster-token={}", self.token))
             .arg(format!("--initial-cluster-state={}", self.state))
             .arg("--heartbeat-interval=50")
             .arg("--election-timeout=500")
             .arg("--log-level=info");
+        if !self.initial_cluster.is_empty() {
+            command.arg(format!("--initial-cluster={}", self.initial_cluster));
+        }
+        command.args(&self.extra_args);
         command
     }
 
@@ -128,10 +145,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `size` members bootstrapped statically with `token`.
     pub fn start(size: usize, token: &str) -> Cluster {
+        Cluster::start_with(size, token, &[])
+    }
+
+    /// Starts `size` members bootstrapped statically, each with `extra_args` added to its flags.
+    pub fn start_with(size: usize, token: &str, extra_args: &[&str]) -> Cluster {
         let root = TempDir::new().unwrap();
         let mut members: Vec<Member> = (0..size)
             .map(|i| Member::new(root.path(), &format!("m{i}"), token))
             .collect();
+        for member in &mut members {
+            member.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
+        }
         let initial: Vec<String> = members
             .iter()
             .map(|m| format!("{}={}", m.name, m.peer_url))
@@ -187,6 +212,34 @@ impl Cluster {
         }
     }
 
+    /// Adds a learner `name` with etcdctl's `member add --learner` and starts it with the
+    /// initial cluster etcdctl printed; returns the running member and its ID (hex).
+    pub fn add_learner(&self, name: &str, token: &str) -> (Member, String) {
+        let mut learner = Member::new(self.root.path(), name, token);
+        let peer_urls = format!("--peer-urls={}", learner.peer_url);
+        let added = ok(
+            &self.endpoints(),
+            &["member", "add", name, &peer_urls, "--learner"],
+        );
+        learner.initial_cluster = added
+            .lines()
+            .find_map(|l| l.strip_prefix("ETCD_INITIAL_CLUSTER=\""))
+            .and_then(|l| l.strip_suffix('"'))
+            .expect("member add prints ETCD_INITIAL_CLUSTER")
+            .to_owned();
+        // etcdctl names the new member only if the answer's member list already holds it.
+        assert!(
+            learner
+                .initial_cluster
+                .contains(&format!("{name}={}", learner.peer_url)),
+            "the member list answered by member add lacks the new member:\n{added}"
+        );
+        let id = added.split_whitespace().nth(1).expect("member ID").to_owned();
+        learner.state = "existing";
+        learner.start();
+        (learner, id)
+    }
+
     /// The member ID (hex) of the current leader, as `endpoint status` reports it.
     pub fn leader(&self) -> (usize, String) {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -227,9 +280,15 @@ pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
 }
 
 pub fn etcdctl_stdin(endpoints: &str, args: &[&str], input: &str) -> Output {
+    let mut command = Command::new(etcdctl_path());
+    command.env("ETCDCTL_API", "3");
+    client_with_stdin(command, endpoints, args, input)
+}
+
+/// Runs an etcd client command (etcdctl or cairnctl) against `endpoints`, feeding it `input`.
+fn client_with_stdin(mut command: Command, endpoints: &str, args: &[&str], input: &str) -> Output {
     use std::io::Write;
-    let mut child = Command::new(etcdctl_path())
-        .env("ETCDCTL_API", "3")
+    let mut child = command
         .arg(format!("--endpoints={endpoints}"))
         .arg("--command-timeout=10s")
         .args(args)
@@ -237,9 +296,9 @@ pub fn etcdctl_stdin(endpoints: &str, args: &[&str], input: &str) -> Output {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run etcdctl");
+        .expect("start the client");
     child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
+    child.wait_with_output().expect("wait for the client")
 }
 
 /// Runs etcdctl and returns stdout, failing the test with stderr when it fails.
@@ -248,6 +307,55 @@ pub fn ok(endpoints: &str, args: &[&str]) -> String {
     assert!(
         out.status.success(),
         "etcdctl {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Polls `done` every 200ms until it holds; fails the test naming `what` after `within`.
+pub fn wait_until(what: &str, within: Duration, done: impl FnMut() -> bool) {
+    wait_or_explain(what, within, done, String::new);
+}
+
+/// As `wait_until`, adding `explain()` (say, the members' logs) to the failure.
+pub fn wait_or_explain(
+    what: &str,
+    within: Duration,
+    mut done: impl FnMut() -> bool,
+    explain: impl Fn() -> String,
+) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}\n{}",
+            explain()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs the workspace's `cairnctl` with `input` on stdin.
+pub fn cairnctl_stdin(endpoints: &str, args: &[&str], input: &str) -> Output {
+    client_with_stdin(
+        Command::new(env!("CARGO_BIN_EXE_cairnctl")),
+        endpoints,
+        args,
+        input,
+    )
+}
+
+pub fn cairnctl(endpoints: &str, args: &[&str]) -> Output {
+    cairnctl_stdin(endpoints, args, "")
+}
+
+/// Runs `cairnctl`, fails the test unless it succeeds, and returns its stdout.
+pub fn ctl_ok(endpoints: &str, args: &[&str]) -> String {
+    let out = cairnctl(endpoints, args);
+    assert!(
+        out.status.success(),
+        "cairnctl {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: a local 3-member Cairn cluster against a local 3-member etcd 3.4 cluster
+(Debian's etcd-server), same load from cairn-bench, interleaved round by round so that the noise of
+a shared host falls on both. Prints medians per workload and the Cairn/etcd ratios.
+
+    cargo build --release --bin cairn --bin cairn-bench
+    apt-get install etcd-server          # provides /usr/bin/etcd (3.4)
+    bench/compare.py --rounds 5
+
+Ratios above 1.0 mean Cairn is faster (ops/s) or slower (p99, where lower is better).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+
+# name, cairn-bench arguments; the bar for Cairn is on the first four.
+WORKLOADS = [
+    ("put, 64 clients", ["--clients", "64", "--conns", "8", "put", "--key-size", "8", "--val-size", "256",
+                         "--key-space-size", "100000"]),
+    ("put, 256 clients", ["--clients", "256", "--conns", "32", "put", "--key-size", "8", "--val-size", "256",
+                          "--key-space-size", "100000"]),
+    ("range linearizable, 64 clients", ["--clients", "64", "--conns", "8", "range", "bench-key",
+                                        "--consistency", "l"]),
+    ("range serializable, 64 clients", ["--clients", "64", "--conns", "8", "range", "bench-key",
+                                        "--consistency", "s"]),
+    ("txn-put, 64 clients", ["--clients", "64", "--conns", "8", "txn-put", "--txn-ops", "4", "--val-size", "256",
+                             "--key-space-size", "100000"]),
+]
+
+
+class Cluster:
+    """Three members of one system on loopback, each with its own data directory."""
+
+    def __init__(self, system, binary, base_port, workdir):
+        self.system = system
+        self.binary = binary
+        self.members = []
+        for i in range(3):
+            client, peer = base_port + 10 * i, base_port + 10 * i + 1
+            self.members.append({"name": f"{system}{i}", "client": client, "peer": peer,
+                                 "dir": os.path.join(workdir, f"{system}{i}")})
+        self.processes = []
+        self.logs = []
+
+    @property
+    def endpoints(self):
+        return ",".join(f"127.0.0.1:{m['client']}" for m in self.members)
+
+    def start(self):
+        initial = ",".join(f"{m['name']}=http://127.0.0.1:{m['peer']}" for m in self.members)
+        for m in self.members:
+            args = [self.binary, "--name", m["name"], "--data-dir", m["dir"],
+                    "--listen-client-urls", f"http://127.0.0.1:{m['client']}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{m['client']}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{m['peer']}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{m['peer']}",
+                    "--initial-cluster", initial, "--initial-cluster-token", f"bench-{self.system}",
+                    "--initial-cluster-state", "new", "--quota-backend-bytes", str(8 * 1024 ** 3)]
+            log = open(m["dir"] + ".log", "w")
+            self.logs.append(log)
+            self.processes.append(subprocess.Popen(args, stdout=log, stderr=log))
+
+    def wait_healthy(self, within=60):
+        deadline = time.time() + within
+        for m in self.members:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{m['client']}/health", timeout=2) as r:
+                        if json.load(r).get("health") == "true":
+                            break
+                except OSError:
+                    pass
+                if time.time() > deadline:
+                    sys.exit(f"{self.system} member {m['name']} never became healthy; see {m['dir']}.log")
+                time.sleep(0.3)
+
+    def stop(self):
+        for p in self.processes:
+            p.send_signal(signal.SIGTERM)
+        for p in self.processes:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in self.logs:
+            log.close()
+
+
+def bench(endpoints, args, total):
+    command = [os.path.join(RELEASE, "cairn-bench"), "--endpoints", endpoints, "--total", str(total),
+               "--json"] + args
+    out = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    if out.returncode != 0:
+        sys.exit(f"cairn-bench failed: {' '.join(command)}\n{out.stdout}{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--total", type=int, default=20000, help="requests per run")
+    parser.add_argument("--etcd", default="/usr/bin/etcd")
+    parser.add_argument("--results", help="also write every run as JSON to this file")
+    options = parser.parse_args()
+    for binary in (os.path.join(RELEASE, "cairn"), os.path.join(RELEASE, "cairn-bench"), options.etcd):
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"{binary} is missing: build with `cargo build --release` / install etcd-server")
+
+    workdir = tempfile.mkdtemp(prefix="cairn-bench-")
+    clusters = [Cluster("cairn", os.path.join(RELEASE, "cairn"), 21379, workdir),
+                Cluster("etcd", options.etcd, 22379, workdir)]
+    runs = []
+    try:
+        for cluster in clusters:
+            cluster.start()
+        for cluster in clusters:
+            cluster.wait_healthy()
+            bench(cluster.endpoints, ["--clients", "8", "put", "--val-size", "256"], 500)  # warm-up
+            put_range_key(cluster.endpoints)
+        for round_number in range(options.rounds):
+            for name, args in WORKLOADS:
+                order = clusters if round_number % 2 == 0 else list(reversed(clusters))
+                for cluster in order:
+                    report = bench(cluster.endpoints, args, options.total)
+                    report.update(system=cluster.system, name=name, round=round_number)
+                    runs.append(report)
+                    print(f"round {round_number + 1}/{options.rounds} {name:32} {cluster.system:6} "
+                          f"{report['ops_per_second']:9.0f} ops/s  p99 {report['p99_ms']:7.2f} ms",
+                          file=sys.stderr, flush=True)
+    finally:
+        for cluster in clusters:
+            cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    if options.results:
+        with open(options.results, "w") as f:
+            json.dump(runs, f, indent=1)
+    print(f"\nMedians of {options.rounds} interleaved rounds, {options.total} requests per run "
+          f"({os.cpu_count()} CPUs, both clusters on this host):\n")
+    print(f"{'workload':32} {'cairn ops/s':>12} {'etcd ops/s':>11} {'ratio':>6}   "
+          f"{'cairn p99':>10} {'etcd p99':>9} {'ratio':>6}")
+    for name, _ in WORKLOADS:
+        medians = {}
+        for system in ("cairn", "etcd"):
+            mine = [r for r in runs if r["name"] == name and r["system"] == system]
+            medians[system] = (statistics.median(r["ops_per_second"] for r in mine),
+                               statistics.median(r["p99_ms"] for r in mine))
+        (c_ops, c_p99), (e_ops, e_p99) = medians["cairn"], medians["etcd"]
+        print(f"{name:32} {c_ops:12.0f} {e_ops:11.0f} {c_ops / e_ops:6.2f}   "
+              f"{c_p99:8.2f}ms {e_p99:7.2f}ms {c_p99 / e_p99:6.2f}")
+
+
+def put_range_key(endpoints):
+    """Writes `bench-key` (256 bytes), the key the range workloads read."""
+    subprocess.run([os.path.join(RELEASE, "cairnctl"), "--endpoints", endpoints, "put", "bench-key",
+                    "v" * 256], check=True, capture_output=True)
+
+
+if __name__ == "__main__":
+    main()

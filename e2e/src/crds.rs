@@ -1,0 +1,47 @@
+//! CustomResourceDefinitions from YAML files, installed with server-side apply before the
+//! controller manager starts (its garbage collector then knows their types from the beginning).
+
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde::Deserialize;
+
+/// Applies every CRD in the `*.yaml` files of `dir` and waits until each is Established.
+pub async fn install(client: &Client, dir: &Path) -> Result<(), String> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    let mut names = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let crd = CustomResourceDefinition::deserialize(document)
+                .map_err(|e| format!("{}: not a CustomResourceDefinition: {e}", file.display()))?;
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(&name, &PatchParams::apply("sandbox").force(), &Patch::Apply(&crd))
+                .await
+                .map_err(|e| format!("{name}: {e}"))?;
+            names.push(name);
+        }
+    }
+    for name in names {
+        let established = kube::runtime::wait::await_condition(
+            api.clone(),
+            &name,
+            kube::runtime::wait::conditions::is_crd_established(),
+        );
+        tokio::time::timeout(Duration::from_secs(30), established)
+            .await
+            .map_err(|_| format!("{name} was not Established within 30s"))?
+            .map_err(|e| format!("{name}: {e}"))?;
+    }
+    Ok(())
+}

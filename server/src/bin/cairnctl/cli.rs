@@ -1,0 +1,319 @@
+//! cairnctl's command line: etcdctl's verbs, flags and defaults, so etcdctl habits carry over.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cairnctl",
+    version,
+    about = "A command line client for Cairn (and any etcd v3 server)"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// gRPC endpoints, comma separated (host:port or http://host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRNCTL_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379"
+    )]
+    pub endpoints: Vec<String>,
+    /// Dial timeout for client connections.
+    #[arg(long, global = true, env = "CAIRNCTL_DIAL_TIMEOUT", value_parser = parse_duration, default_value = "2s")]
+    pub dial_timeout: Duration,
+    /// Timeout for short running commands (excluding dial timeout).
+    #[arg(long, global = true, env = "CAIRNCTL_COMMAND_TIMEOUT", value_parser = parse_duration, default_value = "5s")]
+    pub command_timeout: Duration,
+    /// Output format.
+    #[arg(short = 'w', long, global = true, value_enum, default_value = "simple")]
+    pub write_out: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Simple,
+    Json,
+    Table,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Puts the given key into the store (the value is read from stdin when not given).
+    Put(PutArgs),
+    /// Gets the key or a range of keys.
+    Get(GetArgs),
+    /// Removes the specified key or range of keys [key, range_end).
+    Del(DelArgs),
+    /// Txn processes all the requests in one transaction, read from stdin.
+    Txn(TxnArgs),
+    /// Compacts the event history in the store up to a revision.
+    Compaction(CompactionArgs),
+    /// Lease related commands.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// Membership related commands.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Endpoint related commands.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Transfers leadership to another member.
+    MoveLeader(MoveLeaderArgs),
+    /// Manages snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PutArgs {
+    pub key: String,
+    pub value: Option<String>,
+    /// Lease ID (in hexadecimal) to attach to the key.
+    #[arg(long, default_value = "0")]
+    pub lease: String,
+    /// Return the previous key-value pair before modification.
+    #[arg(long)]
+    pub prev_kv: bool,
+    /// Update the key using its current value.
+    #[arg(long)]
+    pub ignore_value: bool,
+    /// Update the key using its current lease.
+    #[arg(long)]
+    pub ignore_lease: bool,
+}
+
+/// Which keys a get or del works on: one key, `[key, range_end)`, a prefix, or from a key on.
+#[derive(Debug, Clone, Args)]
+pub struct KeysArgs {
+    pub key: String,
+    pub range_end: Option<String>,
+    /// Keys with matching prefix.
+    #[arg(long)]
+    pub prefix: bool,
+    /// Keys that are greater than or equal to the given key using byte compare.
+    #[arg(long)]
+    pub from_key: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub keys: KeysArgs,
+    /// Specify the kv revision.
+    #[arg(long, default_value_t = 0)]
+    pub rev: i64,
+    /// Maximum number of results.
+    #[arg(long, default_value_t = 0)]
+    pub limit: i64,
+    /// Get only the keys.
+    #[arg(long)]
+    pub keys_only: bool,
+    /// Get only the count.
+    #[arg(long)]
+    pub count_only: bool,
+    /// Only write values when using the "simple" output format.
+    #[arg(long)]
+    pub print_value_only: bool,
+    /// Linearizable(l) or Serializable(s).
+    #[arg(long, default_value = "l")]
+    pub consistency: String,
+    /// Order of results; ASCEND or DESCEND (ASCEND by default).
+    #[arg(long, default_value = "")]
+    pub order: String,
+    /// Sort target; CREATE, KEY, MODIFY, VALUE, or VERSION.
+    #[arg(long, default_value = "")]
+    pub sort_by: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DelArgs {
+    #[command(flatten)]
+    pub keys: KeysArgs,
+    /// Return deleted key-value pairs.
+    #[arg(long)]
+    pub prev_kv: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TxnArgs {
+    /// Input transaction in interactive mode (prompts for each section).
+    #[arg(short, long)]
+    pub interactive: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompactionArgs {
+    pub revision: i64,
+    /// Wait for the compaction to be physically applied.
+    #[arg(long)]
+    pub physical: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// Creates a lease with a TTL in seconds.
+    Grant { ttl: i64 },
+    /// Revokes a lease and deletes its keys.
+    Revoke { id: String },
+    /// Gets lease information.
+    Timetolive {
+        id: String,
+        /// Get keys attached to this lease.
+        #[arg(long)]
+        keys: bool,
+    },
+    /// Lists all active leases.
+    List,
+    /// Keeps a lease alive (renews it).
+    KeepAlive {
+        id: String,
+        /// Renew once and exit.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Adds a member into the cluster.
+    Add {
+        name: String,
+        /// Comma separated peer URLs for the new member.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+        /// Add as a learner (non-voting member).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Removes a member from the cluster.
+    Remove { id: String },
+    /// Updates a member's peer URLs.
+    Update {
+        id: String,
+        /// Comma separated peer URLs for the member.
+        #[arg(long, value_delimiter = ',', required = true)]
+        peer_urls: Vec<String>,
+    },
+    /// Lists all members in the cluster.
+    List,
+    /// Promotes a learner to a voting member.
+    Promote { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCommand {
+    /// Checks the health of the endpoints.
+    Health(EndpointArgs),
+    /// Prints the status of the endpoints.
+    Status(EndpointArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EndpointArgs {
+    /// Use all endpoints from the cluster member list.
+    #[arg(long)]
+    pub cluster: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MoveLeaderArgs {
+    /// Member ID (hexadecimal) of the transferee.
+    pub target: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Stores a snapshot of an endpoint's backend into a file.
+    Save { filename: std::path::PathBuf },
+}
+
+/// The requests a transaction may carry, parsed from each line with the same flags as the verbs.
+#[derive(Debug, Parser)]
+#[command(no_binary_name = true)]
+pub enum TxnRequest {
+    Put(PutArgs),
+    Get(GetArgs),
+    Del(DelArgs),
+}
+
+/// Parses Go-style durations as etcdctl takes them: `500ms`, `2s`, `1m`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("invalid duration {text:?} (use e.g. 500ms, 5s, 1m)");
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(invalid());
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .ok_or_else(invalid)?;
+        let amount: f64 = rest[..digits].parse().map_err(|_| invalid())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let seconds = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(invalid()),
+        };
+        total += Duration::from_secs_f64(amount * seconds);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// Parses an ID given in hexadecimal, as etcdctl prints them.
+pub fn parse_hex_id(what: &str, text: &str) -> anyhow::Result<u64> {
+    u64::from_str_radix(text, 16)
+        .map_err(|_| anyhow::anyhow!("bad {what} ID {text:?}: expected a hexadecimal number"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_go() {
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("5").unwrap_err().contains("\"5\""));
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn ids_are_hexadecimal() {
+        assert_eq!(
+            parse_hex_id("member", "8e9e05c52164694d").unwrap(),
+            0x8e9e05c52164694d
+        );
+        assert!(
+            parse_hex_id("lease", "xyz")
+                .unwrap_err()
+                .to_string()
+                .contains("bad lease ID \"xyz\"")
+        );
+    }
+
+    #[test]
+    fn endpoints_default_and_split_on_commas() {
+        let cli = Cli::try_parse_from(["cairnctl", "member", "list"]).unwrap();
+        assert_eq!(cli.global.endpoints, vec!["127.0.0.1:2379"]);
+        let cli = Cli::try_parse_from(["cairnctl", "--endpoints=a:1,b:2", "get", "k", "--prefix"]).unwrap();
+        assert_eq!(cli.global.endpoints, vec!["a:1", "b:2"]);
+    }
+}

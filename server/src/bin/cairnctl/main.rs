@@ -1,0 +1,138 @@
+//! `cairnctl`: etcdctl's verbs for Cairn (and any etcd v3 server), built on the `etcd-client` crate.
+
+mod cli;
+mod endpoint;
+mod kv;
+mod lease;
+mod member;
+mod output;
+mod txn;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use etcd_client::{Client, ConnectOptions};
+
+use cli::{Cli, Command, Format, Global};
+
+/// What every command works with: a client over all endpoints and how to print.
+pub struct Session {
+    pub client: Client,
+    pub format: Format,
+    pub global: Global,
+}
+
+impl Session {
+    async fn connect(global: Global) -> anyhow::Result<Session> {
+        let client = connect(&global.endpoints, &global).await?;
+        Ok(Session {
+            client,
+            format: global.write_out,
+            global,
+        })
+    }
+
+    /// Refuses a format that a command has no printer for, naming both.
+    pub fn require_format(&self, command: &str, supported: &[Format]) -> anyhow::Result<()> {
+        if supported.contains(&self.format) {
+            return Ok(());
+        }
+        let names: Vec<String> = supported
+            .iter()
+            .map(|f| format!("{f:?}").to_lowercase())
+            .collect();
+        anyhow::bail!(
+            "{command} cannot print as {}; use -w {}",
+            format!("{:?}", self.format).to_lowercase(),
+            names.join(" or -w ")
+        )
+    }
+}
+
+/// Opens a client on `endpoints`; connections are made lazily, on the first request.
+pub async fn connect(endpoints: &[String], global: &Global) -> anyhow::Result<Client> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(global.dial_timeout)
+        .with_timeout(global.command_timeout);
+    Client::connect(endpoints, Some(options))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot use endpoints {}: {}", endpoints.join(","), describe(&e)))
+}
+
+/// Why a request failed: the server said no (its message is etcd's exact text, which scripts
+/// match on), or no endpoint could be reached.
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("{0}")]
+    Server(String),
+    #[error("{0}")]
+    Unreachable(String),
+}
+
+pub fn describe(error: &etcd_client::Error) -> String {
+    classify(error).to_string()
+}
+
+fn classify(error: &etcd_client::Error) -> RpcError {
+    match error {
+        etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Unavailable => {
+            RpcError::Unreachable(status.message().to_owned())
+        }
+        etcd_client::Error::GRpcStatus(status) if status.code() == tonic::Code::Cancelled => {
+            RpcError::Unreachable(format!("context deadline exceeded ({})", status.message()))
+        }
+        etcd_client::Error::GRpcStatus(status) => RpcError::Server(status.message().to_owned()),
+        etcd_client::Error::TransportError(error) => RpcError::Unreachable(error.to_string()),
+        other => RpcError::Server(other.to_string()),
+    }
+}
+
+/// Turns client errors into messages a user can act on.
+pub trait Rpc<T> {
+    fn rpc(self) -> anyhow::Result<T>;
+}
+
+impl<T> Rpc<T> for Result<T, etcd_client::Error> {
+    fn rpc(self) -> anyhow::Result<T> {
+        self.map_err(|e| classify(&e).into())
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let endpoints = cli.global.endpoints.join(",");
+    let mut session = Session::connect(cli.global).await?;
+    let outcome = match cli.command {
+        Command::Put(args) => kv::put(&mut session, args).await,
+        Command::Get(args) => kv::get(&mut session, args).await,
+        Command::Del(args) => kv::del(&mut session, args).await,
+        Command::Txn(args) => kv::txn(&mut session, args).await,
+        Command::Compaction(args) => kv::compaction(&mut session, args).await,
+        Command::Lease(command) => lease::run(&mut session, command).await,
+        Command::Member(command) => member::run(&mut session, command).await,
+        Command::Endpoint(command) => endpoint::run(&mut session, command).await,
+        Command::MoveLeader(args) => endpoint::move_leader(&mut session, args).await,
+        Command::Snapshot(command) => endpoint::snapshot(&mut session, command).await,
+    };
+    outcome.map_err(|error| match error.downcast_ref::<RpcError>() {
+        Some(RpcError::Unreachable(why)) => anyhow::anyhow!("cannot reach {endpoints}: {why}"),
+        _ => error,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("Error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("Error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

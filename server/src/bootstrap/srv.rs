@@ -1,0 +1,122 @@
+//! DNS SRV bootstrap (etcd's `--discovery-srv`): the initial members are the targets of
+//! `_cairn-server._tcp.<domain>` (or `_cairn-server-<name>._tcp.<domain>` with
+//! `--discovery-srv-name`). `_cairn-server-ssl._tcp` is reserved for TLS peers and not served yet.
+//! This member is the target that resolves to its own advertised peer address.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use hickory_resolver::Resolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SrvError {
+    #[error("cannot set up the DNS resolver: {0}")]
+    Resolver(String),
+    #[error("DNS SRV lookup of {name} failed: {reason}")]
+    Lookup { name: String, reason: String },
+    #[error("DNS SRV lookup of {name} returned no members")]
+    Empty { name: String },
+    #[error("cannot resolve {host}: {reason}")]
+    Resolve { host: String, reason: String },
+    #[error(
+        "cannot find local member {name:?} in SRV records {record} (advertised peer URLs {advertised:?})"
+    )]
+    SelfNotListed {
+        name: String,
+        record: String,
+        advertised: Vec<String>,
+    },
+}
+
+/// The SRV record name for a domain and optional service name suffix.
+pub fn record_name(domain: &str, service_name: Option<&str>) -> String {
+    let suffix = service_name
+        .filter(|s| !s.is_empty())
+        .map(|s| format!("-{s}"))
+        .unwrap_or_default();
+    format!("_cairn-server{suffix}._tcp.{}.", domain.trim_end_matches('.'))
+}
+
+fn resolver(nameserver: Option<SocketAddr>) -> Result<Resolver<TokioRuntimeProvider>, SrvError> {
+    let failed = |e: &dyn std::fmt::Display| SrvError::Resolver(e.to_string());
+    match nameserver {
+        Some(addr) => {
+            let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+            for connection in &mut server.connections {
+                connection.port = addr.port();
+            }
+            Resolver::builder_with_config(
+                ResolverConfig::from_name_servers(vec![server]),
+                TokioRuntimeProvider::default(),
+            )
+            .build()
+            .map_err(|e| failed(&e))
+        }
+        None => Resolver::builder_tokio()
+            .map_err(|e| failed(&e))?
+            .build()
+            .map_err(|e| failed(&e)),
+    }
+}
+
+async fn addresses(host_port: &str) -> Result<Vec<SocketAddr>, SrvError> {
+    tokio::net::lookup_host(host_port)
+        .await
+        .map(Iterator::collect)
+        .map_err(|e| SrvError::Resolve {
+            host: host_port.to_owned(),
+            reason: e.to_string(),
+        })
+}
+
+/// Builds the initial cluster from SRV records: this member under `name`, the others under their
+/// position in the answer. Member IDs depend only on URLs and token, so names of others do not matter.
+pub async fn discover(
+    domain: &str,
+    service_name: Option<&str>,
+    nameserver: Option<SocketAddr>,
+    name: &str,
+    advertised_peer_urls: &[String],
+) -> Result<BTreeMap<String, Vec<String>>, SrvError> {
+    let record = record_name(domain, service_name);
+    let answer = resolver(nameserver)?
+        .lookup(record.as_str(), RecordType::SRV)
+        .await
+        .map_err(|e| SrvError::Lookup {
+            name: record.clone(),
+            reason: e.to_string(),
+        })?;
+    let mut mine = Vec::new();
+    for url in advertised_peer_urls {
+        mine.extend(addresses(url.trim_start_matches("http://")).await?);
+    }
+    let mut members = BTreeMap::new();
+    let mut others = 0;
+    for item in answer.answers() {
+        let RData::SRV(srv) = &item.data else { continue };
+        let target = srv.target.to_utf8();
+        let host_port = format!("{}:{}", target.trim_end_matches('.'), srv.port);
+        let url = format!("http://{host_port}");
+        let resolved = addresses(&host_port).await?;
+        if resolved.iter().any(|a| mine.contains(a)) {
+            members.insert(name.to_owned(), vec![url]);
+        } else {
+            members.insert(others.to_string(), vec![url]);
+            others += 1;
+        }
+    }
+    if members.is_empty() {
+        return Err(SrvError::Empty { name: record });
+    }
+    if !members.contains_key(name) {
+        return Err(SrvError::SelfNotListed {
+            name: name.to_owned(),
+            record,
+            advertised: advertised_peer_urls.to_vec(),
+        });
+    }
+    Ok(members)
+}
