@@ -5,7 +5,9 @@
 pub mod controlplane;
 pub mod crds;
 pub mod dns;
+pub mod faults;
 pub mod kubelet;
+pub mod netns;
 pub mod pki;
 pub mod podexec;
 pub mod sandbox;

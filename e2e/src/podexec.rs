@@ -50,6 +50,9 @@ pub struct ContainerSpec {
     pub mounts: Vec<BindMount>,
     pub env: Vec<(String, String)>,
     pub working_dir: Option<PathBuf>,
+    /// The pod's group, which gives its connections the pod's address (`kubelet::pod_network`).
+    #[serde(default)]
+    pub network_group: Option<u32>,
 }
 
 impl ContainerSpec {
@@ -76,6 +79,9 @@ pub fn exec_in_pod(spec: &ContainerSpec, program: &[OsString]) -> PodExecError {
     command.args(args).env_clear().envs(spec.env.iter().cloned());
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
+    }
+    if let Some(group) = spec.network_group {
+        command.gid(group);
     }
     let error = command.exec();
     PodExecError::Exec {

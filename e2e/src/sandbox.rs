@@ -15,8 +15,11 @@ use nix::unistd::Pid;
 use crate::controlplane::{Binaries, ControlPlane, ControlPlaneError, Ports, cache_dir, tail};
 use crate::dns::{ClusterDns, DnsError};
 use crate::kubelet::images::ImageMap;
+use crate::kubelet::pod::SPEC_SUFFIX;
+use crate::kubelet::pod_network::PodSources;
 use crate::kubelet::volumes::MountPoints;
 use crate::kubelet::{KubeletConfig, KubeletError, ProcessGroups};
+use crate::netns::NetnsError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -42,6 +45,8 @@ pub enum SandboxError {
     Kubelet(#[from] KubeletError),
     #[error("no started container of pod {0} on this sandbox")]
     NoPod(String),
+    #[error(transparent)]
+    Network(#[from] NetnsError),
     #[error("{0} stopped; the sandbox went down with it")]
     ComponentDied(String),
 }
@@ -59,6 +64,9 @@ pub struct Sandbox {
     pub images: Vec<(String, PathBuf)>,
     /// CustomResourceDefinitions (YAML files) installed before the controller manager starts.
     pub crds: Option<PathBuf>,
+    /// Run in the caller's private network namespace and give pods' connections their own source
+    /// addresses (nftables), so fault tests can cut links between pods (`crate::faults`).
+    pub private_network: bool,
 }
 
 pub const DEFAULT_POD_OCTET: u8 = 10;
@@ -75,6 +83,7 @@ impl Default for Sandbox {
             pod_octet: DEFAULT_POD_OCTET,
             images: Vec::new(),
             crds: None,
+            private_network: false,
         }
     }
 }
@@ -136,6 +145,7 @@ impl Sandbox {
             return Ok(());
         }
         self.down()?;
+        self.check_network()?;
         build_missing(report)?;
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         std::fs::write(self.progress_file(), "").map_err(self.io(&self.progress_file()))?;
@@ -153,6 +163,9 @@ impl Sandbox {
         }
         if let Some(crds) = &self.crds {
             command.arg(format!("--crds={}", crds.display()));
+        }
+        if self.private_network {
+            command.arg("--private-network");
         }
         let child = command
             .stdin(Stdio::null())
@@ -228,6 +241,7 @@ impl Sandbox {
     /// The supervisor: starts the control plane, cluster DNS and the kubelet, says `ready`, and
     /// runs until SIGTERM or SIGINT, or until a component dies.
     pub fn run(&self) -> Result<(), SandboxError> {
+        std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         let progress = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
@@ -246,15 +260,26 @@ impl Sandbox {
             .enable_all()
             .build()
             .map_err(self.io(&self.dir))?;
-        let result = self.start_all(&runtime, &say).and_then(|mut plane| {
-            let served = runtime.block_on(self.serve(&mut plane, &say));
-            plane.stop();
-            served
-        });
+        let result = self
+            .check_network()
+            .and_then(|()| self.start_all(&runtime, &say))
+            .and_then(|mut plane| {
+                let served = runtime.block_on(self.serve(&mut plane, &say));
+                plane.stop();
+                served
+            });
         if let Err(error) = &result {
             say(&format!("{FAILED}{error}"));
         }
         result
+    }
+
+    /// A sandbox with a private network must be started inside one: its rules stay there.
+    fn check_network(&self) -> Result<(), SandboxError> {
+        if self.private_network {
+            crate::netns::check_private()?;
+        }
+        Ok(())
     }
 
     fn start_all(
@@ -301,7 +326,11 @@ impl Sandbox {
         crate::kubelet::register(&client, &config).await?;
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let dns = tokio::spawn(dns.follow(client.clone(), shutdown.clone()));
-        let kubelet = tokio::spawn(crate::kubelet::run(client, config, shutdown));
+        let pod_sources = match self.private_network {
+            true => Some(PodSources::install()?),
+            false => None,
+        };
+        let kubelet = tokio::spawn(crate::kubelet::run(client, config, pod_sources, shutdown));
         say(READY);
 
         use tokio::signal::unix::{SignalKind, signal};
@@ -328,15 +357,27 @@ impl Sandbox {
 
 impl Sandbox {
     /// The directory of the newest pod called `namespace/name` (older ones keep their logs).
+    /// The directory of the pod's running incarnation: a pod deleted and created again under the
+    /// same name has a directory per UID, and only running ones hold container specs (the
+    /// kubelet removes them when a pod stops). The newest spec wins while both briefly exist.
     fn pod_dir(&self, namespace: &str, name: &str) -> Result<PathBuf, SandboxError> {
         let pods = self.kubelet_dir().join("pods");
         let prefix = format!("{namespace}_{name}_");
+        let newest_spec = |dir: &Path| {
+            std::fs::read_dir(dir)
+                .ok()?
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(SPEC_SUFFIX))
+                .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+                .max()
+        };
         std::fs::read_dir(&pods)
             .map_err(self.io(&pods))?
             .flatten()
             .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
-            .map(|e| e.path())
+            .filter_map(|e| Some((newest_spec(&e.path())?, e.path())))
+            .max()
+            .map(|(_, path)| path)
             .ok_or_else(|| SandboxError::NoPod(format!("{namespace}/{name}")))
     }
 
@@ -352,12 +393,12 @@ impl Sandbox {
             .map_err(self.io(&dir))?
             .flatten()
             .map(|e| e.path())
-            .filter(|p| p.to_string_lossy().ends_with(".spec.json"))
+            .filter(|p| p.to_string_lossy().ends_with(SPEC_SUFFIX))
             .collect();
         specs.sort();
         match container {
             Some(container) => {
-                let spec = dir.join(format!("{container}.spec.json"));
+                let spec = dir.join(format!("{container}{SPEC_SUFFIX}"));
                 specs.contains(&spec).then_some(spec)
             }
             None => specs.into_iter().next(),
@@ -381,7 +422,7 @@ impl Sandbox {
         let spec = self.container_spec(namespace, name, container)?;
         let container = spec
             .file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(".spec.json").to_owned())
+            .map(|n| n.to_string_lossy().trim_end_matches(SPEC_SUFFIX).to_owned())
             .unwrap_or_default();
         let suffix = if previous { "previous.log" } else { "log" };
         let dir = spec.parent().map(Path::to_owned).unwrap_or_default();

@@ -46,6 +46,7 @@ async fn pods_run_as_local_processes_under_the_real_controllers() {
         pod_octet: 12,
         images: Vec::new(),
         crds: None,
+        private_network: false,
     };
     let env = TestSandbox::start(sandbox, Path::new(env!("CARGO_BIN_EXE_sandbox"))).await;
     let scenarios = async {

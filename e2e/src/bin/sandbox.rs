@@ -34,6 +34,11 @@ struct Cli {
     /// A directory of CRD YAML files to install before the controller manager starts.
     #[arg(long, global = true, env = "CAIRN_SANDBOX_CRDS")]
     crds: Option<PathBuf>,
+    /// Run in this process's private network namespace (start it under `unshare -n`): pods'
+    /// connections then come from their own addresses, and faults between pods can be injected
+    /// with nftables.
+    #[arg(long, global = true)]
+    private_network: bool,
     #[command(subcommand)]
     command: Action,
 }
@@ -100,6 +105,7 @@ fn main() -> anyhow::Result<()> {
     sandbox.pod_octet = cli.pod_octet;
     sandbox.images = cli.images;
     sandbox.crds = cli.crds;
+    sandbox.private_network = cli.private_network;
     match cli.command {
         Action::Up => {
             let me = std::env::current_exe().context("cannot find the sandbox binary itself")?;

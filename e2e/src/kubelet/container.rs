@@ -173,6 +173,7 @@ async fn start(
         mounts,
         env: env.clone(),
         working_dir: container.working_dir.as_ref().map(PathBuf::from),
+        network_group: run.network_group,
     };
     let spec_file = run.spec_file(&container.name);
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| config_error(e.to_string()))?;

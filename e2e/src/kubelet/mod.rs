@@ -6,6 +6,7 @@ pub mod container;
 pub mod env;
 pub mod images;
 pub mod pod;
+pub mod pod_network;
 pub mod probes;
 pub mod status;
 pub mod volumes;
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 use self::env::EnvContext;
 use self::images::ImageMap;
 use self::pod::run_pod;
+use self::pod_network::PodSources;
 use self::volumes::{MountPoints, VolumeContext};
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +67,8 @@ pub struct Kubelet {
     pub process_groups: ProcessGroups,
     pub volume_context: VolumeContext,
     pub ips: IpPool,
+    /// Set when the sandbox runs in a private network namespace: pods' own source addresses.
+    pub pod_sources: Option<PodSources>,
     pub recorder: Recorder,
     state_dir: PathBuf,
     api_port: u16,
@@ -203,7 +207,12 @@ pub async fn register(client: &Client, config: &KubeletConfig) -> Result<(), Kub
 
 /// Runs the kubelet (after `register`) until `shutdown` turns true; then stops every pod's
 /// processes (SIGTERM, a short grace, SIGKILL) and removes the mount points it created.
-pub async fn run(client: Client, config: KubeletConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(
+    client: Client,
+    config: KubeletConfig,
+    pod_sources: Option<PodSources>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let claims_dir = config.state_dir.join("claims");
     let host_ip = HOST_IP.to_owned();
     let cpu_cores = cpu_cores();
@@ -224,6 +233,7 @@ pub async fn run(client: Client, config: KubeletConfig, mut shutdown: watch::Rec
             ca_cert: config.ca_cert.clone(),
         },
         ips: IpPool::new(config.pod_octet),
+        pod_sources,
         recorder: Recorder::new(
             client.clone(),
             Reporter {

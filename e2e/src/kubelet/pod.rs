@@ -29,6 +29,8 @@ pub struct PodRun {
     pub namespace: String,
     pub uid: String,
     pub ip: String,
+    /// The group that gives the pod's connections its address, in a private network namespace.
+    pub network_group: Option<u32>,
     pub dir: PathBuf,
     view: Mutex<PodView>,
     changed: Notify,
@@ -87,7 +89,7 @@ impl PodRun {
     }
 
     pub fn spec_file(&self, container: &str) -> PathBuf {
-        self.dir.join(format!("{container}.spec.json"))
+        self.dir.join(format!("{container}{SPEC_SUFFIX}"))
     }
 
     pub fn log_file(&self, container: &str) -> PathBuf {
@@ -210,6 +212,10 @@ impl PodRun {
     }
 }
 
+/// Container specs (`podexec::ContainerSpec`) are `<pod dir>/<container>.spec.json`; only running
+/// pods have them, which is how `sandbox exec` and `logs` find a pod's current incarnation.
+pub const SPEC_SUFFIX: &str = ".spec.json";
+
 /// What a worker hears about its pod: its latest version, or `None` once it is gone from the API.
 pub type PodUpdates = watch::Receiver<Option<Pod>>;
 
@@ -220,6 +226,13 @@ pub async fn run_pod(kubelet: Arc<Kubelet>, pod: Pod, mut updates: PodUpdates) {
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
     let ip = kubelet.ips.allocate(&uid);
+    let network_group = kubelet.pod_sources.as_ref().and_then(|sources| {
+        let address = ip.parse().expect("the pool hands out IPv4 addresses");
+        sources
+            .add(address)
+            .inspect_err(|error| tracing::error!(pod = %name, %error, "the pod's connections keep 127.0.0.1"))
+            .ok()
+    });
     let dir = kubelet.pod_dir(&namespace, &name, &uid);
     let view = PodView {
         pod_ip: Some(ip.clone()),
@@ -245,6 +258,7 @@ pub async fn run_pod(kubelet: Arc<Kubelet>, pod: Pod, mut updates: PodUpdates) {
         namespace,
         uid,
         ip,
+        network_group,
         dir,
         view: Mutex::new(view),
         changed: Notify::new(),
@@ -296,8 +310,16 @@ pub async fn run_pod(kubelet: Arc<Kubelet>, pod: Pod, mut updates: PodUpdates) {
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
         Err(error) => tracing::warn!(pod = %run.name, %error, "cannot delete the pod object"),
     }
+    if let Some(sources) = &kubelet.pod_sources {
+        sources.remove(run.ip.parse().expect("the pool hands out IPv4 addresses"));
+    }
     kubelet.ips.release(&run.uid);
     let _ = std::fs::remove_dir_all(run.dir.join("volumes"));
+    for entry in std::fs::read_dir(&run.dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().ends_with(SPEC_SUFFIX) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
     tracing::info!(pod = %run.name, namespace = %run.namespace, "pod stopped");
 }
 
