@@ -1,0 +1,142 @@
+//! The names, labels and addresses every object of one cluster shares, derived from the
+//! KVCluster's name and namespace only, so that every builder agrees on them.
+
+use std::collections::BTreeMap;
+
+pub const CLIENT_PORT: u16 = 2379;
+pub const PEER_PORT: u16 = 2380;
+/// Port names are part of the contract: the headless Service's `cairn-server` port is what makes
+/// Kubernetes publish the `_cairn-server._tcp` SRV records that `--discovery-srv` reads.
+pub const PEER_PORT_NAME: &str = "cairn-server";
+pub const CLIENT_PORT_NAME: &str = "cairn-client";
+pub const DATA_DIR: &str = "/var/lib/cairn";
+pub const BOOTSTRAP_DIR: &str = "/etc/cairn/bootstrap";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub cluster: String,
+    pub namespace: String,
+}
+
+impl Names {
+    pub fn new(cluster: &str, namespace: &str) -> Names {
+        Names {
+            cluster: cluster.to_owned(),
+            namespace: namespace.to_owned(),
+        }
+    }
+
+    /// The StatefulSet, the client Service and the PodDisruptionBudget share the cluster's name.
+    pub fn statefulset(&self) -> String {
+        self.cluster.clone()
+    }
+
+    pub fn client_service(&self) -> String {
+        self.cluster.clone()
+    }
+
+    pub fn pdb(&self) -> String {
+        self.cluster.clone()
+    }
+
+    /// The headless Service that gives members their stable DNS names.
+    pub fn peer_service(&self) -> String {
+        format!("{}-peer", self.cluster)
+    }
+
+    /// The ConfigMap holding each member's bootstrap file.
+    pub fn bootstrap_config_map(&self) -> String {
+        format!("{}-bootstrap", self.cluster)
+    }
+
+    pub fn member(&self, ordinal: i32) -> String {
+        format!("{}-{ordinal}", self.cluster)
+    }
+
+    /// The claim the StatefulSet controller creates for a member (template `data`).
+    pub fn claim(&self, ordinal: i32) -> String {
+        format!("data-{}", self.member(ordinal))
+    }
+
+    /// The domain the peer Service's SRV records live under.
+    pub fn peer_domain(&self) -> String {
+        format!("{}.{}.svc.cluster.local", self.peer_service(), self.namespace)
+    }
+
+    pub fn member_host(&self, member: &str) -> String {
+        format!("{member}.{}", self.peer_domain())
+    }
+
+    pub fn peer_url(&self, member: &str) -> String {
+        format!("http://{}:{PEER_PORT}", self.member_host(member))
+    }
+
+    pub fn client_url(&self, member: &str) -> String {
+        format!("http://{}:{CLIENT_PORT}", self.member_host(member))
+    }
+
+    /// `name=peer-url,...` of the given members, as `--initial-cluster` wants it.
+    pub fn initial_cluster(&self, members: impl IntoIterator<Item = String>) -> String {
+        members
+            .into_iter()
+            .map(|member| format!("{member}={}", self.peer_url(&member)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The labels that select this cluster's member pods.
+    pub fn selector_labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), "cairn".to_owned()),
+            ("app.kubernetes.io/instance".to_owned(), self.cluster.clone()),
+        ])
+    }
+
+    /// The selector as a label query (`status.selector`, for `/scale`).
+    pub fn selector(&self) -> String {
+        self.selector_labels()
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Labels on every object the operator makes.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        let mut labels = self.selector_labels();
+        labels.insert(
+            "app.kubernetes.io/managed-by".to_owned(),
+            "cairn-operator".to_owned(),
+        );
+        labels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_are_addressed_through_the_peer_service() {
+        let names = Names::new("kv", "prod");
+        assert_eq!(names.member(2), "kv-2");
+        assert_eq!(names.claim(2), "data-kv-2");
+        assert_eq!(
+            names.peer_url("kv-2"),
+            "http://kv-2.kv-peer.prod.svc.cluster.local:2380"
+        );
+        assert_eq!(
+            names.client_url("kv-0"),
+            "http://kv-0.kv-peer.prod.svc.cluster.local:2379"
+        );
+        assert_eq!(
+            names.initial_cluster(["kv-0".to_owned(), "kv-1".to_owned()]),
+            "kv-0=http://kv-0.kv-peer.prod.svc.cluster.local:2380,\
+             kv-1=http://kv-1.kv-peer.prod.svc.cluster.local:2380"
+        );
+        assert_eq!(
+            names.selector(),
+            "app.kubernetes.io/instance=kv,app.kubernetes.io/name=cairn"
+        );
+    }
+}

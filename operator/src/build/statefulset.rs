@@ -1,0 +1,314 @@
+//! The StatefulSet of members: one pod template for all of them, configured through the
+//! environment (cairn reads `CAIRN_<FLAG>`), each member's bootstrap file picked by pod name.
+//! Pods start in parallel (members of a new cluster must find each other before any is ready);
+//! liveness asks only whether the process answers, readiness whether the member is healthy.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde_json::{Value, json};
+
+use super::metadata;
+use super::names::{
+    BOOTSTRAP_DIR, CLIENT_PORT, CLIENT_PORT_NAME, DATA_DIR, Names, PEER_PORT, PEER_PORT_NAME,
+};
+use crate::crd::PullPolicy;
+use crate::validate::{StoragePlan, ValidSpec};
+
+/// `replicas` is not always the spec's: members are added and removed one at a time.
+pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replicas: i32) -> StatefulSet {
+    let names = Names::new(&spec.name, &spec.namespace);
+    let mut pod_labels = spec.pod_labels.clone();
+    pod_labels.extend(names.selector_labels());
+    let mut env = vec![
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_IP", "status.podIP"),
+        env("CAIRN_NAME", "$(POD_NAME)"),
+        env("CAIRN_DATA_DIR", &format!("{DATA_DIR}/data")),
+        env(
+            "CAIRN_LISTEN_CLIENT_URLS",
+            &format!("http://$(POD_IP):{CLIENT_PORT}"),
+        ),
+        env(
+            "CAIRN_ADVERTISE_CLIENT_URLS",
+            &format!("http://$(POD_NAME).{}:{CLIENT_PORT}", names.peer_domain()),
+        ),
+        env("CAIRN_LISTEN_PEER_URLS", &format!("http://$(POD_IP):{PEER_PORT}")),
+        env(
+            "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
+            &format!("http://$(POD_NAME).{}:{PEER_PORT}", names.peer_domain()),
+        ),
+        env("CAIRN_INITIAL_CLUSTER_TOKEN", token),
+        env("CAIRN_CONFIG_FILE", &format!("{BOOTSTRAP_DIR}/$(POD_NAME).yaml")),
+    ];
+    let server = &spec.server;
+    for (name, value) in [
+        (
+            "CAIRN_HEARTBEAT_INTERVAL",
+            server.heartbeat_interval_ms.map(u64::from),
+        ),
+        (
+            "CAIRN_ELECTION_TIMEOUT",
+            server.election_timeout_ms.map(u64::from),
+        ),
+        ("CAIRN_SNAPSHOT_COUNT", server.snapshot_count),
+        ("CAIRN_QUOTA_BACKEND_BYTES", server.quota_backend_bytes),
+    ] {
+        if let Some(value) = value {
+            env.push(self::env(name, &value.to_string()));
+        }
+    }
+
+    let mut container = json!({
+        "name": "cairn",
+        "image": spec.image,
+        "env": env,
+        "ports": [
+            {"name": CLIENT_PORT_NAME, "containerPort": CLIENT_PORT, "protocol": "TCP"},
+            {"name": PEER_PORT_NAME, "containerPort": PEER_PORT, "protocol": "TCP"},
+        ],
+        "livenessProbe": {
+            "httpGet": {"path": "/livez", "port": CLIENT_PORT_NAME},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": CLIENT_PORT_NAME},
+            "periodSeconds": 2,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": [
+            {"name": "data", "mountPath": DATA_DIR},
+            {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": true},
+        ],
+    });
+    if let Some(policy) = spec.pull_policy {
+        container["imagePullPolicy"] = json!(match policy {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        });
+    }
+    if let Some(resources) = &spec.resources {
+        container["resources"] = json!(resources);
+    }
+
+    let mut volumes = vec![json!({
+        "name": "bootstrap",
+        "configMap": {"name": names.bootstrap_config_map()},
+    })];
+    let mut claims = Vec::new();
+    match &spec.storage {
+        StoragePlan::Ephemeral => volumes.push(json!({"name": "data", "emptyDir": {}})),
+        StoragePlan::Claim { bytes, class } => {
+            let mut claim_spec = json!({
+                "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": bytes.to_string()}},
+            });
+            if let Some(class) = class {
+                claim_spec["storageClassName"] = json!(class);
+            }
+            claims.push(json!({
+                "metadata": {"name": "data", "labels": names.selector_labels()},
+                "spec": claim_spec,
+            }));
+        }
+    }
+
+    let mut pod_spec = json!({
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 30,
+    });
+    insert_nonempty(&mut pod_spec, "affinity", json!(spec.affinity));
+    insert_nonempty(&mut pod_spec, "tolerations", json!(spec.tolerations));
+    insert_nonempty(&mut pod_spec, "nodeSelector", json!(spec.node_selector));
+    insert_nonempty(
+        &mut pod_spec,
+        "priorityClassName",
+        json!(spec.priority_class_name),
+    );
+    let mut template_metadata = json!({"labels": pod_labels});
+    insert_nonempty(&mut template_metadata, "annotations", json!(spec.pod_annotations));
+
+    let mut set_spec = json!({
+        "replicas": replicas,
+        "serviceName": names.peer_service(),
+        "podManagementPolicy": "Parallel",
+        "selector": {"matchLabels": names.selector_labels()},
+        "template": {"metadata": template_metadata, "spec": pod_spec},
+    });
+    if !claims.is_empty() {
+        set_spec["volumeClaimTemplates"] = json!(claims);
+    }
+    let object = json!({
+        "metadata": metadata(&names, names.statefulset(), owner),
+        "spec": set_spec,
+    });
+    serde_json::from_value(object).expect("the builder makes a well-formed StatefulSet")
+}
+
+fn env(name: &str, value: &str) -> Value {
+    json!({"name": name, "value": value})
+}
+
+fn field_env(name: &str, path: &str) -> Value {
+    json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
+}
+
+/// Sets `key` unless `value` is null or empty, so the object carries no empty fields that
+/// server-side apply would then own.
+fn insert_nonempty(object: &mut Value, key: &str, value: Value) {
+    let empty = match &value {
+        Value::Null => true,
+        Value::Array(items) => items.is_empty(),
+        Value::Object(map) => map.is_empty(),
+        _ => false,
+    };
+    if !empty {
+        object[key] = value;
+    }
+}
+
+/// The environment a member gets, by name (for tests and for status).
+pub fn member_env(set: &StatefulSet) -> BTreeMap<String, String> {
+    set.spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|p| p.containers.first())
+        .and_then(|c| c.env.as_ref())
+        .into_iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::testing::{LABELS_YAML, OWNER_YAML, assert_yaml, owner, valid};
+
+    #[test]
+    fn a_default_cluster_runs_members_with_claims_probes_and_their_bootstrap_file() {
+        let set = statefulset(&valid("spec: {}"), &owner(), "prod-kv-u-1", 3);
+        assert_yaml(
+            &set,
+            &format!(
+                r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: kv, namespace: prod, labels: {LABELS_YAML}, ownerReferences: {OWNER_YAML}}}
+spec:
+  replicas: 3
+  serviceName: kv-peer
+  podManagementPolicy: Parallel
+  selector: {{matchLabels: {{app.kubernetes.io/name: cairn, app.kubernetes.io/instance: kv}}}}
+  template:
+    metadata: {{labels: {{app.kubernetes.io/name: cairn, app.kubernetes.io/instance: kv}}}}
+    spec:
+      terminationGracePeriodSeconds: 30
+      containers:
+      - name: cairn
+        image: ghcr.io/cairn-dev/cairn:{version}
+        env:
+        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        - {{name: POD_IP, valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}}}
+        - {{name: CAIRN_NAME, value: $(POD_NAME)}}
+        - {{name: CAIRN_DATA_DIR, value: /var/lib/cairn/data}}
+        - {{name: CAIRN_LISTEN_CLIENT_URLS, value: "http://$(POD_IP):2379"}}
+        - {{name: CAIRN_ADVERTISE_CLIENT_URLS, value: "http://$(POD_NAME).kv-peer.prod.svc.cluster.local:2379"}}
+        - {{name: CAIRN_LISTEN_PEER_URLS, value: "http://$(POD_IP):2380"}}
+        - {{name: CAIRN_INITIAL_ADVERTISE_PEER_URLS, value: "http://$(POD_NAME).kv-peer.prod.svc.cluster.local:2380"}}
+        - {{name: CAIRN_INITIAL_CLUSTER_TOKEN, value: prod-kv-u-1}}
+        - {{name: CAIRN_CONFIG_FILE, value: /etc/cairn/bootstrap/$(POD_NAME).yaml}}
+        ports:
+        - {{name: cairn-client, containerPort: 2379, protocol: TCP}}
+        - {{name: cairn-server, containerPort: 2380, protocol: TCP}}
+        livenessProbe: {{httpGet: {{path: /livez, port: cairn-client}}, periodSeconds: 10, failureThreshold: 3}}
+        readinessProbe: {{httpGet: {{path: /health, port: cairn-client}}, periodSeconds: 2, failureThreshold: 3}}
+        volumeMounts:
+        - {{name: data, mountPath: /var/lib/cairn}}
+        - {{name: bootstrap, mountPath: /etc/cairn/bootstrap, readOnly: true}}
+      volumes:
+      - {{name: bootstrap, configMap: {{name: kv-bootstrap}}}}
+  volumeClaimTemplates:
+  - apiVersion: v1
+    kind: PersistentVolumeClaim
+    metadata: {{name: data, labels: {{app.kubernetes.io/name: cairn, app.kubernetes.io/instance: kv}}}}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources: {{requests: {{storage: "1073741824"}}}}
+"#,
+                version = crate::validate::DEFAULT_VERSION
+            ),
+        );
+    }
+
+    #[test]
+    fn overrides_options_and_ephemeral_storage_reach_the_pods() {
+        let spec = valid(
+            r#"
+spec:
+  image: registry.local/cairn:dev
+  imagePullPolicy: Never
+  storage: {ephemeral: true}
+  resources: {limits: {memory: 1Gi}, requests: {cpu: 100m}}
+  server: {heartbeatIntervalMs: 50, electionTimeoutMs: 500, snapshotCount: 1000, quotaBackendBytes: 1Gi}
+  pod:
+    labels: {team: storage, app.kubernetes.io/name: mine}
+    annotations: {scrape: "true"}
+    nodeSelector: {disk: ssd}
+    tolerations: [{key: dedicated, operator: Exists, effect: NoSchedule}]
+    priorityClassName: critical
+    affinity: {podAntiAffinity: {preferredDuringSchedulingIgnoredDuringExecution: [{weight: 100, podAffinityTerm: {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app.kubernetes.io/instance: kv}}}}]}}
+"#,
+        );
+        let set = statefulset(&spec, &owner(), "t", 1);
+        let json = serde_json::to_value(&set).unwrap();
+        let template = &json["spec"]["template"];
+        // The operator's selector labels win over the user's.
+        assert_eq!(
+            template["metadata"]["labels"],
+            json!({"team": "storage", "app.kubernetes.io/name": "cairn", "app.kubernetes.io/instance": "kv"})
+        );
+        assert_eq!(template["metadata"]["annotations"], json!({"scrape": "true"}));
+        let pod = &template["spec"];
+        assert_eq!(pod["nodeSelector"], json!({"disk": "ssd"}));
+        assert_eq!(pod["priorityClassName"], "critical");
+        assert_eq!(pod["tolerations"][0]["key"], "dedicated");
+        assert_eq!(
+            pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"],
+            100
+        );
+        assert_eq!(pod["volumes"][1], json!({"name": "data", "emptyDir": {}}));
+        assert!(json["spec"].get("volumeClaimTemplates").is_none());
+        let container = &pod["containers"][0];
+        assert_eq!(container["image"], "registry.local/cairn:dev");
+        assert_eq!(container["imagePullPolicy"], "Never");
+        assert_eq!(
+            container["resources"],
+            json!({"limits": {"memory": "1Gi"}, "requests": {"cpu": "100m"}})
+        );
+        let env = member_env(&set);
+        assert_eq!(env["CAIRN_HEARTBEAT_INTERVAL"], "50");
+        assert_eq!(env["CAIRN_ELECTION_TIMEOUT"], "500");
+        assert_eq!(env["CAIRN_SNAPSHOT_COUNT"], "1000");
+        assert_eq!(env["CAIRN_QUOTA_BACKEND_BYTES"], "1073741824");
+    }
+
+    #[test]
+    fn claims_use_the_requested_class() {
+        let set = statefulset(
+            &valid("spec: {storage: {size: 5Gi, storageClassName: fast}}"),
+            &owner(),
+            "t",
+            3,
+        );
+        let json = serde_json::to_value(&set).unwrap();
+        assert_eq!(
+            json["spec"]["volumeClaimTemplates"][0]["spec"],
+            json!({"accessModes": ["ReadWriteOnce"], "storageClassName": "fast", "resources": {"requests": {"storage": "5368709120"}}})
+        );
+    }
+}

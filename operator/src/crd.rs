@@ -1,0 +1,290 @@
+//! The `KVCluster` resource (`cairn.dev/v1alpha1`): its spec, its status, and the CRD generated
+//! from them. Doc comments here become `kubectl explain kvcluster.spec...`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A strongly-consistent key-value cluster of `cairn` members that speaks the etcd v3 API.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "cairn.dev",
+    version = "v1alpha1",
+    kind = "KVCluster",
+    plural = "kvclusters",
+    shortname = "kvc",
+    namespaced,
+    status = "KVClusterStatus",
+    scale = r#"{"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas", "labelSelectorPath": ".status.selector"}"#,
+    printcolumn = r#"{"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"}"#,
+    printcolumn = r#"{"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"}"#,
+    printcolumn = r#"{"name": "Leader", "type": "string", "jsonPath": ".status.leader"}"#,
+    printcolumn = r#"{"name": "Available", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Available\")].status"}"#,
+    printcolumn = r#"{"name": "Version", "type": "string", "jsonPath": ".status.version"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KVClusterSpec {
+    /// How many members the cluster has. Odd sizes are the useful ones: 3 members survive the loss
+    /// of 1, 5 of 2; an even size survives no more failures than the odd size below it (a condition
+    /// says so). Membership changes one member at a time.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 1, max = 9))]
+    pub replicas: i32,
+
+    /// The Cairn version to run: the tag of the default image (`ghcr.io/cairn-dev/cairn:<version>`).
+    /// Defaults to the operator's own version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// A complete image reference for the members; when set, `version` only labels the cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+
+    /// When the kubelet pulls the image: Always, IfNotPresent or Never (Kubernetes decides by the
+    /// tag when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_pull_policy")]
+    pub image_pull_policy: Option<PullPolicy>,
+
+    /// How the first members find each other.
+    #[serde(default)]
+    pub bootstrap: Bootstrap,
+
+    /// Where members keep their data.
+    #[serde(default)]
+    pub storage: Storage,
+
+    /// CPU and memory requests and limits of each member's container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Placement and metadata of the member pods.
+    #[serde(default)]
+    pub pod: PodOverrides,
+
+    /// Raft and storage settings passed to every member.
+    #[serde(default)]
+    pub server: ServerOptions,
+
+    /// The Service clients connect to (port 2379).
+    #[serde(default)]
+    pub client_service: ClientService,
+
+    /// Stops reconciling: the operator changes nothing (status keeps being observed) until this is
+    /// false again.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+fn default_replicas() -> i32 {
+    3
+}
+
+/// An optional enum without `null` among its values: schemars lists `null` in the enum of an
+/// `Option<enum>`, and a 1.20 apiserver then refuses the whole CRD (its schema comparison fails).
+fn optional_pull_policy(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["Always", "IfNotPresent", "Never"],
+        "nullable": true,
+    })
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    Always,
+    IfNotPresent,
+    Never,
+}
+
+/// How the first members find each other.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Bootstrap {
+    /// `Static`: every initial member is given the full list of initial members
+    /// (`--initial-cluster`) by their stable DNS names. `DnsSrv`: members discover each other
+    /// through the SRV records of the cluster's headless Service (`--discovery-srv`).
+    #[serde(default)]
+    pub mode: BootstrapMode,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BootstrapMode {
+    #[default]
+    Static,
+    DnsSrv,
+}
+
+/// Where members keep their data.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Storage {
+    /// The size of each member's PersistentVolumeClaim (default 1Gi).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<Quantity>,
+
+    /// The StorageClass of the claims; the cluster's default class when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+
+    /// Keep data in an emptyDir instead of a claim: a member's data dies with its pod, and the
+    /// member has to be replaced. For tests and throw-away clusters only (a condition warns).
+    #[serde(default)]
+    pub ephemeral: bool,
+}
+
+/// Placement and metadata of the member pods.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Extra labels on every member pod (the operator's own labels win on a clash).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+
+    /// Extra annotations on every member pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+
+    /// Scheduling constraints of the member pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+
+    /// Taints the member pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+
+    /// Node labels a member's node must have.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+
+    /// The PriorityClass of the member pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+/// Raft and storage settings passed to every member; unset ones keep cairn's defaults.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerOptions {
+    /// Milliseconds between leader heartbeats (cairn's default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 10000))]
+    pub heartbeat_interval_ms: Option<u32>,
+
+    /// Milliseconds without a heartbeat before a follower calls an election (default 1000); at
+    /// least 5 times the heartbeat interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 50, max = 50000))]
+    pub election_timeout_ms: Option<u32>,
+
+    /// Applied entries between Raft snapshots, after which the log is compacted (default 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub snapshot_count: Option<u64>,
+
+    /// The space quota of each member's keyspace (e.g. 2Gi); writes beyond it raise the NOSPACE
+    /// alarm. Unlimited when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_backend_bytes: Option<Quantity>,
+}
+
+/// The Service clients connect to.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientService {
+    /// The Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+
+    /// Annotations of the client Service (load balancer settings, for example).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+/// What the operator last saw of the cluster, and what it is doing.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KVClusterStatus {
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Available` (a leader and a quorum of healthy members), `Progressing` (a change is under
+    /// way), `Degraded` (a member is unhealthy, or the spec cannot be acted on), plus warnings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// Member pods that exist.
+    #[serde(default)]
+    pub replicas: i32,
+
+    /// Members that are healthy voters.
+    #[serde(default)]
+    pub ready_replicas: i32,
+
+    /// The label selector of the member pods (for the /scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// The cluster's members as the cluster itself reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+
+    /// The name of the leading member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+
+    /// The cluster ID (hex), latched at first contact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
+
+    /// The `--initial-cluster-token` of this cluster: unique to this resource, set once at
+    /// creation and never changed, so no two clusters can ever exchange traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_token: Option<String>,
+
+    /// The version the members run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+
+    /// A one-word summary: Creating, Running, Scaling, Degraded, Invalid or Paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
+
+/// One member as the cluster reports it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// The member's name (its pod's name).
+    pub name: String,
+    /// The member ID, in hex as etcdctl prints it.
+    pub id: String,
+    pub peer_url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_url: Option<String>,
+    #[serde(default)]
+    pub is_leader: bool,
+    #[serde(default)]
+    pub is_learner: bool,
+    /// Whether the member answered its status request.
+    #[serde(default)]
+    pub healthy: bool,
+    /// The Raft index the member has applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_index: Option<u64>,
+}

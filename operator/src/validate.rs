@@ -1,0 +1,415 @@
+//! Spec validation, done once per reconcile: a `KVCluster` either becomes a `ValidSpec` with every
+//! default resolved and every quantity parsed, or a `SpecError` that names the field and the
+//! problem (reported in a condition; nothing is changed until the spec is edited).
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+
+use crate::crd::{BootstrapMode, ClientService, KVClusterSpec, PullPolicy};
+
+/// The image repository members run when the spec names none.
+pub const DEFAULT_REPOSITORY: &str = "ghcr.io/cairn-dev/cairn";
+/// The version members run when the spec names none: the operator's own.
+pub const DEFAULT_VERSION: &str = env!("CARGO_PKG_VERSION");
+/// Claims are this big unless the spec says otherwise.
+pub const DEFAULT_STORAGE: &str = "1Gi";
+/// StatefulSet pods are named `<name>-<ordinal>`, and the controller labels them with
+/// `<name>-<10-character hash>`, which must stay a 63-character label value.
+pub const MAX_NAME_LENGTH: usize = 52;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error(
+        "metadata.name {0:?} cannot name a cluster: it must be at most {MAX_NAME_LENGTH} characters of \
+         lowercase letters, digits and '-', starting with a letter and ending with a letter or digit \
+         (it becomes the members' host names)"
+    )]
+    Name(String),
+    #[error("spec.replicas is {0}; it must be between 1 and 9")]
+    Replicas(i32),
+    #[error("spec.version {0:?} is not an image tag (letters, digits, '_', '.', '-'; at most 128)")]
+    Version(String),
+    #[error("spec.image {0:?} is not an image reference")]
+    Image(String),
+    #[error("{field} {value:?} is not a quantity of bytes: {reason}")]
+    Quantity {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("spec.storage.ephemeral is true, so spec.storage.{0} cannot be used (there is no claim)")]
+    EphemeralWithClaim(&'static str),
+    #[error(
+        "spec.server.electionTimeoutMs ({election} ms) must be at least 5 times \
+         spec.server.heartbeatIntervalMs ({heartbeat} ms)"
+    )]
+    Timing { heartbeat: u32, election: u32 },
+}
+
+/// Something the spec allows but a user should hear about (as a condition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warning {
+    /// An even size tolerates no more failures than the odd size below it.
+    EvenSize(i32),
+    /// Members keep their data in emptyDir.
+    Ephemeral,
+}
+
+impl Warning {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Warning::EvenSize(_) => "EvenSize",
+            Warning::Ephemeral => "EphemeralStorage",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Warning::EvenSize(n) => format!(
+                "{n} members tolerate {} failure(s), as {} would; odd sizes use members better",
+                (n - 1) / 2,
+                n - 1
+            ),
+            Warning::Ephemeral => {
+                "members keep data in emptyDir: a member whose pod is deleted loses its data and is replaced"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoragePlan {
+    Claim { bytes: u64, class: Option<String> },
+    Ephemeral,
+}
+
+/// Server flags, resolved (None keeps cairn's default).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFlags {
+    pub heartbeat_interval_ms: Option<u32>,
+    pub election_timeout_ms: Option<u32>,
+    pub snapshot_count: Option<u64>,
+    pub quota_backend_bytes: Option<u64>,
+}
+
+/// A spec the builders can use as is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidSpec {
+    pub name: String,
+    pub namespace: String,
+    pub replicas: i32,
+    pub image: String,
+    pub version: String,
+    pub pull_policy: Option<PullPolicy>,
+    pub bootstrap: BootstrapMode,
+    pub storage: StoragePlan,
+    pub resources: Option<ResourceRequirements>,
+    pub pod_labels: BTreeMap<String, String>,
+    pub pod_annotations: BTreeMap<String, String>,
+    pub affinity: Option<Affinity>,
+    pub tolerations: Vec<Toleration>,
+    pub node_selector: BTreeMap<String, String>,
+    pub priority_class_name: Option<String>,
+    pub server: ServerFlags,
+    pub client_service: ClientService,
+    pub paused: bool,
+    pub warnings: Vec<Warning>,
+}
+
+/// Cairn's defaults, used to check the timing rule when only one of the two is set.
+const CAIRN_HEARTBEAT_MS: u32 = 100;
+const CAIRN_ELECTION_MS: u32 = 1000;
+
+pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<ValidSpec, SpecError> {
+    if !is_cluster_name(name) {
+        return Err(SpecError::Name(name.to_owned()));
+    }
+    if !(1..=9).contains(&spec.replicas) {
+        return Err(SpecError::Replicas(spec.replicas));
+    }
+    let version = match &spec.version {
+        Some(version) if !is_tag(version) => return Err(SpecError::Version(version.clone())),
+        Some(version) => version.clone(),
+        None => DEFAULT_VERSION.to_owned(),
+    };
+    let image = match &spec.image {
+        Some(image) if image.is_empty() || image.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Err(SpecError::Image(image.clone()));
+        }
+        Some(image) => image.clone(),
+        None => format!("{DEFAULT_REPOSITORY}:{version}"),
+    };
+
+    let storage = if spec.storage.ephemeral {
+        if spec.storage.size.is_some() {
+            return Err(SpecError::EphemeralWithClaim("size"));
+        }
+        if spec.storage.storage_class_name.is_some() {
+            return Err(SpecError::EphemeralWithClaim("storageClassName"));
+        }
+        StoragePlan::Ephemeral
+    } else {
+        let size = spec
+            .storage
+            .size
+            .as_ref()
+            .map_or(DEFAULT_STORAGE, |q| q.0.as_str());
+        let bytes = parse_bytes(size).map_err(|reason| SpecError::Quantity {
+            field: "spec.storage.size",
+            value: size.to_owned(),
+            reason,
+        })?;
+        if bytes == 0 {
+            return Err(SpecError::Quantity {
+                field: "spec.storage.size",
+                value: size.to_owned(),
+                reason: "a claim needs some space".into(),
+            });
+        }
+        StoragePlan::Claim {
+            bytes,
+            class: spec.storage.storage_class_name.clone(),
+        }
+    };
+
+    let options = &spec.server;
+    let heartbeat = options.heartbeat_interval_ms.unwrap_or(CAIRN_HEARTBEAT_MS);
+    let election = options.election_timeout_ms.unwrap_or(CAIRN_ELECTION_MS);
+    if u64::from(election) < 5 * u64::from(heartbeat) {
+        return Err(SpecError::Timing { heartbeat, election });
+    }
+    let quota_backend_bytes = match &options.quota_backend_bytes {
+        Some(q) => Some(parse_bytes(&q.0).map_err(|reason| SpecError::Quantity {
+            field: "spec.server.quotaBackendBytes",
+            value: q.0.clone(),
+            reason,
+        })?),
+        None => None,
+    };
+
+    let mut warnings = Vec::new();
+    if spec.replicas % 2 == 0 {
+        warnings.push(Warning::EvenSize(spec.replicas));
+    }
+    if storage == StoragePlan::Ephemeral {
+        warnings.push(Warning::Ephemeral);
+    }
+    Ok(ValidSpec {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        replicas: spec.replicas,
+        image,
+        version,
+        pull_policy: spec.image_pull_policy,
+        bootstrap: spec.bootstrap.mode,
+        storage,
+        resources: spec.resources.clone(),
+        pod_labels: spec.pod.labels.clone(),
+        pod_annotations: spec.pod.annotations.clone(),
+        affinity: spec.pod.affinity.clone(),
+        tolerations: spec.pod.tolerations.clone(),
+        node_selector: spec.pod.node_selector.clone(),
+        priority_class_name: spec.pod.priority_class_name.clone(),
+        server: ServerFlags {
+            heartbeat_interval_ms: options.heartbeat_interval_ms,
+            election_timeout_ms: options.election_timeout_ms,
+            snapshot_count: options.snapshot_count,
+            quota_backend_bytes,
+        },
+        client_service: spec.client_service.clone(),
+        paused: spec.paused,
+        warnings,
+    })
+}
+
+/// A DNS-1035 label short enough for the StatefulSet's pod labels.
+fn is_cluster_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_NAME_LENGTH
+        && bytes[0].is_ascii_lowercase()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+fn is_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && !tag.starts_with(['.', '-'])
+        && tag
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A Kubernetes quantity as a whole number of bytes: `1Gi`, `500M`, `2e9`, `1.5Ki`, `4096`.
+pub fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, suffix) = text.split_at(split);
+    if number.is_empty() || number.matches('.').count() > 1 || number == "." {
+        return Err("expected a number, then an optional suffix such as Mi or G".into());
+    }
+    let multiplier: f64 = match suffix {
+        "" => 1.0,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024.0,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        s if s.starts_with(['e', 'E']) => {
+            let exponent: i32 = s[1..].parse().map_err(|_| format!("bad exponent {s:?}"))?;
+            10f64.powi(exponent)
+        }
+        "m" => return Err("milli-units are not whole bytes".into()),
+        other => return Err(format!("unknown suffix {other:?}")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("bad number {number:?}"))?;
+    let bytes = value * multiplier;
+    if bytes.fract() != 0.0 {
+        return Err("not a whole number of bytes".into());
+    }
+    if bytes >= u64::MAX as f64 {
+        return Err("too large".into());
+    }
+    Ok(bytes as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::KVCluster;
+
+    fn spec(yaml: &str) -> KVClusterSpec {
+        let object: KVCluster = serde_yaml::from_str(&format!(
+            "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv, namespace: ns}}\n{yaml}"
+        ))
+        .unwrap();
+        object.spec
+    }
+
+    #[test]
+    fn an_empty_spec_gets_every_default() {
+        let valid = validate("kv", "ns", &spec("spec: {}")).unwrap();
+        assert_eq!(valid.replicas, 3);
+        assert_eq!(valid.image, format!("ghcr.io/cairn-dev/cairn:{DEFAULT_VERSION}"));
+        assert_eq!(valid.bootstrap, BootstrapMode::Static);
+        assert_eq!(
+            valid.storage,
+            StoragePlan::Claim {
+                bytes: 1 << 30,
+                class: None
+            }
+        );
+        assert_eq!(valid.server, ServerFlags::default());
+        assert!(valid.warnings.is_empty());
+    }
+
+    #[test]
+    fn a_full_spec_is_resolved() {
+        let valid = validate(
+            "kv",
+            "ns",
+            &spec(
+                r#"
+spec:
+  replicas: 4
+  version: v1.2.3
+  bootstrap: {mode: DnsSrv}
+  storage: {size: 10Gi, storageClassName: fast}
+  server: {heartbeatIntervalMs: 50, electionTimeoutMs: 500, snapshotCount: 1000, quotaBackendBytes: 2G}
+  clientService: {type: LoadBalancer, annotations: {lb: internal}}
+"#,
+            ),
+        )
+        .unwrap();
+        assert_eq!(valid.image, "ghcr.io/cairn-dev/cairn:v1.2.3");
+        assert_eq!(valid.bootstrap, BootstrapMode::DnsSrv);
+        assert_eq!(
+            valid.storage,
+            StoragePlan::Claim {
+                bytes: 10 << 30,
+                class: Some("fast".into())
+            }
+        );
+        assert_eq!(valid.server.quota_backend_bytes, Some(2_000_000_000));
+        assert_eq!(valid.warnings, vec![Warning::EvenSize(4)]);
+        assert!(
+            valid.warnings[0]
+                .message()
+                .contains("4 members tolerate 1 failure(s), as 3 would")
+        );
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        let cases = [
+            ("spec: {replicas: 0}", "spec.replicas is 0"),
+            ("spec: {replicas: -1}", "spec.replicas is -1"),
+            ("spec: {version: 'v1 2'}", "spec.version \"v1 2\""),
+            ("spec: {image: ''}", "spec.image \"\""),
+            ("spec: {storage: {size: lots}}", "spec.storage.size \"lots\""),
+            ("spec: {storage: {size: 100m}}", "milli-units"),
+            ("spec: {storage: {size: '0'}}", "a claim needs some space"),
+            (
+                "spec: {storage: {ephemeral: true, size: 1Gi}}",
+                "spec.storage.size cannot be used",
+            ),
+            (
+                "spec: {server: {quotaBackendBytes: 1.5.3Gi}}",
+                "spec.server.quotaBackendBytes",
+            ),
+            ("spec: {server: {heartbeatIntervalMs: 300}}", "at least 5 times"),
+        ];
+        for (yaml, expected) in cases {
+            let error = validate("kv", "ns", &spec(yaml)).expect_err(yaml).to_string();
+            assert!(error.contains(expected), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
+    fn names_that_cannot_be_host_names_are_refused() {
+        for name in ["kv.prod", "1kv", "kv-", "Kv", &"k".repeat(53)] {
+            let error = validate(name, "ns", &spec("spec: {}")).expect_err(name);
+            assert!(error.to_string().contains("cannot name a cluster"), "{error}");
+        }
+        assert!(validate(&"k".repeat(52), "ns", &spec("spec: {}")).is_ok());
+    }
+
+    #[test]
+    fn ephemeral_storage_warns() {
+        let valid = validate("kv", "ns", &spec("spec: {storage: {ephemeral: true}}")).unwrap();
+        assert_eq!(valid.storage, StoragePlan::Ephemeral);
+        assert_eq!(valid.warnings, vec![Warning::Ephemeral]);
+    }
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        for (text, bytes) in [
+            ("4096", 4096),
+            ("1Ki", 1024),
+            ("1.5Ki", 1536),
+            ("500M", 500_000_000),
+            ("2e9", 2_000_000_000),
+            ("8Gi", 8 << 30),
+            ("1Ti", 1 << 40),
+        ] {
+            assert_eq!(parse_bytes(text), Ok(bytes), "{text}");
+        }
+        for bad in ["", "Gi", "1.2.3", "1Q", "0.5", "1e-3"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}
