@@ -3,5 +3,8 @@
 //! (`build`), applied with server-side apply, and the cluster is observed through its etcd API.
 
 pub mod build;
+pub mod controller;
 pub mod crd;
+pub mod observe;
+pub mod status;
 pub mod validate;

@@ -1,4 +1,5 @@
-//! `cairn-operator`: `crd` prints the KVCluster CustomResourceDefinition (what `crds/` holds).
+//! `cairn-operator`: `run` reconciles KVClusters (kubeconfig or in-cluster credentials), `crd`
+//! prints the KVCluster CustomResourceDefinition (what `crds/` holds).
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -19,11 +20,33 @@ struct Cli {
 enum Command {
     /// Prints the KVCluster CustomResourceDefinition as YAML.
     Crd,
+    /// Reconciles every KVCluster of the cluster until SIGTERM or Ctrl-C.
+    Run,
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crd => print!("{}", crd_yaml().context("cannot render the CRD")?),
+        Command::Run => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info,kube=warn".into()),
+                )
+                .init();
+            let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
+            runtime.block_on(async {
+                let client = kube::Client::try_default()
+                    .await
+                    .context("no Kubernetes credentials (KUBECONFIG or in-cluster)")?;
+                let context = cairn_operator::controller::Context::new(client)
+                    .await
+                    .context("cannot read the API server's version")?;
+                tracing::info!(pdb = context.pdb_api.api_version(), "reconciling KVClusters");
+                cairn_operator::controller::run(context).await;
+                anyhow::Ok(())
+            })?;
+        }
     }
     Ok(())
 }

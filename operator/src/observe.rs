@@ -1,0 +1,184 @@
+//! Observing a cluster through its own API: every member pod is asked for its Status, one of
+//! them for the MemberList, and the answers are assembled (purely, in `assemble`) into what the
+//! status reports. Members are reached by pod IP, which works from inside and outside the
+//! Kubernetes network alike.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions};
+
+use crate::crd::MemberStatus;
+
+/// What one member said about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberReport {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    pub leader: u64,
+    pub applied_index: u64,
+}
+
+/// One entry of the member list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedMember {
+    pub id: u64,
+    pub name: String,
+    pub peer_url: String,
+    pub client_url: Option<String>,
+    pub is_learner: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    pub members: Vec<MemberStatus>,
+    pub leader: Option<String>,
+    pub cluster_id: Option<String>,
+}
+
+impl ClusterView {
+    pub fn voters(&self) -> usize {
+        self.members.iter().filter(|m| !m.is_learner).count()
+    }
+
+    pub fn healthy_voters(&self) -> usize {
+        self.members.iter().filter(|m| !m.is_learner && m.healthy).count()
+    }
+}
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Asks every member pod (name, IP) that has an IP; pods that do not answer are unhealthy.
+pub async fn observe(pods: &[(String, String)]) -> ClusterView {
+    let mut reports = Vec::new();
+    let mut list = None;
+    for (pod, ip) in pods {
+        let options = ConnectOptions::new()
+            .with_connect_timeout(TIMEOUT)
+            .with_timeout(TIMEOUT);
+        let endpoint = format!("http://{ip}:2379");
+        let Ok(mut client) = Client::connect([endpoint.as_str()], Some(options)).await else {
+            tracing::debug!(%pod, "member does not answer");
+            continue;
+        };
+        if let Ok(status) = client.status().await {
+            reports.push(MemberReport {
+                member_id: status.header().map_or(0, |h| h.member_id()),
+                cluster_id: status.header().map_or(0, |h| h.cluster_id()),
+                leader: status.leader(),
+                applied_index: status.raft_applied_index(),
+            });
+        }
+        if list.is_none()
+            && let Ok(members) = client.member_list().await
+        {
+            list = Some(
+                members
+                    .members()
+                    .iter()
+                    .map(|m| ListedMember {
+                        id: m.id(),
+                        name: m.name().to_owned(),
+                        peer_url: m.peer_urls().first().cloned().unwrap_or_default(),
+                        client_url: m.client_urls().first().cloned(),
+                        is_learner: m.is_learner(),
+                    })
+                    .collect(),
+            );
+        }
+    }
+    assemble(list.unwrap_or_default(), &reports)
+}
+
+/// The member list, with each member's health and progress from its own report. The leader is
+/// the one most reports name (members briefly disagree during an election).
+pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterView {
+    let by_id: BTreeMap<u64, &MemberReport> = reports.iter().map(|r| (r.member_id, r)).collect();
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for report in reports.iter().filter(|r| r.leader != 0) {
+        *votes.entry(report.leader).or_default() += 1;
+    }
+    let leader_id = votes.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id);
+    let members: Vec<MemberStatus> = list
+        .into_iter()
+        .map(|m| {
+            let report = by_id.get(&m.id);
+            MemberStatus {
+                name: m.name,
+                id: format!("{:x}", m.id),
+                peer_url: m.peer_url,
+                client_url: m.client_url,
+                is_leader: Some(m.id) == leader_id,
+                is_learner: m.is_learner,
+                healthy: report.is_some(),
+                applied_index: report.map(|r| r.applied_index),
+            }
+        })
+        .collect();
+    ClusterView {
+        leader: members.iter().find(|m| m.is_leader).map(|m| m.name.clone()),
+        cluster_id: reports.first().map(|r| format!("{:x}", r.cluster_id)),
+        members,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listed(id: u64, name: &str, learner: bool) -> ListedMember {
+        ListedMember {
+            id,
+            name: name.into(),
+            peer_url: format!("http://{name}:2380"),
+            client_url: Some(format!("http://{name}:2379")),
+            is_learner: learner,
+        }
+    }
+
+    fn report(member_id: u64, leader: u64, applied_index: u64) -> MemberReport {
+        MemberReport {
+            member_id,
+            cluster_id: 0xabc,
+            leader,
+            applied_index,
+        }
+    }
+
+    #[test]
+    fn members_that_answer_are_healthy_and_the_leader_is_marked() {
+        let view = assemble(
+            vec![
+                listed(10, "kv-0", false),
+                listed(11, "kv-1", false),
+                listed(12, "kv-2", true),
+            ],
+            &[report(10, 11, 7), report(11, 11, 7)],
+        );
+        assert_eq!(view.leader.as_deref(), Some("kv-1"));
+        assert_eq!(view.cluster_id.as_deref(), Some("abc"));
+        assert_eq!(view.voters(), 2);
+        assert_eq!(view.healthy_voters(), 2);
+        let learner = &view.members[2];
+        assert_eq!(
+            (learner.id.as_str(), learner.healthy, learner.is_learner),
+            ("c", false, true)
+        );
+        assert_eq!(view.members[0].applied_index, Some(7));
+        assert!(view.members[1].is_leader && !view.members[0].is_leader);
+    }
+
+    #[test]
+    fn disagreeing_members_follow_the_majority_and_silence_means_no_leader() {
+        let list = vec![
+            listed(1, "a", false),
+            listed(2, "b", false),
+            listed(3, "c", false),
+        ];
+        let view = assemble(list.clone(), &[report(1, 2, 1), report(2, 2, 1), report(3, 3, 1)]);
+        assert_eq!(view.leader.as_deref(), Some("b"));
+        let view = assemble(list, &[report(1, 0, 1)]);
+        assert_eq!(view.leader, None);
+        assert_eq!(view.healthy_voters(), 1);
+    }
+}

@@ -1,0 +1,360 @@
+//! The status the operator writes, computed purely from the spec (or why it is invalid), what the
+//! cluster reported, and the previous status (whose transition times survive unchanged
+//! conditions and whose latched token and cluster ID never change).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::build::names::Names;
+use crate::build::pdb::quorum;
+use crate::crd::KVClusterStatus;
+use crate::observe::ClusterView;
+use crate::validate::{SpecError, ValidSpec};
+
+/// Everything one status computation needs.
+pub struct Observation<'a> {
+    pub generation: Option<i64>,
+    pub previous: &'a KVClusterStatus,
+    pub view: &'a ClusterView,
+    /// Member pods that exist.
+    pub pods: i32,
+    pub now: Time,
+}
+
+pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVClusterStatus {
+    let view = seen.view;
+    let names = Names::new(&spec.name, &spec.namespace);
+    let voters = view.voters();
+    let healthy = view.healthy_voters();
+    let quorate = view.leader.is_some() && voters > 0 && healthy >= quorum(voters as i32) as usize;
+    let unhealthy: Vec<&str> = view
+        .members
+        .iter()
+        .filter(|m| !m.healthy)
+        .map(|m| {
+            if m.name.is_empty() {
+                m.id.as_str()
+            } else {
+                m.name.as_str()
+            }
+        })
+        .collect();
+    let settled = view.members.len() == spec.replicas as usize && unhealthy.is_empty() && quorate;
+
+    let available = if quorate {
+        (
+            "True",
+            "Quorate",
+            format!(
+                "leader {}, {healthy} of {voters} voters healthy",
+                view.leader.as_deref().unwrap_or_default()
+            ),
+        )
+    } else if view.members.is_empty() {
+        ("False", "Unreachable", "no member answered yet".to_owned())
+    } else if view.leader.is_none() {
+        ("False", "NoLeader", "the members report no leader".to_owned())
+    } else {
+        (
+            "False",
+            "QuorumLost",
+            format!(
+                "{healthy} of {voters} voters healthy; {} needed",
+                quorum(voters as i32)
+            ),
+        )
+    };
+    let progressing = if settled {
+        (
+            "False",
+            "Stable",
+            format!("{} members, as the spec asks", spec.replicas),
+        )
+    } else if view.cluster_id.is_none() && seen.previous.cluster_id.is_none() {
+        (
+            "True",
+            "Bootstrapping",
+            format!("forming a cluster of {} members", spec.replicas),
+        )
+    } else if view.members.len() != spec.replicas as usize {
+        (
+            "True",
+            "MembershipDiffers",
+            format!(
+                "{} members, the spec asks for {}",
+                view.members.len(),
+                spec.replicas
+            ),
+        )
+    } else {
+        (
+            "True",
+            "Recovering",
+            "waiting for every member to be healthy".to_owned(),
+        )
+    };
+    let degraded = if view.members.is_empty() {
+        ("Unknown", "NotObserved", "no member has answered yet".to_owned())
+    } else if unhealthy.is_empty() {
+        ("False", "AllHealthy", "every member answers".to_owned())
+    } else {
+        (
+            "True",
+            "MemberUnhealthy",
+            format!("not answering: {}", unhealthy.join(", ")),
+        )
+    };
+    let warnings = match spec.warnings.first() {
+        None => ("False", "None", "no warnings".to_owned()),
+        Some(first) => (
+            "True",
+            first.reason(),
+            spec.warnings
+                .iter()
+                .map(|w| w.message())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+
+    let phase = if spec.paused {
+        "Paused"
+    } else if settled {
+        "Running"
+    } else if progressing.1 == "Bootstrapping" {
+        "Creating"
+    } else if !quorate || !unhealthy.is_empty() {
+        "Degraded"
+    } else {
+        "Scaling"
+    };
+    let mut status = KVClusterStatus {
+        observed_generation: seen.generation,
+        replicas: seen.pods,
+        ready_replicas: healthy as i32,
+        selector: Some(names.selector()),
+        members: view.members.clone(),
+        leader: view.leader.clone(),
+        cluster_id: seen
+            .previous
+            .cluster_id
+            .clone()
+            .or_else(|| view.cluster_id.clone()),
+        cluster_token: Some(token.to_owned()),
+        version: Some(spec.version.clone()),
+        phase: Some(phase.to_owned()),
+        conditions: Vec::new(),
+    };
+    for (type_, (state, reason, message)) in [
+        ("Available", available),
+        ("Progressing", progressing),
+        ("Degraded", degraded),
+        ("SpecWarnings", warnings),
+    ] {
+        set_condition(&mut status, seen, type_, state, reason, &message);
+    }
+    status
+}
+
+/// An invalid spec changes nothing: the previous status stays, with Degraded saying why.
+pub fn for_invalid_spec(error: &SpecError, seen: &Observation) -> KVClusterStatus {
+    let mut status = seen.previous.clone();
+    status.observed_generation = seen.generation;
+    status.phase = Some("Invalid".to_owned());
+    set_condition(
+        &mut status,
+        seen,
+        "Degraded",
+        "True",
+        "InvalidSpec",
+        &error.to_string(),
+    );
+    status
+}
+
+fn set_condition(
+    status: &mut KVClusterStatus,
+    seen: &Observation,
+    type_: &str,
+    state: &str,
+    reason: &str,
+    message: &str,
+) {
+    let previous = seen.previous.conditions.iter().find(|c| c.type_ == type_);
+    let last_transition_time = match previous {
+        Some(p) if p.status == state => p.last_transition_time.clone(),
+        _ => seen.now.clone(),
+    };
+    status.conditions.retain(|c| c.type_ != type_);
+    status.conditions.push(Condition {
+        type_: type_.to_owned(),
+        status: state.to_owned(),
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: seen.generation,
+        last_transition_time,
+    });
+}
+
+/// The token a cluster is created with: unique to this resource (a re-created resource has a new
+/// UID), so members of two clusters never accept each other's traffic.
+pub fn cluster_token(namespace: &str, name: &str, uid: &str) -> String {
+    format!("{namespace}-{name}-{uid}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::testing::valid;
+    use crate::crd::MemberStatus;
+
+    fn member(name: &str, healthy: bool, leader: bool) -> MemberStatus {
+        MemberStatus {
+            name: name.into(),
+            id: format!("{:x}", name.len()),
+            peer_url: String::new(),
+            client_url: None,
+            is_leader: leader,
+            is_learner: false,
+            healthy,
+            applied_index: Some(1),
+        }
+    }
+
+    fn time(seconds: i64) -> Time {
+        Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
+    }
+
+    fn condition<'a>(status: &'a KVClusterStatus, type_: &str) -> &'a Condition {
+        status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_quorate_cluster_of_the_asked_size_is_available_and_stable() {
+        let view = ClusterView {
+            members: vec![
+                member("kv-0", true, true),
+                member("kv-1", true, false),
+                member("kv-2", true, false),
+            ],
+            leader: Some("kv-0".into()),
+            cluster_id: Some("c1".into()),
+        };
+        let previous = KVClusterStatus::default();
+        let seen = Observation {
+            generation: Some(2),
+            previous: &previous,
+            view: &view,
+            pods: 3,
+            now: time(100),
+        };
+        let status = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
+        assert_eq!(condition(&status, "Available").status, "True");
+        assert_eq!(condition(&status, "Progressing").reason, "Stable");
+        assert_eq!(condition(&status, "Degraded").status, "False");
+        assert_eq!(status.phase.as_deref(), Some("Running"));
+        assert_eq!((status.replicas, status.ready_replicas), (3, 3));
+        assert_eq!(status.cluster_token.as_deref(), Some("prod-kv-u"));
+        assert_eq!(
+            status.selector.as_deref(),
+            Some("app.kubernetes.io/instance=kv,app.kubernetes.io/name=cairn")
+        );
+
+        // A member stops answering: still quorate, but degraded; the Available transition time stays.
+        let view = ClusterView {
+            members: vec![
+                member("kv-0", true, true),
+                member("kv-1", false, false),
+                member("kv-2", true, false),
+            ],
+            ..view
+        };
+        let seen = Observation {
+            generation: Some(2),
+            previous: &status,
+            view: &view,
+            pods: 3,
+            now: time(200),
+        };
+        let next = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
+        assert_eq!(condition(&next, "Available").last_transition_time, time(100));
+        assert_eq!(condition(&next, "Degraded").message, "not answering: kv-1");
+        assert_eq!(condition(&next, "Degraded").last_transition_time, time(200));
+        assert_eq!(next.phase.as_deref(), Some("Degraded"));
+    }
+
+    #[test]
+    fn losing_quorum_and_bootstrapping_are_told_apart() {
+        let previous = KVClusterStatus::default();
+        let empty = ClusterView::default();
+        let seen = Observation {
+            generation: None,
+            previous: &previous,
+            view: &empty,
+            pods: 3,
+            now: time(1),
+        };
+        let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
+        assert_eq!(condition(&status, "Available").reason, "Unreachable");
+        assert_eq!(condition(&status, "Progressing").reason, "Bootstrapping");
+        assert_eq!(status.phase.as_deref(), Some("Creating"));
+
+        let view = ClusterView {
+            members: vec![
+                member("kv-0", true, true),
+                member("kv-1", false, false),
+                member("kv-2", false, false),
+            ],
+            leader: Some("kv-0".into()),
+            cluster_id: Some("c1".into()),
+        };
+        let seen = Observation {
+            generation: None,
+            previous: &previous,
+            view: &view,
+            pods: 3,
+            now: time(1),
+        };
+        let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
+        assert_eq!(condition(&status, "Available").reason, "QuorumLost");
+        assert_eq!(
+            condition(&status, "Available").message,
+            "1 of 3 voters healthy; 2 needed"
+        );
+    }
+
+    #[test]
+    fn warnings_and_invalid_specs_become_conditions() {
+        let previous = KVClusterStatus {
+            cluster_token: Some("kept".into()),
+            ..KVClusterStatus::default()
+        };
+        let view = ClusterView::default();
+        let seen = Observation {
+            generation: Some(5),
+            previous: &previous,
+            view: &view,
+            pods: 0,
+            now: time(1),
+        };
+        let status = for_valid_spec(&valid("spec: {replicas: 2}"), "t", &seen);
+        assert_eq!(condition(&status, "SpecWarnings").reason, "EvenSize");
+
+        let error = SpecError::Replicas(0);
+        let status = for_invalid_spec(&error, &seen);
+        assert_eq!(status.phase.as_deref(), Some("Invalid"));
+        assert_eq!(status.cluster_token.as_deref(), Some("kept"));
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "InvalidSpec")
+        );
+        assert_eq!(degraded.message, "spec.replicas is 0; it must be between 1 and 9");
+        assert_eq!(degraded.observed_generation, Some(5));
+    }
+
+    #[test]
+    fn tokens_are_unique_per_resource() {
+        assert_ne!(cluster_token("a", "kv", "u1"), cluster_token("b", "kv", "u1"));
+        assert_ne!(cluster_token("a", "kv", "u1"), cluster_token("a", "kv", "u2"));
+    }
+}
