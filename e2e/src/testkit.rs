@@ -182,6 +182,47 @@ impl TestNamespace {
             .unwrap_or_default()
     }
 
+    /// What a failing test should show: every pod's phase, readiness, restarts and the tail of
+    /// its containers' logs (the previous run's too, when a container restarted).
+    pub async fn report(&self) -> String {
+        let pods: Api<Pod> = self.api();
+        let Ok(list) = pods.list(&Default::default()).await else {
+            return format!("cannot list the pods of {}", self.name);
+        };
+        let mut report = String::new();
+        for pod in list {
+            let name = pod.name_any();
+            let status = pod.status.clone().unwrap_or_default();
+            let restarts: i32 = status
+                .container_statuses
+                .iter()
+                .flatten()
+                .map(|c| c.restart_count)
+                .sum();
+            report.push_str(&format!(
+                "== pod {name}: phase {:?}, ready {}, restarts {restarts}, IP {:?}\n",
+                status.phase.unwrap_or_default(),
+                is_ready(&pod),
+                status.pod_ip.unwrap_or_default(),
+            ));
+            for previous in [true, false] {
+                let log = self.logs(&name, None, previous);
+                if log.is_empty() {
+                    continue;
+                }
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(25)..];
+                let run = if previous { "previous run" } else { "current run" };
+                report.push_str(&format!("-- {run}, last {} lines:\n", tail.len()));
+                for line in tail {
+                    report.push_str(line);
+                    report.push('\n');
+                }
+            }
+        }
+        report
+    }
+
     pub async fn delete(self) {
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let _ = namespaces.delete(&self.name, &DeleteParams::default()).await;
@@ -200,7 +241,19 @@ pub fn is_ready(pod: &Pod) -> bool {
 }
 
 /// Polls `check` until it gives a value; panics naming `what` after `within`.
-pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, within: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    match poll_until(within, check).await {
+        Some(value) => value,
+        None => panic!("timed out after {within:?} waiting for {what}"),
+    }
+}
+
+/// Polls `check` until it gives a value, or gives up after `within`.
+pub async fn poll_until<T, F, Fut>(within: Duration, mut check: F) -> Option<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -208,12 +261,11 @@ where
     let deadline = Instant::now() + within;
     loop {
         if let Some(value) = check().await {
-            return value;
+            return Some(value);
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {within:?} waiting for {what}"
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }

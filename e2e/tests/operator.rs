@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, kubectl_path, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, kubectl_path, poll_until, wait_for};
 use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
 use futures::FutureExt;
@@ -78,27 +78,29 @@ async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> KVClu
     ))
     .await;
     let clusters: Api<KVCluster> = ns.api();
-    let status = wait_for(
-        &format!(
-            "{mode} KVCluster {}/kv to be Available with 3 healthy members",
-            ns.name
-        ),
-        Duration::from_secs(120),
-        || async {
-            let status = clusters.get("kv").await.ok()?.status?;
-            let available = status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Available" && c.status == "True");
-            let healthy = status
-                .members
-                .iter()
-                .filter(|m| m.healthy && !m.is_learner)
-                .count();
-            (available && healthy == 3 && status.leader.is_some()).then_some(status)
-        },
-    )
+    let available = poll_until(Duration::from_secs(120), || async {
+        let status = clusters.get("kv").await.ok()?.status?;
+        let available = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Available" && c.status == "True");
+        let healthy = status
+            .members
+            .iter()
+            .filter(|m| m.healthy && !m.is_learner)
+            .count();
+        (available && healthy == 3 && status.leader.is_some()).then_some(status)
+    })
     .await;
+    let Some(status) = available else {
+        let last = clusters.get("kv").await.ok().and_then(|c| c.status);
+        panic!(
+            "timed out after 120s waiting for {mode} KVCluster {}/kv to be Available with 3 \
+             healthy members; status {last:#?}\n{}",
+            ns.name,
+            ns.report().await
+        );
+    };
     assert_eq!(status.phase.as_deref(), Some("Running"));
     assert!(status.members.iter().all(|m| m.name.starts_with("kv-")));
 

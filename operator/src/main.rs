@@ -4,6 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
+use std::io::IsTerminal;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,6 +34,7 @@ fn main() -> anyhow::Result<()> {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,kube=warn".into()),
                 )
+                .with_ansi(std::io::stdout().is_terminal())
                 .init();
             let runtime = tokio::runtime::Runtime::new().context("cannot start the runtime")?;
             runtime.block_on(async {

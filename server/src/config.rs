@@ -73,6 +73,11 @@ pub struct Args {
     /// DNS server (ip:port) to ask for SRV records instead of the system resolver.
     #[arg(long, env = "CAIRN_DISCOVERY_SRV_RESOLVER")]
     pub discovery_srv_resolver: Option<SocketAddr>,
+    /// How many members the new cluster starts with. With --discovery-srv the member waits until
+    /// the SRV records list exactly this many (records of peers that start later appear late);
+    /// with --initial-cluster it must match the list.
+    #[arg(long, env = "CAIRN_INITIAL_CLUSTER_SIZE")]
+    pub initial_cluster_size: Option<usize>,
     /// Token unique to this cluster; members with another token are another cluster.
     #[arg(long, env = "CAIRN_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
     pub initial_cluster_token: String,
@@ -133,6 +138,8 @@ pub enum ConfigError {
     },
     #[error("--initial-cluster and --discovery-srv are both set; use one way to find the initial members")]
     TwoBootstraps,
+    #[error("--initial-cluster lists {listed} members but --initial-cluster-size is {size}")]
+    SizeMismatch { listed: usize, size: usize },
     #[error("--initial-cluster-token must not be empty")]
     EmptyToken,
     #[error(
@@ -151,6 +158,8 @@ pub struct SrvDiscovery {
     pub domain: String,
     pub service_name: Option<String>,
     pub nameserver: Option<SocketAddr>,
+    /// Wait until the records list this many members (`--initial-cluster-size`).
+    pub expected_members: Option<usize>,
 }
 
 /// A validated configuration: everything here has been checked.
@@ -298,6 +307,11 @@ impl Args {
                 return Err(ConfigError::Zero { flag });
             }
         }
+        if self.initial_cluster_size == Some(0) {
+            return Err(ConfigError::Zero {
+                flag: "initial-cluster-size",
+            });
+        }
         if self.max_txn_ops == 0 {
             return Err(ConfigError::Zero { flag: "max-txn-ops" });
         }
@@ -317,6 +331,7 @@ impl Args {
             domain,
             service_name: self.discovery_srv_name.clone(),
             nameserver: self.discovery_srv_resolver,
+            expected_members: self.initial_cluster_size,
         });
         if discovery.is_some() && !self.initial_cluster.is_empty() {
             return Err(ConfigError::TwoBootstraps);
@@ -326,6 +341,14 @@ impl Args {
         } else {
             parse_initial_cluster(&self.initial_cluster)?
         };
+        if let (Some(size), None) = (self.initial_cluster_size, &discovery)
+            && size != initial_cluster.len()
+        {
+            return Err(ConfigError::SizeMismatch {
+                listed: initial_cluster.len(),
+                size,
+            });
+        }
         match initial_cluster.get(&self.name) {
             // With DNS discovery the member list is found later, and this member by address.
             _ if discovery.is_some() => {}
@@ -449,6 +472,38 @@ mod tests {
             crate::bootstrap::srv::record_name("example.com.", None),
             "_cairn-server._tcp.example.com."
         );
+    }
+
+    #[test]
+    fn initial_cluster_size_must_match_a_static_list() {
+        let two = "a=http://127.0.0.1:2380,b=http://127.0.0.2:2380";
+        let error = args(&[
+            "--name",
+            "a",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            two,
+            "--initial-cluster-size",
+            "3",
+        ])
+        .validate()
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--initial-cluster lists 2 members but --initial-cluster-size is 3"
+        );
+        let error = args(&["--discovery-srv", "example.com", "--initial-cluster-size", "0"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "--initial-cluster-size must be greater than zero"
+        );
+        let config = args(&["--discovery-srv", "example.com", "--initial-cluster-size", "3"])
+            .validate()
+            .unwrap();
+        assert_eq!(config.discovery.unwrap().expected_members, Some(3));
     }
 
     #[test]

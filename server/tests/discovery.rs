@@ -1,6 +1,7 @@
 //! DNS SRV bootstrap: members find each other through `_cairn-server._tcp.<domain>` served by a
 //! real authoritative DNS server on a loopback port, and a member missing from the records refuses
-//! to start with an error that says so.
+//! to start with an error that says so. With `--initial-cluster-size` a member whose peers are not
+//! published yet waits for them instead of bootstrapping from part of the cluster.
 
 mod support;
 
@@ -32,6 +33,11 @@ struct Dns {
 impl Dns {
     /// `services` maps an SRV owner name (relative to `DOMAIN`) to the peer ports it lists.
     fn serve(services: &[(&str, Vec<u16>)]) -> Dns {
+        Dns::serve_on("127.0.0.1:0".parse().unwrap(), services)
+    }
+
+    /// The same on a given address, so a test can change the records under the members' feet.
+    fn serve_on(address: SocketAddr, services: &[(&str, Vec<u16>)]) -> Dns {
         let origin = Name::from_str(DOMAIN).unwrap();
         let mut zone = InMemoryZoneHandler::<TokioRuntimeProvider>::empty(
             origin.clone(),
@@ -59,7 +65,7 @@ impl Dns {
         catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (server, address) = runtime.block_on(async {
-            let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let socket = tokio::net::UdpSocket::bind(address).await.unwrap();
             let address = socket.local_addr().unwrap();
             let mut server = Server::new(catalog);
             server.register_socket(socket);
@@ -114,40 +120,13 @@ fn three_members_bootstrap_from_srv_records() {
             .join("\n----\n")
     };
 
-    // One cluster: every member sees the same three members under their own names.
-    let mut listed = String::new();
-    for _ in 0..100 {
-        listed = ok(&members[2].endpoint(), &["member", "list"]);
-        if ["d0", "d1", "d2"]
-            .iter()
-            .all(|name| listed.contains(&format!(", {name}, ")))
-        {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    for name in ["d0", "d1", "d2"] {
-        assert!(
-            listed.contains(&format!(", {name}, ")),
-            "{name} missing from\n{listed}\n{}",
-            logs()
-        );
-    }
+    let listed = wait_for_one_cluster(&members, &logs);
     let peer_urls: Vec<String> = members
         .iter()
         .map(|m| format!("http://localhost:{}", port_of(&m.peer_url)))
         .collect();
     for url in &peer_urls {
         assert!(listed.contains(url.as_str()), "{url} missing from\n{listed}");
-    }
-    for member in &members {
-        let other = ok(&member.endpoint(), &["member", "list"]);
-        assert_eq!(
-            sorted_lines(&other),
-            sorted_lines(&listed),
-            "members disagree\n{}",
-            logs()
-        );
     }
     ok(&members[0].endpoint(), &["put", "found", "through-dns"]);
     for member in &members {
@@ -168,6 +147,89 @@ fn three_members_bootstrap_from_srv_records() {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("restarted member did not rejoin without DNS\n{}", logs());
+}
+
+/// Waits until every member sees the same three members d0, d1, d2; returns the member list.
+fn wait_for_one_cluster(members: &[Member], logs: &dyn Fn() -> String) -> String {
+    let mut listed = String::new();
+    for _ in 0..100 {
+        let out = support::etcdctl(&members[2].endpoint(), &["member", "list"]);
+        listed = String::from_utf8_lossy(&out.stdout).into_owned();
+        if ["d0", "d1", "d2"]
+            .iter()
+            .all(|name| listed.contains(&format!(", {name}, ")))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for name in ["d0", "d1", "d2"] {
+        assert!(
+            listed.contains(&format!(", {name}, ")),
+            "{name} missing from\n{listed}\n{}",
+            logs()
+        );
+    }
+    for member in members {
+        let other = ok(&member.endpoint(), &["member", "list"]);
+        assert_eq!(
+            sorted_lines(&other),
+            sorted_lines(&listed),
+            "members disagree\n{}",
+            logs()
+        );
+    }
+    listed
+}
+
+#[test]
+fn members_wait_until_the_records_list_the_whole_initial_cluster() {
+    let root = TempDir::new().unwrap();
+    let ports: Vec<u16> = (0..3)
+        .map(|i| port_of(&Member::new(root.path(), &format!("p{i}"), "srv-token").peer_url))
+        .collect();
+    // At first only d0's pod is published.
+    let dns = Dns::serve(&[("_cairn-server._tcp", vec![ports[0]])]);
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| {
+            let mut member = discovering_member(&root, &format!("d{i}"), &dns, None);
+            member.peer_url = format!("http://127.0.0.1:{}", ports[i]);
+            member.extra_args.push("--initial-cluster-size=3".to_owned());
+            member
+        })
+        .collect();
+    members[0].start();
+    let waiting = "SRV records _cairn-server._tcp.cairn.test. list 1 members but --initial-cluster-size is 3";
+    let mut log = String::new();
+    for _ in 0..100 {
+        log = std::fs::read_to_string(&members[0].log).unwrap_or_default();
+        if log.contains(waiting) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(log.contains(waiting), "{log}");
+    assert!(
+        !members[0].data_dir.exists(),
+        "a waiting member must not have bootstrapped anything"
+    );
+
+    // The other pods are published; every member finds all three and they form one cluster.
+    let address = dns.address;
+    drop(dns);
+    let _dns = Dns::serve_on(address, &[("_cairn-server._tcp", ports.clone())]);
+    members[1].start();
+    members[2].start();
+    let log_paths: Vec<_> = members.iter().map(|m| m.log.clone()).collect();
+    let logs = || {
+        log_paths
+            .iter()
+            .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    };
+    wait_for_one_cluster(&members, &logs);
+    ok(&members[0].endpoint(), &["put", "whole", "cluster"]);
 }
 
 fn sorted_lines(text: &str) -> Vec<&str> {

@@ -2,6 +2,7 @@
 //! kubelet and cluster DNS on this machine, in the background, for kubectl, helm and Cairn's tests.
 
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
@@ -157,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info,kube=warn".into()),
                 )
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
                 .init();
             sandbox.run()?;

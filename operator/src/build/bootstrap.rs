@@ -17,8 +17,9 @@ use crate::validate::ValidSpec;
 pub enum MemberBootstrap {
     /// One of the members that form a new cluster from a static list of all of them.
     StaticNew { initial_cluster: String },
-    /// One of the members that form a new cluster, finding the others through DNS SRV records.
-    DnsSrvNew { domain: String },
+    /// One of the members that form a new cluster, finding the others through DNS SRV records;
+    /// it waits until the records list all `size` of them (pods get addresses one by one).
+    DnsSrvNew { domain: String, size: i32 },
     /// A member added to a running cluster; `initial_cluster` is what MemberAdd returned.
     Join { initial_cluster: String },
 }
@@ -30,8 +31,8 @@ impl MemberBootstrap {
             MemberBootstrap::StaticNew { initial_cluster } => {
                 format!("initial-cluster: {initial_cluster}\ninitial-cluster-state: new\n")
             }
-            MemberBootstrap::DnsSrvNew { domain } => {
-                format!("discovery-srv: {domain}\ninitial-cluster-state: new\n")
+            MemberBootstrap::DnsSrvNew { domain, size } => {
+                format!("discovery-srv: {domain}\ninitial-cluster-size: {size}\ninitial-cluster-state: new\n")
             }
             MemberBootstrap::Join { initial_cluster } => {
                 format!("initial-cluster: {initial_cluster}\ninitial-cluster-state: existing\n")
@@ -50,6 +51,7 @@ pub fn initial_members(spec: &ValidSpec) -> BTreeMap<String, MemberBootstrap> {
         },
         crate::crd::BootstrapMode::DnsSrv => MemberBootstrap::DnsSrvNew {
             domain: names.peer_domain(),
+            size: spec.replicas,
         },
     };
     members.into_iter().map(|m| (m, plan.clone())).collect()
@@ -100,23 +102,23 @@ data:
 
     #[test]
     fn dns_srv_members_look_up_the_peer_domain_and_joiners_use_what_memberadd_returned() {
-        let spec = valid("spec: {replicas: 1, bootstrap: {mode: DnsSrv}}");
+        let spec = valid("spec: {replicas: 3, bootstrap: {mode: DnsSrv}}");
         let mut members = initial_members(&spec);
         members.insert(
-            "kv-1".into(),
+            "kv-3".into(),
             MemberBootstrap::Join {
-                initial_cluster: "kv-0=http://a:2380,kv-1=http://b:2380".into(),
+                initial_cluster: "kv-0=http://a:2380,kv-3=http://b:2380".into(),
             },
         );
         let map = bootstrap_config_map(&spec, &owner(), &members);
         let data = map.data.unwrap();
         assert_eq!(
             data["kv-0.yaml"],
-            "discovery-srv: kv-peer.prod.svc.cluster.local\ninitial-cluster-state: new\n"
+            "discovery-srv: kv-peer.prod.svc.cluster.local\ninitial-cluster-size: 3\ninitial-cluster-state: new\n"
         );
         assert_eq!(
-            data["kv-1.yaml"],
-            "initial-cluster: kv-0=http://a:2380,kv-1=http://b:2380\ninitial-cluster-state: existing\n"
+            data["kv-3.yaml"],
+            "initial-cluster: kv-0=http://a:2380,kv-3=http://b:2380\ninitial-cluster-state: existing\n"
         );
     }
 }

@@ -3,8 +3,6 @@
 //! Pods start in parallel (members of a new cluster must find each other before any is ready);
 //! liveness asks only whether the process answers, readiness whether the member is healthy.
 
-use std::collections::BTreeMap;
-
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
@@ -171,23 +169,25 @@ fn insert_nonempty(object: &mut Value, key: &str, value: Value) {
     }
 }
 
-/// The environment a member gets, by name (for tests and for status).
-pub fn member_env(set: &StatefulSet) -> BTreeMap<String, String> {
-    set.spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|p| p.containers.first())
-        .and_then(|c| c.env.as_ref())
-        .into_iter()
-        .flatten()
-        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::build::testing::{LABELS_YAML, OWNER_YAML, assert_yaml, owner, valid};
+
+    /// The plain-valued environment of the member container, by name.
+    fn member_env(set: &StatefulSet) -> BTreeMap<String, String> {
+        set.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|p| p.containers.first())
+            .and_then(|c| c.env.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+            .collect()
+    }
 
     #[test]
     fn a_default_cluster_runs_members_with_claims_probes_and_their_bootstrap_file() {

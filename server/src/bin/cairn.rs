@@ -1,5 +1,6 @@
 //! The `cairn` server binary: flags → validated config → member start → serve until stopped.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -14,6 +15,8 @@ fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
         .with_context(|| format!("invalid --log-level {level:?}"))?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colour codes only for a person at a terminal, never into log files.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -28,14 +31,8 @@ async fn run() -> anyhow::Result<()> {
     let initialized = cairn::bootstrap::data_dir::load(&config.data_dir)?.is_some();
     // An initialized data dir knows its cluster; DNS is only asked on first start.
     if let (Some(srv), false) = (&config.discovery, initialized) {
-        config.initial_cluster = cairn::bootstrap::srv::discover(
-            &srv.domain,
-            srv.service_name.as_deref(),
-            srv.nameserver,
-            &config.name,
-            &config.advertise_peer_urls,
-        )
-        .await?;
+        config.initial_cluster =
+            cairn::bootstrap::srv::initial_cluster(srv, &config.name, &config.advertise_peer_urls).await?;
         tracing::info!(members = ?config.initial_cluster, "initial cluster found through DNS SRV");
     }
     let node = Node::open(config, Arc::default()).await?;

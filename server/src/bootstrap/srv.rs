@@ -1,15 +1,20 @@
 //! DNS SRV bootstrap (etcd's `--discovery-srv`): the initial members are the targets of
 //! `_cairn-server._tcp.<domain>` (or `_cairn-server-<name>._tcp.<domain>` with
 //! `--discovery-srv-name`). `_cairn-server-ssl._tcp` is reserved for TLS peers and not served yet.
-//! This member is the target that resolves to its own advertised peer address.
+//! This member is the target that resolves to its own advertised peer address. Peers that start
+//! later are published later, so with `--initial-cluster-size` the member looks again until the
+//! records list the whole initial cluster instead of bootstrapping from part of it.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use hickory_resolver::Resolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::{RData, RecordType};
+
+use crate::config::SrvDiscovery;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SrvError {
@@ -29,6 +34,25 @@ pub enum SrvError {
         record: String,
         advertised: Vec<String>,
     },
+    #[error("SRV records {record} list {listed} members but --initial-cluster-size is {expected}")]
+    Incomplete {
+        record: String,
+        listed: usize,
+        expected: usize,
+    },
+    #[error("SRV records {record} list {listed} members, more than --initial-cluster-size {expected}")]
+    TooMany {
+        record: String,
+        listed: usize,
+        expected: usize,
+    },
+}
+
+impl SrvError {
+    /// Whether looking again later can give another answer (records still being published).
+    fn may_change(&self) -> bool {
+        !matches!(self, SrvError::Resolver(_) | SrvError::TooMany { .. })
+    }
 }
 
 /// The SRV record name for a domain and optional service name suffix.
@@ -70,6 +94,56 @@ async fn addresses(host_port: &str) -> Result<Vec<SocketAddr>, SrvError> {
             host: host_port.to_owned(),
             reason: e.to_string(),
         })
+}
+
+/// The initial cluster from SRV records as configured: one look (as etcd does) or, with an
+/// expected size, looks every few seconds until the records list exactly that many members,
+/// this one among them. Waiting has no deadline: a pod waits for its peers' pods, and says so.
+pub async fn initial_cluster(
+    srv: &SrvDiscovery,
+    name: &str,
+    advertised_peer_urls: &[String],
+) -> Result<BTreeMap<String, Vec<String>>, SrvError> {
+    let look = || {
+        discover(
+            &srv.domain,
+            srv.service_name.as_deref(),
+            srv.nameserver,
+            name,
+            advertised_peer_urls,
+        )
+    };
+    let Some(expected) = srv.expected_members else {
+        return look().await;
+    };
+    let record = record_name(&srv.domain, srv.service_name.as_deref());
+    let mut pause = Duration::from_millis(200);
+    let mut attempt = 0u64;
+    loop {
+        attempt += 1;
+        let error = match look().await {
+            Ok(members) if members.len() == expected => return Ok(members),
+            Ok(members) if members.len() > expected => {
+                return Err(SrvError::TooMany {
+                    record,
+                    listed: members.len(),
+                    expected,
+                });
+            }
+            Ok(members) => SrvError::Incomplete {
+                record: record.clone(),
+                listed: members.len(),
+                expected,
+            },
+            Err(error) => error,
+        };
+        if !error.may_change() {
+            return Err(error);
+        }
+        tracing::info!(attempt, %error, "waiting for the SRV records to list the initial cluster");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Builds the initial cluster from SRV records: this member under `name`, the others under their
