@@ -211,7 +211,7 @@ impl ControlPlane {
             .arg("--port=0")
             .arg(
                 "--controllers=garbagecollector,statefulset,namespace,serviceaccount,serviceaccount-token,\
-                 endpoint,endpointslice,disruption,replicaset,deployment",
+                 endpoint,endpointslice,disruption,replicaset,deployment,pvc-protection",
             )
             .arg(format!(
                 "--service-account-private-key-file={}",

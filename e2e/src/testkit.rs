@@ -45,6 +45,17 @@ impl TestSandbox {
         }
     }
 
+    /// kubectl for this sandbox, with a discovery cache of its own: a cache kept in ~/.kube from
+    /// an earlier sandbox on the same address would not know resources this one has.
+    pub fn kubectl(&self) -> Command {
+        let mut kubectl = Command::new(kubectl_path());
+        kubectl.env("KUBECONFIG", self.sandbox.kubeconfig()).arg(format!(
+            "--cache-dir={}",
+            self.sandbox.dir.join("kubectl-cache").display()
+        ));
+        kubectl
+    }
+
     /// A fresh namespace `<prefix>-<random>`, once its default ServiceAccount exists (pods need it).
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {
         let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);

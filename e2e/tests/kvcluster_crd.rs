@@ -5,16 +5,16 @@
 use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
-use cairn_e2e::testkit::{TestSandbox, kubectl_path};
+use cairn_e2e::testkit::TestSandbox;
 use futures::FutureExt;
 
 fn kubectl(env: &TestSandbox, args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(kubectl_path())
-        .env("KUBECONFIG", env.sandbox.kubeconfig())
+    let mut child = env
+        .kubectl()
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -4,16 +4,18 @@
 //! Service is readable on every member; the two clusters have distinct tokens and cluster IDs.
 //! An invalid spec gets a condition naming the field, and nothing is created for it.
 
+mod common;
+
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, kubectl_path, poll_until, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
 use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
+use common::wait_settled;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -46,7 +48,7 @@ async fn kvclusters_become_available_with_their_own_identity() {
         private_network: false,
     };
     let env = TestSandbox::start(sandbox, sandbox_binary).await;
-    let context = Context::new(env.client.clone())
+    let context = Context::new(env.client.clone(), "e2e")
         .await
         .expect("the operator's context");
     let operator = tokio::spawn(run(context));
@@ -77,35 +79,12 @@ async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> KVClu
          spec: {{replicas: 3, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}}}\n"
     ))
     .await;
-    let clusters: Api<KVCluster> = ns.api();
-    let available = poll_until(Duration::from_secs(120), || async {
-        let status = clusters.get("kv").await.ok()?.status?;
-        let available = status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Available" && c.status == "True");
-        let healthy = status
-            .members
-            .iter()
-            .filter(|m| m.healthy && !m.is_learner)
-            .count();
-        (available && healthy == 3 && status.leader.is_some()).then_some(status)
-    })
-    .await;
-    let Some(status) = available else {
-        let last = clusters.get("kv").await.ok().and_then(|c| c.status);
-        panic!(
-            "timed out after 120s waiting for {mode} KVCluster {}/kv to be Available with 3 \
-             healthy members; status {last:#?}\n{}",
-            ns.name,
-            ns.report().await
-        );
-    };
+    let status = wait_settled(&ns, 3, Duration::from_secs(120)).await;
     assert_eq!(status.phase.as_deref(), Some("Running"));
     assert!(status.members.iter().all(|m| m.name.starts_with("kv-")));
 
-    let listed = Command::new(kubectl_path())
-        .env("KUBECONFIG", env.sandbox.kubeconfig())
+    let listed = env
+        .kubectl()
         .args(["get", "kvc", "-n", &ns.name, "--no-headers"])
         .output()
         .unwrap();

@@ -3,29 +3,33 @@
 //! manager, in a fixed order → observe the cluster through its own API → write status.
 //! An invalid spec waits for an edit (a condition says why); API errors requeue quickly.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::build::bootstrap::{bootstrap_config_map, initial_members};
+use crate::build::bootstrap::{bootstrap_config_map, bootstrap_files, initial_members};
 use crate::build::names::Names;
 use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
 use crate::build::statefulset::statefulset;
 use crate::build::{FIELD_MANAGER, owner_reference};
+use crate::change;
 use crate::crd::{KVCluster, KVClusterStatus};
-use crate::observe::observe;
+use crate::membership::{Current, Step, next_step, sealed_entries};
+use crate::observe::{ClusterView, observe};
 use crate::status::{Observation, cluster_token, for_invalid_spec, for_valid_spec};
-use crate::validate::validate;
+use crate::validate::{ValidSpec, validate};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -49,14 +53,89 @@ pub struct Context {
     pub client: Client,
     /// Read once at start: which PodDisruptionBudget API the server has.
     pub pdb_api: PdbApi,
+    recorder: Recorder,
 }
 
 impl Context {
-    pub async fn new(client: Client) -> Result<Context, kube::Error> {
+    /// `instance` tells this operator replica's events apart from another's (its pod name).
+    pub async fn new(client: Client, instance: &str) -> Result<Context, kube::Error> {
         let version = client.apiserver_version().await?;
         let number = |text: &str| text.trim_end_matches('+').parse::<u32>().unwrap_or(0);
         let pdb_api = PdbApi::for_server(number(&version.major), number(&version.minor));
-        Ok(Context { client, pdb_api })
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: Some(instance.to_owned()),
+        };
+        Ok(Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            pdb_api,
+        })
+    }
+
+    /// Records a Kubernetes Event on the KVCluster; a failure to record is logged, not fatal.
+    async fn publish(&self, cluster: &KVCluster, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: reason.to_owned(),
+            secondary: None,
+        };
+        if let Err(error) = self.recorder.publish(&event, &cluster.object_ref(&())).await {
+            tracing::warn!(%error, reason, "cannot record an event");
+        }
+    }
+}
+
+/// The Event a membership step is announced with.
+fn event_for(step: &Step) -> Option<(&'static str, String)> {
+    let reason = match step {
+        Step::AddLearner { .. } => "MemberAdded",
+        Step::Promote { .. } => "MemberPromoted",
+        Step::MoveLeader { .. } => "LeaderMoved",
+        Step::Remove { .. } => "MemberRemoved",
+        Step::DeleteClaim { .. } => "ClaimDeleted",
+        Step::Settled | Step::Wait(_) | Step::WriteEntry { .. } | Step::DropEntry { .. } => {
+            return None;
+        }
+    };
+    Some((reason, step.describe()))
+}
+
+/// Events for what changed in the cluster by itself: a new leader, quorum lost and regained.
+async fn announce_transitions(
+    context: &Context,
+    cluster: &KVCluster,
+    previous: &KVClusterStatus,
+    status: &KVClusterStatus,
+) {
+    if let (Some(before), Some(now)) = (&previous.leader, &status.leader)
+        && before != now
+    {
+        let note = format!("{now} leads (was {before})");
+        context
+            .publish(cluster, EventType::Normal, "LeaderChanged", note)
+            .await;
+    }
+    let available = |s: &KVClusterStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == "Available")
+            .map(|c| (c.status == "True", c.message.clone()))
+    };
+    match (available(previous), available(status)) {
+        (Some((true, _)), Some((false, message))) => {
+            context
+                .publish(cluster, EventType::Warning, "QuorumLost", message)
+                .await;
+        }
+        (Some((false, _)), Some((true, message))) if previous.cluster_id.is_some() => {
+            context
+                .publish(cluster, EventType::Normal, "QuorumRegained", message)
+                .await;
+        }
+        _ => {}
     }
 }
 
@@ -64,7 +143,15 @@ impl Context {
 pub async fn run(context: Context) {
     let client = context.client.clone();
     let clusters: Api<KVCluster> = Api::all(client.clone());
-    Controller::new(clusters, watcher::Config::default())
+    let (reader, writer) = reflector::store();
+    // Only spec changes (and first sight) trigger a reconcile: the operator's own status writes
+    // change the object all the time (members' applied indexes), and must not loop it.
+    let spec_changes = watcher(clusters, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(predicates::generation, Default::default());
+    Controller::for_stream(spec_changes, reader)
         .owns(
             Api::<StatefulSet>::all(client.clone()),
             watcher::Config::default(),
@@ -107,6 +194,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
                 previous: &previous,
                 view: &view,
                 pods: previous.replicas,
+                change: previous.membership_change.clone(),
                 now,
             };
             write_status(&clusters, &name, &for_invalid_spec(&error, &seen)).await?;
@@ -132,52 +220,22 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     let owner = owner_reference(&name, &uid);
     let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     // The members' bootstrap files are written once, for the initial members; membership
-    // changes later edit them one member at a time.
-    let members = match configs
+    // changes later edit them one member at a time. The StatefulSet has one pod per file.
+    let mut files = match configs
         .get_opt(&names.bootstrap_config_map())
         .await
         .map_err(api_error("read the bootstrap ConfigMap"))?
     {
-        Some(existing) => existing.data.unwrap_or_default().len() as i32,
-        None if spec.paused => 0,
+        Some(existing) => existing.data.unwrap_or_default(),
+        None if spec.paused => BTreeMap::new(),
         None => {
-            let plan = initial_members(&spec);
-            apply(&configs, &bootstrap_config_map(&spec, &owner, &plan)).await?;
-            plan.len() as i32
+            let map = bootstrap_config_map(&spec, &owner, &initial_members(&spec));
+            apply(&configs, &map).await?;
+            map.data.unwrap_or_default()
         }
     };
-
-    if !spec.paused && members > 0 {
-        apply(
-            &Api::<Service>::namespaced(client.clone(), &namespace),
-            &peer_service(&spec, &owner),
-        )
-        .await?;
-        apply(
-            &Api::<Service>::namespaced(client.clone(), &namespace),
-            &client_service(&spec, &owner),
-        )
-        .await?;
-        apply(
-            &Api::<StatefulSet>::namespaced(client.clone(), &namespace),
-            &statefulset(&spec, &owner, &token, members),
-        )
-        .await?;
-        let mut sized = spec.clone();
-        sized.replicas = members;
-        let pdb = pod_disruption_budget(&sized, &owner, context.pdb_api);
-        let resource = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk(
-                "policy",
-                context.pdb_api.api_version().trim_start_matches("policy/"),
-                "PodDisruptionBudget",
-            ),
-            "poddisruptionbudgets",
-        );
-        let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &resource);
-        pdbs.patch(&names.pdb(), &apply_params(), &Patch::Apply(&pdb))
-            .await
-            .map_err(api_error("apply the PodDisruptionBudget"))?;
+    if !spec.paused && !files.is_empty() {
+        apply_members(client, &context, &spec, &owner, &token, files.len() as i32).await?;
     }
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
@@ -185,25 +243,176 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         .list(&ListParams::default().labels(&names.selector()))
         .await
         .map_err(api_error("list the member pods"))?;
-    let addresses: Vec<(String, String)> = listed
+    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    let claim_list = claims_api
+        .list(&ListParams::default().labels(&names.selector()))
+        .await
+        .map_err(api_error("list the member claims"))?
+        .items;
+    let claims: BTreeSet<String> = claim_list.iter().map(ResourceExt::name_any).collect();
+    let terminating_claims: BTreeSet<String> = claim_list
+        .iter()
+        .filter(|c| c.metadata.deletion_timestamp.is_some())
+        .map(ResourceExt::name_any)
+        .collect();
+    let live_pods: Vec<&Pod> = listed
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect();
+    let addresses: Vec<(String, String)> = live_pods
+        .iter()
         .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
         .collect();
     let view = observe(&addresses).await;
+
+    let mut change = None;
+    if !spec.paused && !files.is_empty() {
+        let pod_names: BTreeSet<String> = listed.items.iter().map(ResourceExt::name_any).collect();
+        let current = Current {
+            names: &names,
+            desired: spec.replicas,
+            entries: &files,
+            view: &view,
+            claims: &claims,
+            terminating_claims: &terminating_claims,
+            pods: &pod_names,
+        };
+        if let Some(sealed) = sealed_entries(&current) {
+            apply(&configs, &bootstrap_files(&spec, &owner, sealed.clone())).await?;
+            tracing::info!(cluster = %name, "the cluster has formed; bootstrap files say existing now");
+            files = sealed;
+        }
+        let step = next_step(&Current {
+            entries: &files,
+            names: &names,
+            desired: spec.replicas,
+            view: &view,
+            claims: &claims,
+            terminating_claims: &terminating_claims,
+            pods: &pod_names,
+        });
+        change = take_step(
+            &context, &cluster, &spec, &owner, &files, &view, &addresses, &step,
+        )
+        .await?;
+    }
+
     let seen = Observation {
         generation: cluster.meta().generation,
         previous: &previous,
         view: &view,
         pods: listed.items.len() as i32,
+        change: change.clone(),
         now,
     };
     let status = for_valid_spec(&spec, &token, &seen);
-    let settled = status.phase.as_deref() == Some("Running");
+    announce_transitions(&context, &cluster, &previous, &status).await;
+    let settled = status.phase.as_deref() == Some("Running") && change.is_none();
     write_status(&clusters, &name, &status).await?;
     // Health is refreshed periodically as well as on events; faster while things change.
-    Ok(Action::requeue(Duration::from_secs(if settled { 15 } else { 3 })))
+    Ok(Action::requeue(Duration::from_secs(if settled { 15 } else { 2 })))
+}
+
+/// The Services, the StatefulSet with one pod per bootstrap file, and the disruption budget.
+async fn apply_members(
+    client: &Client,
+    context: &Context,
+    spec: &ValidSpec,
+    owner: &OwnerReference,
+    token: &str,
+    members: i32,
+) -> Result<(), ReconcileError> {
+    let namespace = &spec.namespace;
+    let names = Names::new(&spec.name, namespace);
+    let services = Api::<Service>::namespaced(client.clone(), namespace);
+    apply(&services, &peer_service(spec, owner)).await?;
+    apply(&services, &client_service(spec, owner)).await?;
+    apply(
+        &Api::<StatefulSet>::namespaced(client.clone(), namespace),
+        &statefulset(spec, owner, token, members),
+    )
+    .await?;
+    let mut sized = spec.clone();
+    sized.replicas = members;
+    let pdb = pod_disruption_budget(&sized, owner, context.pdb_api);
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk(
+            "policy",
+            context.pdb_api.api_version().trim_start_matches("policy/"),
+            "PodDisruptionBudget",
+        ),
+        "poddisruptionbudgets",
+    );
+    let pdbs: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
+    pdbs.patch(&names.pdb(), &apply_params(), &Patch::Apply(&pdb))
+        .await
+        .map_err(api_error("apply the PodDisruptionBudget"))?;
+    Ok(())
+}
+
+/// Takes one membership step; returns what status should say is under way (None when settled).
+/// A step the cluster refuses (a learner not caught up yet, an election under way) is retried at
+/// the next reconcile, with the refusal in status.
+#[allow(clippy::too_many_arguments)]
+async fn take_step(
+    context: &Context,
+    cluster: &KVCluster,
+    spec: &ValidSpec,
+    owner: &OwnerReference,
+    files: &BTreeMap<String, String>,
+    view: &ClusterView,
+    addresses: &[(String, String)],
+    step: &Step,
+) -> Result<Option<String>, ReconcileError> {
+    let client = &context.client;
+    let namespace = &spec.namespace;
+    let described = step.describe();
+    match step {
+        Step::Settled => return Ok(None),
+        Step::Wait(_) => {}
+        Step::WriteEntry { member, bootstrap } => {
+            let mut files = files.clone();
+            files.insert(format!("{member}.yaml"), bootstrap.file());
+            let configs = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+            apply(&configs, &bootstrap_files(spec, owner, files)).await?;
+        }
+        Step::DropEntry { member } => {
+            let mut files = files.clone();
+            files.remove(&format!("{member}.yaml"));
+            let configs = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+            apply(&configs, &bootstrap_files(spec, owner, files)).await?;
+        }
+        Step::DeleteClaim { claim } => {
+            let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
+            match claims.delete(claim, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(api_error(format!("delete the claim {claim}"))(error)),
+            }
+        }
+        Step::AddLearner { .. } | Step::Promote { .. } | Step::MoveLeader { .. } | Step::Remove { .. } => {
+            let leader_ip = view
+                .leader
+                .as_ref()
+                .and_then(|leader| addresses.iter().find(|(pod, _)| pod == leader))
+                .map(|(_, ip)| ip.clone());
+            let Some(leader_ip) = leader_ip else {
+                return Ok(Some(format!("{described}: waiting for the leader's pod address")));
+            };
+            if let Err(error) = change::send(step, &leader_ip).await {
+                tracing::info!(cluster = %spec.name, %error, "membership step refused; will retry");
+                return Ok(Some(format!("{described}: {error}")));
+            }
+        }
+    }
+    if !matches!(step, Step::Wait(_)) {
+        tracing::info!(cluster = %spec.name, step = %described, "membership step taken");
+        if let Some((reason, note)) = event_for(step) {
+            context.publish(cluster, EventType::Normal, reason, note).await;
+        }
+    }
+    Ok(Some(described))
 }
 
 fn apply_params() -> PatchParams {

@@ -264,6 +264,11 @@ pub struct KVClusterStatus {
     /// A one-word summary: Creating, Running, Scaling, Degraded, Invalid or Paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+
+    /// The membership change under way (members are added and removed one at a time), or why a
+    /// change the spec asks for waits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_change: Option<String>,
 }
 
 /// One member as the cluster reports it.

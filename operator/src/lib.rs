@@ -1,10 +1,13 @@
 //! The Cairn operator: reconciles `KVCluster` resources (`crd`) into StatefulSets of `cairn`
 //! members. The spec is validated once (`validate`), desired objects are built by pure functions
-//! (`build`), applied with server-side apply, and the cluster is observed through its etcd API.
+//! (`build`), applied with server-side apply, and the cluster is observed through its etcd API
+//! (`observe`); membership follows the spec one planned step at a time (`membership`).
 
 pub mod build;
+pub mod change;
 pub mod controller;
 pub mod crd;
+pub mod membership;
 pub mod observe;
 pub mod status;
 pub mod validate;

@@ -41,7 +41,8 @@ fn main() -> anyhow::Result<()> {
                 let client = kube::Client::try_default()
                     .await
                     .context("no Kubernetes credentials (KUBECONFIG or in-cluster)")?;
-                let context = cairn_operator::controller::Context::new(client)
+                let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "cairn-operator".into());
+                let context = cairn_operator::controller::Context::new(client, &instance)
                     .await
                     .context("cannot read the API server's version")?;
                 tracing::info!(pdb = context.pdb_api.api_version(), "reconciling KVClusters");

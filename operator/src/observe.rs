@@ -1,5 +1,5 @@
-//! Observing a cluster through its own API: every member pod is asked for its Status, one of
-//! them for the MemberList, and the answers are assembled (purely, in `assemble`) into what the
+//! Observing a cluster through its own API: every member pod is asked for its Status, the leader
+//! for the MemberList, and the answers are assembled (purely, in `assemble`) into what the
 //! status reports. Members are reached by pod IP, which works from inside and outside the
 //! Kubernetes network alike.
 
@@ -34,6 +34,8 @@ pub struct ClusterView {
     pub members: Vec<MemberStatus>,
     pub leader: Option<String>,
     pub cluster_id: Option<String>,
+    /// Whether the member list came from the leader (only such a list is acted on).
+    pub list_from_leader: bool,
 }
 
 impl ClusterView {
@@ -48,57 +50,92 @@ impl ClusterView {
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Asks every member pod (name, IP) that has an IP; pods that do not answer are unhealthy.
+/// Asks every member pod (name, IP) for its status, all at once; pods that do not answer are
+/// unhealthy. The member list comes from the leader: a member cut off from it may hold an older
+/// list, and membership decisions must not follow an old list.
 pub async fn observe(pods: &[(String, String)]) -> ClusterView {
-    let mut reports = Vec::new();
-    let mut list = None;
-    for (pod, ip) in pods {
-        let options = ConnectOptions::new()
-            .with_connect_timeout(TIMEOUT)
-            .with_timeout(TIMEOUT);
-        let endpoint = format!("http://{ip}:2379");
-        let Ok(mut client) = Client::connect([endpoint.as_str()], Some(options)).await else {
-            tracing::debug!(%pod, "member does not answer");
-            continue;
-        };
-        if let Ok(status) = client.status().await {
-            reports.push(MemberReport {
-                member_id: status.header().map_or(0, |h| h.member_id()),
-                cluster_id: status.header().map_or(0, |h| h.cluster_id()),
-                leader: status.leader(),
-                applied_index: status.raft_applied_index(),
-            });
-        }
-        if list.is_none()
-            && let Ok(members) = client.member_list().await
-        {
-            list = Some(
-                members
-                    .members()
-                    .iter()
-                    .map(|m| ListedMember {
-                        id: m.id(),
-                        name: m.name().to_owned(),
-                        peer_url: m.peer_urls().first().cloned().unwrap_or_default(),
-                        client_url: m.client_urls().first().cloned(),
-                        is_learner: m.is_learner(),
-                    })
-                    .collect(),
-            );
+    let answers = futures::future::join_all(pods.iter().map(|(pod, ip)| ask(pod, ip))).await;
+    let reports: Vec<MemberReport> = answers.iter().flatten().map(|(r, _)| r.clone()).collect();
+    let leader = leader_by_majority(&reports);
+    let (from_leader, others): (Vec<_>, Vec<_>) = answers
+        .into_iter()
+        .flatten()
+        .partition(|(report, _)| Some(report.member_id) == leader);
+    for (_, client) in from_leader {
+        if let Some(list) = member_list(client).await {
+            return ClusterView {
+                list_from_leader: true,
+                ..assemble(list, &reports)
+            };
         }
     }
-    assemble(list.unwrap_or_default(), &reports)
+    // Without the leader's list, any member's is good enough to show, not to act on.
+    for (_, client) in others {
+        if let Some(list) = member_list(client).await {
+            return assemble(list, &reports);
+        }
+    }
+    assemble(Vec::new(), &reports)
 }
 
-/// The member list, with each member's health and progress from its own report. The leader is
-/// the one most reports name (members briefly disagree during an election).
-pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterView {
-    let by_id: BTreeMap<u64, &MemberReport> = reports.iter().map(|r| (r.member_id, r)).collect();
+async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(TIMEOUT)
+        .with_timeout(TIMEOUT);
+    let endpoint = format!("http://{ip}:2379");
+    let mut client = match Client::connect([endpoint.as_str()], Some(options)).await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::debug!(%pod, %error, "member does not answer");
+            return None;
+        }
+    };
+    let status = match client.status().await {
+        Ok(status) => status,
+        Err(error) => {
+            tracing::debug!(%pod, %error, "member does not report its status");
+            return None;
+        }
+    };
+    let report = MemberReport {
+        member_id: status.header().map_or(0, |h| h.member_id()),
+        cluster_id: status.header().map_or(0, |h| h.cluster_id()),
+        leader: status.leader(),
+        applied_index: status.raft_applied_index(),
+    };
+    Some((report, client))
+}
+
+async fn member_list(mut client: Client) -> Option<Vec<ListedMember>> {
+    let members = client.member_list().await.ok()?;
+    Some(
+        members
+            .members()
+            .iter()
+            .map(|m| ListedMember {
+                id: m.id(),
+                name: m.name().to_owned(),
+                peer_url: m.peer_urls().first().cloned().unwrap_or_default(),
+                client_url: m.client_urls().first().cloned(),
+                is_learner: m.is_learner(),
+            })
+            .collect(),
+    )
+}
+
+/// The member most reports name as leader (members briefly disagree during an election).
+fn leader_by_majority(reports: &[MemberReport]) -> Option<u64> {
     let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
     for report in reports.iter().filter(|r| r.leader != 0) {
         *votes.entry(report.leader).or_default() += 1;
     }
-    let leader_id = votes.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id);
+    votes.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id)
+}
+
+/// The member list, with each member's health and progress from its own report.
+pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterView {
+    let by_id: BTreeMap<u64, &MemberReport> = reports.iter().map(|r| (r.member_id, r)).collect();
+    let leader_id = leader_by_majority(reports);
     let members: Vec<MemberStatus> = list
         .into_iter()
         .map(|m| {
@@ -119,6 +156,7 @@ pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterVie
         leader: members.iter().find(|m| m.is_leader).map(|m| m.name.clone()),
         cluster_id: reports.first().map(|r| format!("{:x}", r.cluster_id)),
         members,
+        list_from_leader: false,
     }
 }
 

@@ -17,6 +17,8 @@ pub struct Observation<'a> {
     pub view: &'a ClusterView,
     /// Member pods that exist.
     pub pods: i32,
+    /// The membership change under way, or why a due one waits.
+    pub change: Option<String>,
     pub now: Time,
 }
 
@@ -38,7 +40,8 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             }
         })
         .collect();
-    let settled = view.members.len() == spec.replicas as usize && unhealthy.is_empty() && quorate;
+    let settled =
+        voters == spec.replicas as usize && view.members.len() == voters && unhealthy.is_empty() && quorate;
 
     let available = if quorate {
         (
@@ -75,6 +78,8 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             "Bootstrapping",
             format!("forming a cluster of {} members", spec.replicas),
         )
+    } else if let Some(change) = &seen.change {
+        ("True", "MembershipChange", change.clone())
     } else if view.members.len() != spec.replicas as usize {
         (
             "True",
@@ -142,6 +147,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         cluster_token: Some(token.to_owned()),
         version: Some(spec.version.clone()),
         phase: Some(phase.to_owned()),
+        membership_change: seen.change.clone(),
         conditions: Vec::new(),
     };
     for (type_, (state, reason, message)) in [
@@ -238,6 +244,7 @@ mod tests {
             ],
             leader: Some("kv-0".into()),
             cluster_id: Some("c1".into()),
+            list_from_leader: true,
         };
         let previous = KVClusterStatus::default();
         let seen = Observation {
@@ -245,6 +252,7 @@ mod tests {
             previous: &previous,
             view: &view,
             pods: 3,
+            change: None,
             now: time(100),
         };
         let status = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
@@ -273,6 +281,7 @@ mod tests {
             previous: &status,
             view: &view,
             pods: 3,
+            change: None,
             now: time(200),
         };
         let next = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
@@ -291,6 +300,7 @@ mod tests {
             previous: &previous,
             view: &empty,
             pods: 3,
+            change: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
@@ -306,12 +316,14 @@ mod tests {
             ],
             leader: Some("kv-0".into()),
             cluster_id: Some("c1".into()),
+            list_from_leader: true,
         };
         let seen = Observation {
             generation: None,
             previous: &previous,
             view: &view,
             pods: 3,
+            change: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
@@ -334,6 +346,7 @@ mod tests {
             previous: &previous,
             view: &view,
             pods: 0,
+            change: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {replicas: 2}"), "t", &seen);

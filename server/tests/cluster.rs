@@ -259,6 +259,31 @@ fn members_of_another_cluster_are_refused() {
 }
 
 #[test]
+fn member_whose_data_was_lost_is_refused_instead_of_rejoining_or_starting_over() {
+    let mut cluster = Cluster::start(3, "lost-data");
+    ok(&cluster.endpoints(), &["put", "before", "loss"]);
+    let lost = &mut cluster.members[2];
+    lost.kill9();
+    std::fs::remove_dir_all(&lost.data_dir).unwrap();
+
+    // Told to join the cluster it was part of, it finds itself already started there.
+    lost.state = "existing";
+    lost.start();
+    let (status, log) = lost.wait_exit(Duration::from_secs(20)).expect("must exit");
+    assert!(!status.success());
+    assert!(
+        log.contains("but its data dir") && log.contains("is empty: its data was lost"),
+        "{log}"
+    );
+    assert!(!lost.data_dir.exists(), "nothing may be written before the error");
+
+    // The other two serve on, and still count it as a member.
+    ok(&cluster.members[0].endpoint(), &["put", "after", "loss"]);
+    let members = ok(&cluster.members[1].endpoint(), &["member", "list"]);
+    assert_eq!(members.lines().count(), 3, "{members}");
+}
+
+#[test]
 fn learner_is_added_promoted_and_removed_at_runtime() {
     let cluster = Cluster::start(3, "reconfigure");
     ok(&cluster.endpoints(), &["put", "seed", "1"]);

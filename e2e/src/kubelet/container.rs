@@ -284,6 +284,7 @@ async fn watch_process(
         None => (-1, None),
     };
     let reason = if exit_code == 0 { "Completed" } else { "Error" };
+    let message = termination_message(container, exit_code, &run.log_file(&container.name));
     run.update(kind, index, |c| {
         c.state = RunState::Terminated {
             exit_code,
@@ -292,6 +293,7 @@ async fn watch_process(
             started_at,
             finished_at,
             pid,
+            message,
         };
     });
     let status = status.unwrap_or_else(|| {
@@ -303,6 +305,26 @@ async fn watch_process(
         Some(false) => Ended::Unhealthy(status),
         Some(true) => Ended::Stopped,
     }
+}
+
+/// The message a failed container leaves in its status: with `FallbackToLogsOnError`, the tail of
+/// its log (kubelet's limits: 80 lines, 2048 bytes). Termination message files are not read.
+fn termination_message(container: &Container, exit_code: i32, log: &std::path::Path) -> Option<String> {
+    let policy = container.termination_message_policy.as_deref();
+    if exit_code == 0 || policy != Some("FallbackToLogsOnError") {
+        return None;
+    }
+    let text = std::fs::read_to_string(log).ok()?;
+    let lines: Vec<&str> = text.lines().collect();
+    let mut tail = lines[lines.len().saturating_sub(80)..].join("\n");
+    if tail.len() > 2048 {
+        let mut cut = tail.len() - 2048;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_owned();
+    }
+    Some(tail).filter(|t| !t.is_empty())
 }
 
 /// SIGTERM to the process, then after `grace` SIGKILL to its process group.

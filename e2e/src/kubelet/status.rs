@@ -25,6 +25,8 @@ pub enum RunState {
         started_at: Timestamp,
         finished_at: Timestamp,
         pid: u32,
+        /// What the container left behind (`terminationMessagePolicy`).
+        message: Option<String>,
     },
 }
 
@@ -58,6 +60,7 @@ impl RunState {
                 started_at,
                 finished_at,
                 pid,
+                message,
             } => ContainerState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code: *exit_code,
@@ -66,7 +69,7 @@ impl RunState {
                     started_at: Some(Time(*started_at)),
                     finished_at: Some(Time(*finished_at)),
                     container_id: Some(container_id(*pid)),
-                    message: None,
+                    message: message.clone(),
                 }),
                 ..Default::default()
             },
@@ -255,6 +258,7 @@ mod tests {
             started_at: Timestamp::UNIX_EPOCH,
             finished_at: Timestamp::UNIX_EPOCH,
             pid: 7,
+            message: None,
         }
     }
 

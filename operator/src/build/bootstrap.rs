@@ -41,6 +41,12 @@ impl MemberBootstrap {
     }
 }
 
+/// Whether a bootstrap file forms a new cluster (rather than joining the one that exists).
+pub fn is_new(file: &str) -> bool {
+    file.lines()
+        .any(|line| line.trim() == "initial-cluster-state: new")
+}
+
 /// The plan for the members that form the cluster: all `spec.replicas` of them, by the mode.
 pub fn initial_members(spec: &ValidSpec) -> BTreeMap<String, MemberBootstrap> {
     let names = Names::new(&spec.name, &spec.namespace);
@@ -62,15 +68,23 @@ pub fn bootstrap_config_map(
     owner: &OwnerReference,
     members: &BTreeMap<String, MemberBootstrap>,
 ) -> ConfigMap {
+    let files = members
+        .iter()
+        .map(|(member, plan)| (format!("{member}.yaml"), plan.file()))
+        .collect();
+    bootstrap_files(spec, owner, files)
+}
+
+/// The ConfigMap with exactly these files (`<member>.yaml` → its YAML).
+pub fn bootstrap_files(
+    spec: &ValidSpec,
+    owner: &OwnerReference,
+    files: BTreeMap<String, String>,
+) -> ConfigMap {
     let names = Names::new(&spec.name, &spec.namespace);
     ConfigMap {
         metadata: metadata(&names, names.bootstrap_config_map(), owner),
-        data: Some(
-            members
-                .iter()
-                .map(|(member, plan)| (format!("{member}.yaml"), plan.file()))
-                .collect(),
-        ),
+        data: Some(files),
         ..ConfigMap::default()
     }
 }

@@ -58,6 +58,25 @@ impl Names {
         format!("data-{}", self.member(ordinal))
     }
 
+    /// The ordinal of a member name of this cluster (`kv-3` → 3).
+    pub fn ordinal_of_member(&self, member: &str) -> Option<i32> {
+        let digits = member.strip_prefix(&self.cluster)?.strip_prefix('-')?;
+        let ordinal: i32 = digits.parse().ok()?;
+        // `kv-03` or `kv-+3` would parse, but are no pod's name.
+        (self.member(ordinal) == member).then_some(ordinal)
+    }
+
+    pub fn ordinal_of_claim(&self, claim: &str) -> Option<i32> {
+        self.ordinal_of_member(claim.strip_prefix("data-")?)
+    }
+
+    /// The ordinal of the member with this peer URL, if it is one of this cluster's pods.
+    pub fn ordinal_of_peer_url(&self, url: &str) -> Option<i32> {
+        let host = url.strip_prefix("http://")?.split(['.', ':']).next()?;
+        let ordinal = self.ordinal_of_member(host)?;
+        (self.peer_url(host) == url).then_some(ordinal)
+    }
+
     /// The domain the peer Service's SRV records live under.
     pub fn peer_domain(&self) -> String {
         format!("{}.{}.svc.cluster.local", self.peer_service(), self.namespace)
@@ -138,5 +157,26 @@ mod tests {
             names.selector(),
             "app.kubernetes.io/instance=kv,app.kubernetes.io/name=cairn"
         );
+    }
+
+    #[test]
+    fn ordinals_come_back_only_from_this_clusters_own_names() {
+        let names = Names::new("kv", "prod");
+        assert_eq!(names.ordinal_of_member("kv-12"), Some(12));
+        assert_eq!(names.ordinal_of_claim("data-kv-3"), Some(3));
+        for other in ["kv-03", "kv-+3", "kv-", "kv-x-1", "kvx-1", "other-1"] {
+            assert_eq!(names.ordinal_of_member(other), None, "{other}");
+        }
+        assert_eq!(
+            names.ordinal_of_peer_url("http://kv-4.kv-peer.prod.svc.cluster.local:2380"),
+            Some(4)
+        );
+        for url in [
+            "http://kv-4.kv-peer.staging.svc.cluster.local:2380",
+            "http://kv-4:2380",
+            "http://10.0.0.4:2380",
+        ] {
+            assert_eq!(names.ordinal_of_peer_url(url), None, "{url}");
+        }
     }
 }

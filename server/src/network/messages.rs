@@ -76,6 +76,9 @@ pub struct ClusterInfo {
     /// Every member with its peer URLs.
     pub members: Vec<(u64, Vec<String>)>,
     pub removed: Vec<u64>,
+    /// Members that have started (published their name): each has a data dir of its own.
+    #[serde(default)]
+    pub started: Vec<u64>,
 }
 
 /// Why a forwarded request failed on the callee, kept coarse so the caller can map it to etcd's errors.

@@ -64,6 +64,16 @@ pub enum StartError {
     },
     #[error("cannot join the existing cluster: {0}")]
     Join(String),
+    #[error(
+        "member {member_id:x} already started in cluster {cluster_id:x}, but its data dir {dir} is \
+         empty: its data was lost. Refusing to rejoin with no log; remove the member \
+         (`member remove {member_id:x}`) and add it again"
+    )]
+    DataLost {
+        dir: String,
+        member_id: u64,
+        cluster_id: u64,
+    },
 }
 
 /// Everything a member needs to serve its clients and peers.
@@ -371,10 +381,19 @@ impl Node {
             .map(|(id, node)| (*id, node.peer_urls.clone()))
             .collect();
         let removed = self.read_machine(|m| m.app.removed.iter().copied().collect());
+        let started = self.read_machine(|m| {
+            m.app
+                .members
+                .iter()
+                .filter(|(_, attributes)| !attributes.name.is_empty())
+                .map(|(id, _)| *id)
+                .collect()
+        });
         ClusterInfo {
             cluster_id: self.cluster_id,
             members,
             removed,
+            started,
         }
     }
 
@@ -601,6 +620,15 @@ fn identity_from_cluster(config: &Config, info: ClusterInfo) -> Result<data_dir:
         return Err(StartError::Join(
             "this member has been permanently removed from the cluster".into(),
         ));
+    }
+    // A started member had a data dir; an empty one now means its data was lost. Coming back
+    // under the same ID would let it vote with a log it no longer has, and undo committed writes.
+    if info.started.contains(member_id) {
+        return Err(StartError::DataLost {
+            dir: config.data_dir.display().to_string(),
+            member_id: *member_id,
+            cluster_id: info.cluster_id,
+        });
     }
     Ok(data_dir::MemberIdentity {
         name: config.name.clone(),

@@ -1,0 +1,266 @@
+//! Runtime scaling through the operator in the sandbox (controller in this process, members as
+//! real `cairn` pods), the way users scale: `kubectl scale kvc`. A Static cluster goes 3 → 5 → 3
+//! and a DnsSrv one 1 → 3, each with writes running the whole time. No acknowledged write is
+//! lost; the member list never changes by more than one member between two looks and never holds
+//! two learners; in the end the member list is the pods and the claims of removed members are gone.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cairn_e2e::controlplane::Ports;
+use cairn_e2e::sandbox::Sandbox;
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
+use cairn_operator::controller::{Context, run};
+use common::wait_settled;
+use etcd_client::{Client, ConnectOptions, GetOptions};
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clusters_grow_and_shrink_one_member_at_a_time_under_writes() {
+    let sandbox_binary = Path::new(env!("CARGO_BIN_EXE_sandbox"));
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox {
+        dir: dir.path().to_owned(),
+        ports: Ports {
+            etcd_client: 25690,
+            etcd_peer: 25700,
+            apiserver: 18343,
+        },
+        pod_octet: 19,
+        images: Vec::new(),
+        crds: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")),
+        private_network: false,
+    };
+    let env = TestSandbox::start(sandbox, sandbox_binary).await;
+    let context = Context::new(env.client.clone(), "e2e")
+        .await
+        .expect("the operator's context");
+    let operator = tokio::spawn(run(context));
+    let scenarios = async {
+        tokio::join!(
+            scale_under_writes(&env, "grow-shrink", "Static", 3, &[5, 3]),
+            scale_under_writes(&env, "one-to-three", "DnsSrv", 1, &[3]),
+        )
+    };
+    let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
+    operator.abort();
+    env.down();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+const SETTLE: Duration = Duration::from_secs(240);
+
+async fn scale_under_writes(env: &TestSandbox, prefix: &str, mode: &str, initial: usize, steps: &[usize]) {
+    let ns = env.namespace(prefix).await;
+    ns.apply(&format!(
+        "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
+         spec: {{replicas: {initial}, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}}}\n"
+    ))
+    .await;
+    wait_settled(&ns, initial, Duration::from_secs(120)).await;
+    // kv-0 stays through every step, so writer and watcher talk to it.
+    let first = member_endpoint(&ns, "kv-0").await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(first.clone(), stop.clone()));
+    let watcher = tokio::spawn(watch_membership(first.clone(), stop.clone()));
+    for &size in steps {
+        let scaled = env
+            .kubectl()
+            .args(["scale", "kvc/kv", "-n", &ns.name, &format!("--replicas={size}")])
+            .output()
+            .unwrap();
+        assert!(
+            scaled.status.success(),
+            "kubectl scale: {}",
+            String::from_utf8_lossy(&scaled.stderr)
+        );
+        let status = wait_settled(&ns, size, SETTLE).await;
+        let expected: BTreeSet<String> = (0..size).map(|i| format!("kv-{i}")).collect();
+        let names: BTreeSet<String> = status.members.iter().map(|m| m.name.clone()).collect();
+        assert_eq!(names, expected, "members after scaling to {size}");
+    }
+    // Keep writing a little after the last change, then stop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, failed) = writer.await.unwrap();
+    let history = watcher.await.unwrap();
+    let last = *steps.last().unwrap();
+    eprintln!(
+        "{prefix}: {} writes acknowledged, {failed} failed, {} looks at the member list",
+        acknowledged.len(),
+        history.len()
+    );
+    assert!(
+        acknowledged.len() >= 20,
+        "writes must run while scaling: {} acknowledged, {failed} failed",
+        acknowledged.len()
+    );
+
+    // Never two changes at once: consecutive looks differ by at most one member, at most one learner.
+    assert!(
+        history.len() >= 20,
+        "too few looks at the member list: {}",
+        history.len()
+    );
+    for pair in history.windows(2) {
+        let (before, after) = (&pair[0], &pair[1]);
+        let changed = before.members.symmetric_difference(&after.members).count();
+        assert!(
+            changed <= 1,
+            "two membership changes at once: {before:?} → {after:?}"
+        );
+    }
+    assert!(
+        history.iter().all(|look| look.learners <= 1),
+        "two learners at once: {history:?}"
+    );
+    let sizes: BTreeSet<usize> = history.iter().map(|look| look.members.len()).collect();
+    assert!(
+        steps.iter().all(|s| sizes.contains(s)),
+        "the watcher saw sizes {sizes:?}"
+    );
+
+    // Every acknowledged write is on every member that remains.
+    let pods: Api<Pod> = ns.api();
+    let pod_names: BTreeSet<String> = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/instance=kv"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(ResourceExt::name_any)
+        .collect();
+    let expected: BTreeSet<String> = (0..last).map(|i| format!("kv-{i}")).collect();
+    assert_eq!(pod_names, expected, "the pods are the members");
+    for pod in &pod_names {
+        let endpoint = member_endpoint(&ns, pod).await;
+        let missing = wait_for(
+            &format!("{pod} to have every acknowledged write"),
+            Duration::from_secs(30),
+            || async {
+                let keys = keys_on(&endpoint).await?;
+                let missing: Vec<&String> = acknowledged.iter().filter(|k| !keys.contains(*k)).collect();
+                Some(missing.len()).filter(|n| *n == 0)
+            },
+        )
+        .await;
+        assert_eq!(missing, 0);
+    }
+
+    // Claims of removed members are gone: a later member of that ordinal starts empty.
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    let claim_names = wait_for(
+        "the claims of removed members to go",
+        Duration::from_secs(60),
+        || async {
+            let names: BTreeSet<String> = claims
+                .list(&ListParams::default().labels("app.kubernetes.io/instance=kv"))
+                .await
+                .ok()?
+                .items
+                .iter()
+                .map(ResourceExt::name_any)
+                .collect();
+            (names.len() == last).then_some(names)
+        },
+    )
+    .await;
+    let expected: BTreeSet<String> = (0..last).map(|i| format!("data-kv-{i}")).collect();
+    assert_eq!(claim_names, expected);
+}
+
+/// The client endpoint of a member pod, by its IP.
+async fn member_endpoint(ns: &TestNamespace, pod: &str) -> String {
+    let ready = ns.wait_pod_ready(pod, Duration::from_secs(60)).await;
+    let ip = ready
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("a ready pod has an IP");
+    format!("http://{ip}:2379")
+}
+
+fn options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
+}
+
+/// Puts `w/<n>` until told to stop; returns the acknowledged keys and the number of failures.
+async fn write_until(endpoint: String, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
+    let mut client = Client::connect([endpoint.as_str()], Some(options()))
+        .await
+        .expect("connect the writer");
+    let (mut acknowledged, mut failed) = (Vec::new(), 0);
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w/{n:06}");
+        n += 1;
+        match client.put(key.as_str(), "value", None).await {
+            Ok(_) => acknowledged.push(key),
+            Err(_) => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (acknowledged, failed)
+}
+
+/// The keys under `w/` as one member has them (its own copy: a serializable read).
+async fn keys_on(endpoint: &str) -> Option<BTreeSet<String>> {
+    let mut client = Client::connect([endpoint], Some(options())).await.ok()?;
+    let got = client
+        .get(
+            "w/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_serializable(),
+            ),
+        )
+        .await
+        .ok()?;
+    Some(
+        got.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect(),
+    )
+}
+
+/// One look at the member list.
+#[derive(Debug)]
+struct Look {
+    members: BTreeSet<u64>,
+    learners: usize,
+}
+
+/// Looks at the member list every 100 ms until told to stop.
+async fn watch_membership(endpoint: String, stop: Arc<AtomicBool>) -> Vec<Look> {
+    let mut client = Client::connect([endpoint.as_str()], Some(options()))
+        .await
+        .expect("connect the watcher");
+    let mut history = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok(list) = client.member_list().await {
+            history.push(Look {
+                members: list.members().iter().map(|m| m.id()).collect(),
+                learners: list.members().iter().filter(|m| m.is_learner()).count(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    history
+}
