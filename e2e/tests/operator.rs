@@ -1,7 +1,8 @@
 //! The operator in the sandbox (its controller in this process, members as real `cairn` pods):
 //! a Static and a DnsSrv KVCluster, both named `kv` in two namespaces, become Available with a
 //! leader and three healthy members; `kubectl get kvc` shows it; data written through the client
-//! Service is readable on every member; the two clusters have distinct tokens and cluster IDs.
+//! Service is readable on every member; the two clusters have distinct tokens and cluster IDs, and
+//! a member with the one's token pointed at the other's members is refused by them.
 //! An invalid spec gets a condition naming the field, and nothing is created for it.
 
 mod common;
@@ -12,13 +13,13 @@ use std::time::Duration;
 
 use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until, wait_for};
 use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
 use common::wait_settled;
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
 
 fn text(bytes: &[u8]) -> String {
@@ -53,7 +54,7 @@ async fn kvclusters_become_available_with_their_own_identity() {
         .expect("the operator's context");
     let operator = tokio::spawn(run(context));
     let scenarios = async {
-        let (statics, srv, ()) = tokio::join!(
+        let ((_, statics), (srv_ns, srv), ()) = tokio::join!(
             available_cluster(&env, "static", "Static"),
             available_cluster(&env, "srv", "DnsSrv"),
             invalid_spec_changes_nothing(&env),
@@ -63,6 +64,8 @@ async fn kvclusters_become_available_with_their_own_identity() {
             "tokens are unique per resource"
         );
         assert_ne!(statics.cluster_id, srv.cluster_id, "two clusters, two IDs");
+        let token = statics.cluster_token.as_deref().expect("a latched token");
+        a_member_of_one_is_refused_by_the_other(&cairn, token, &srv_ns, &srv).await;
     };
     let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
     operator.abort();
@@ -72,7 +75,7 @@ async fn kvclusters_become_available_with_their_own_identity() {
     }
 }
 
-async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> KVClusterStatus {
+async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> (TestNamespace, KVClusterStatus) {
     let ns = env.namespace(prefix).await;
     ns.apply(&format!(
         "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
@@ -108,7 +111,74 @@ async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> KVClu
     for i in 0..3 {
         read_on_member(&ns, i, mode).await;
     }
-    status
+    (ns, status)
+}
+
+/// A member started with the first cluster's token but the second cluster's peers (as a member
+/// whose old data meets a re-created cluster's pods would be) gets nowhere: the second cluster's
+/// members refuse its traffic, and their member list stays as it was.
+async fn a_member_of_one_is_refused_by_the_other(
+    cairn: &Path,
+    token: &str,
+    ns: &TestNamespace,
+    status: &KVClusterStatus,
+) {
+    let pods: Api<Pod> = ns.api();
+    let mut peers = Vec::new();
+    for member in ["kv-1", "kv-2"] {
+        let pod = pods.get(member).await.unwrap();
+        let ip = pod.status.and_then(|s| s.pod_ip).expect("a member pod has an IP");
+        peers.push(format!("{member}=http://{ip}:2380"));
+    }
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (client, peer) = (
+        format!("http://127.0.0.1:{}", free_port()),
+        format!("http://127.0.0.1:{}", free_port()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stranger.log");
+    let mut stranger = std::process::Command::new(cairn)
+        .args(["--name=kv-0", &format!("--initial-cluster-token={token}")])
+        .arg(format!("--data-dir={}", dir.path().join("data").display()))
+        .args([
+            format!("--listen-client-urls={client}"),
+            format!("--advertise-client-urls={client}"),
+        ])
+        .args([
+            format!("--listen-peer-urls={peer}"),
+            format!("--initial-advertise-peer-urls={peer}"),
+        ])
+        .arg(format!("--initial-cluster=kv-0={peer},{}", peers.join(",")))
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start the stranger");
+    let refused = poll_until(Duration::from_secs(20), || async {
+        let said = ns.logs("kv-1", None, false) + &ns.logs("kv-2", None, false);
+        said.contains("cluster ID mismatch").then_some(())
+    })
+    .await;
+    let _ = stranger.kill();
+    let _ = stranger.wait();
+    let stranger_log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        refused.is_some(),
+        "the other cluster's members did not refuse the stranger\n{stranger_log}\n{}",
+        ns.report().await
+    );
+    assert!(
+        !stranger_log.contains("leader changed leader=Some"),
+        "the stranger found a leader:\n{stranger_log}"
+    );
+    let clusters: Api<KVCluster> = ns.api();
+    let now = clusters.get("kv").await.unwrap().status.unwrap();
+    let ids = |s: &KVClusterStatus| s.members.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&now), ids(status), "the member list is unchanged");
 }
 
 async fn read_on_member(ns: &TestNamespace, member: usize, expected: &str) {

@@ -58,6 +58,7 @@ pub async fn send(step: &Step, leader_ip: &str) -> Result<(), ChangeError> {
         | Step::Wait(_)
         | Step::WriteEntry { .. }
         | Step::DropEntry { .. }
+        | Step::RestartPod { .. }
         | Step::DeleteClaim { .. } => {}
     }
     Ok(())

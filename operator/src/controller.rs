@@ -96,9 +96,11 @@ fn event_for(step: &Step) -> Option<(&'static str, String)> {
         Step::MoveLeader { .. } => "LeaderMoved",
         Step::Remove { .. } => "MemberRemoved",
         Step::DeleteClaim { .. } => "ClaimDeleted",
-        Step::Settled | Step::Wait(_) | Step::WriteEntry { .. } | Step::DropEntry { .. } => {
-            return None;
-        }
+        Step::Settled
+        | Step::Wait(_)
+        | Step::WriteEntry { .. }
+        | Step::DropEntry { .. }
+        | Step::RestartPod { .. } => return None,
     };
     Some((reason, step.describe()))
 }
@@ -269,6 +271,11 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     let mut change = None;
     if !spec.paused && !files.is_empty() {
         let pod_names: BTreeSet<String> = listed.items.iter().map(ResourceExt::name_any).collect();
+        let lost: BTreeSet<String> = live_pods
+            .iter()
+            .filter(|pod| lost_its_data(pod))
+            .map(|pod| pod.name_any())
+            .collect();
         let current = Current {
             names: &names,
             desired: spec.replicas,
@@ -277,6 +284,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
             claims: &claims,
             terminating_claims: &terminating_claims,
             pods: &pod_names,
+            lost: &lost,
         };
         if let Some(sealed) = sealed_entries(&current) {
             apply(&configs, &bootstrap_files(&spec, &owner, sealed.clone())).await?;
@@ -291,6 +299,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
             claims: &claims,
             terminating_claims: &terminating_claims,
             pods: &pod_names,
+            lost: &lost,
         });
         change = take_step(
             &context, &cluster, &spec, &owner, &files, &view, &addresses, &step,
@@ -312,6 +321,23 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     write_status(&clusters, &name, &status).await?;
     // Health is refreshed periodically as well as on events; faster while things change.
     Ok(Action::requeue(Duration::from_secs(if settled { 15 } else { 2 })))
+}
+
+/// What cairn says when it refuses to start because its data dir was emptied under a member that
+/// had started (see its `DataLost` error); the pod's termination message carries it.
+const DATA_LOST: &str = "its data was lost";
+
+/// Whether the member in this pod refused to start, now or last time, because its data was lost.
+fn lost_its_data(pod: &Pod) -> bool {
+    let statuses = pod
+        .status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten());
+    statuses
+        .flat_map(|c| [c.state.as_ref(), c.last_state.as_ref()])
+        .flatten()
+        .filter_map(|state| state.terminated.as_ref()?.message.as_deref())
+        .any(|message| message.contains(DATA_LOST))
 }
 
 /// The Services, the StatefulSet with one pod per bootstrap file, and the disruption budget.
@@ -382,6 +408,14 @@ async fn take_step(
             files.remove(&format!("{member}.yaml"));
             let configs = Api::<ConfigMap>::namespaced(client.clone(), namespace);
             apply(&configs, &bootstrap_files(spec, owner, files)).await?;
+        }
+        Step::RestartPod { pod } => {
+            let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+            match pods.delete(pod, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(api_error(format!("restart the pod {pod}"))(error)),
+            }
         }
         Step::DeleteClaim { claim } => {
             let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);

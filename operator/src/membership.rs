@@ -8,6 +8,9 @@
 //! ordinal → remove it → drop its file (the StatefulSet shrinks) → delete its claim once its pod is
 //! gone, so a later member of that ordinal starts empty. One change at a time, and only while
 //! every voter is healthy; nothing here reacts to a missing pod, so a pod loss never shrinks.
+//!
+//! Replacing: a member whose data was lost refuses to start (cairn says so in its pod's status).
+//! It is removed, then added again as a new learner under the same name, and its pod restarted.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,6 +32,8 @@ pub enum Step {
         member: String,
         bootstrap: MemberBootstrap,
     },
+    /// Restart a member's pod (a re-added member whose pod is waiting out a crash back-off).
+    RestartPod { pod: String },
     /// MemberPromote of a learner.
     Promote { member: String, id: u64 },
     /// MoveLeader away from a member that is about to leave.
@@ -49,6 +54,7 @@ impl Step {
             Step::Wait(reason) => reason.clone(),
             Step::AddLearner { member, .. } => format!("adding {member} as a learner"),
             Step::WriteEntry { member, .. } => format!("starting {member}"),
+            Step::RestartPod { pod } => format!("restarting {pod} to join as a new member"),
             Step::Promote { member, .. } => format!("promoting {member} to voter"),
             Step::MoveLeader { from, to, .. } => {
                 format!("moving leadership from {from} to {to} before {from} leaves")
@@ -74,6 +80,8 @@ pub struct Current<'a> {
     pub terminating_claims: &'a BTreeSet<String>,
     /// Member pods that exist.
     pub pods: &'a BTreeSet<String>,
+    /// Member pods that refused to start because their data was lost.
+    pub lost: &'a BTreeSet<String>,
 }
 
 /// A member of the list, placed at its ordinal.
@@ -116,10 +124,16 @@ pub fn next_step(current: &Current) -> Step {
         .collect();
     let listed: BTreeSet<i32> = placed.iter().map(|p| p.ordinal).collect();
 
-    // Finish what an earlier step began, before anything new.
+    // Finish what an earlier step began, before anything new: a member the cluster no longer
+    // has either goes (beyond the spec's size) or comes back as a new member (a replacement).
     if let Some(&gone) = with_entry.difference(&listed).last() {
-        return Step::DropEntry {
-            member: names.member(gone),
+        let member = names.member(gone);
+        if gone >= current.desired {
+            return Step::DropEntry { member };
+        }
+        return Step::AddLearner {
+            peer_url: names.peer_url(&member),
+            member,
         };
     }
     if let Some(learner) = placed.iter().find(|p| p.status.is_learner) {
@@ -131,12 +145,35 @@ pub fn next_step(current: &Current) -> Step {
                 },
             };
         }
+        if !learner.status.healthy && current.lost.contains(&learner.name) {
+            return Step::RestartPod {
+                pod: learner.name.clone(),
+            };
+        }
         if !learner.status.healthy {
             return Step::Wait(format!("waiting for learner {} to start", learner.name));
         }
         return Step::Promote {
             member: learner.name.clone(),
             id: learner.id,
+        };
+    }
+    if let Some(lost) = placed
+        .iter()
+        .find(|p| current.lost.contains(&p.name) && !p.status.healthy)
+    {
+        if let Some(sick) = placed
+            .iter()
+            .find(|p| p.ordinal != lost.ordinal && !p.status.healthy)
+        {
+            return Step::Wait(format!(
+                "{} lost its data and must be replaced, but {} is not healthy either",
+                lost.name, sick.name
+            ));
+        }
+        return Step::Remove {
+            member: lost.name.clone(),
+            id: lost.id,
         };
     }
     let size = with_entry.len() as i32;
@@ -283,6 +320,18 @@ mod tests {
         claims: &[&str],
         pods: &[&str],
     ) -> Step {
+        plan_with_lost(desired, members, files, claims, pods, &[])
+    }
+
+    fn plan_with_lost(
+        desired: i32,
+        members: Vec<MemberStatus>,
+        files: BTreeMap<String, String>,
+        claims: &[&str],
+        pods: &[&str],
+        lost: &[&str],
+    ) -> Step {
+        let lost: BTreeSet<String> = lost.iter().map(|p| p.to_string()).collect();
         let names = names();
         let view = view(members);
         let claims: BTreeSet<String> = claims.iter().map(|c| c.to_string()).collect();
@@ -304,6 +353,7 @@ mod tests {
             claims: &claims,
             terminating_claims: &terminating,
             pods: &pods,
+            lost: &lost,
         })
     }
 
@@ -422,6 +472,54 @@ mod tests {
     }
 
     #[test]
+    fn a_member_whose_data_was_lost_is_removed_added_again_and_restarted() {
+        let mut members = voters(3);
+        members[1].healthy = false;
+        let all = ["kv-0", "kv-1", "kv-2"];
+        let step = plan_with_lost(3, members.clone(), entries(3), &[], &all, &["kv-1"]);
+        assert_eq!(
+            step,
+            Step::Remove {
+                member: "kv-1".into(),
+                id: 0x11
+            }
+        );
+        // Removed, its file stays: below the spec's size it comes back under its own name.
+        members.remove(1);
+        let step = plan_with_lost(3, members.clone(), entries(3), &[], &all, &["kv-1"]);
+        assert_eq!(
+            step,
+            Step::AddLearner {
+                member: "kv-1".into(),
+                peer_url: "http://kv-1.kv-peer.prod.svc.cluster.local:2380".into()
+            }
+        );
+        members.insert(
+            1,
+            MemberStatus {
+                name: String::new(),
+                is_learner: true,
+                healthy: false,
+                ..member(1, 0x77)
+            },
+        );
+        let step = plan_with_lost(3, members.clone(), entries(3), &[], &all, &["kv-1"]);
+        assert_eq!(step, Step::RestartPod { pod: "kv-1".into() });
+        let step = plan_with_lost(3, members, entries(3), &[], &all, &[]);
+        assert_eq!(step, Step::Wait("waiting for learner kv-1 to start".into()));
+
+        // With another member down too, replacing waits.
+        let mut members = voters(3);
+        members[1].healthy = false;
+        members[2].healthy = false;
+        let step = plan_with_lost(3, members, entries(3), &[], &all, &["kv-1"]);
+        assert_eq!(
+            step,
+            Step::Wait("kv-1 lost its data and must be replaced, but kv-2 is not healthy either".into())
+        );
+    }
+
+    #[test]
     fn nothing_changes_while_a_voter_is_unhealthy_or_the_list_is_not_the_leaders() {
         let mut members = voters(3);
         members[1].healthy = false;
@@ -449,6 +547,7 @@ mod tests {
             claims: &empty,
             terminating_claims: &empty,
             pods: &empty,
+            lost: &empty,
         });
         assert_eq!(step, Step::Wait("waiting for the leader's member list".into()));
     }
@@ -487,6 +586,7 @@ mod tests {
             claims: &empty,
             terminating_claims: &empty,
             pods: &empty,
+            lost: &empty,
         };
         assert_eq!(sealed_entries(&current(&forming)), None, "kv-2 has not started");
         let formed = view(voters(3));

@@ -76,6 +76,9 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
             "periodSeconds": 2,
             "failureThreshold": 3,
         },
+        // Why a member refused to start (e.g. its data was lost) reaches the pod's status, where
+        // the operator reads it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": true},
@@ -227,6 +230,7 @@ spec:
         - {{name: cairn-server, containerPort: 2380, protocol: TCP}}
         livenessProbe: {{httpGet: {{path: /livez, port: cairn-client}}, periodSeconds: 10, failureThreshold: 3}}
         readinessProbe: {{httpGet: {{path: /health, port: cairn-client}}, periodSeconds: 2, failureThreshold: 3}}
+        terminationMessagePolicy: FallbackToLogsOnError
         volumeMounts:
         - {{name: data, mountPath: /var/lib/cairn}}
         - {{name: bootstrap, mountPath: /etc/cairn/bootstrap, readOnly: true}}

@@ -1,0 +1,184 @@
+//! Failures of members under the operator in the sandbox (controller in this process, members as
+//! real `cairn` pods). The leader's pod is deleted: status says so, and the pod comes back with its
+//! data and rejoins under the same member ID. A member's data directory is wiped: the member
+//! refuses to start (it never forms a cluster of its own), and the operator replaces it with a new
+//! member of the same name that catches up with everything written before.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_e2e::controlplane::Ports;
+use cairn_e2e::sandbox::Sandbox;
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
+use cairn_operator::controller::{Context, run};
+use cairn_operator::crd::{KVCluster, KVClusterStatus};
+use common::wait_settled;
+use futures::FutureExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_come_back_after_pod_deletion_and_data_loss() {
+    let sandbox_binary = Path::new(env!("CARGO_BIN_EXE_sandbox"));
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox {
+        dir: dir.path().to_owned(),
+        ports: Ports {
+            etcd_client: 25890,
+            etcd_peer: 25900,
+            apiserver: 18543,
+        },
+        pod_octet: 20,
+        images: Vec::new(),
+        crds: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")),
+        private_network: false,
+    };
+    let env = TestSandbox::start(sandbox, sandbox_binary).await;
+    let context = Context::new(env.client.clone(), "e2e")
+        .await
+        .expect("the operator's context");
+    let operator = tokio::spawn(run(context));
+    let scenarios = async { tokio::join!(leader_pod_deleted(&env), data_lost(&env),) };
+    let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
+    operator.abort();
+    env.down();
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+async fn three_members(env: &TestSandbox, prefix: &str) -> (TestNamespace, KVClusterStatus) {
+    let ns = env.namespace(prefix).await;
+    ns.apply(
+        "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {name: kv}\n\
+         spec: {replicas: 3, storage: {size: 64Mi}}\n",
+    )
+    .await;
+    let status = wait_settled(&ns, 3, Duration::from_secs(120)).await;
+    (ns, status)
+}
+
+/// etcdctl run in `pod` against `host` (the client Service `kv`, or one member by name).
+fn etcdctl(ns: &TestNamespace, pod: &str, host: &str, args: &[&str]) -> String {
+    let host = match host {
+        "kv" => "kv".to_owned(),
+        member => format!("{member}.kv-peer"),
+    };
+    let endpoint = format!("--endpoints=http://{host}:2379");
+    let mut command = vec!["etcdctl", endpoint.as_str()];
+    command.extend_from_slice(args);
+    let out = ns.exec(pod, None, &command);
+    text(&out.stdout)
+}
+
+fn ids(status: &KVClusterStatus) -> BTreeMap<String, String> {
+    status
+        .members
+        .iter()
+        .map(|m| (m.name.clone(), m.id.clone()))
+        .collect()
+}
+
+async fn leader_pod_deleted(env: &TestSandbox) {
+    let (ns, before) = three_members(env, "leader").await;
+    let leader = before.leader.clone().expect("a leader");
+    let other = ["kv-0", "kv-1", "kv-2"]
+        .into_iter()
+        .find(|m| *m != leader)
+        .unwrap();
+    assert_eq!(etcdctl(&ns, other, "kv", &["put", "kept", "yes"]), "OK\n");
+
+    // The operator notices (Degraded or Progressing, or Available lost) while the pod is away.
+    let clusters: Api<KVCluster> = ns.api();
+    let watch_status = async {
+        wait_for(
+            "status to show the member is away",
+            Duration::from_secs(60),
+            || async {
+                let status = clusters.get("kv").await.ok()?.status?;
+                let noticed = status.conditions.iter().any(|c| {
+                    (c.type_ == "Degraded" && c.status == "True")
+                        || (c.type_ == "Progressing" && c.status == "True")
+                        || (c.type_ == "Available" && c.status == "False")
+                });
+                noticed.then_some(())
+            },
+        )
+        .await
+    };
+    let ((), ()) = tokio::join!(watch_status, ns.delete_pod(&leader));
+
+    // Back with its own data, under the same ID, and no longer leading alone.
+    let after = wait_settled(&ns, 3, Duration::from_secs(120)).await;
+    assert_eq!(ids(&after), ids(&before), "the same members, the same IDs");
+    assert_eq!(after.cluster_id, before.cluster_id);
+    ns.wait_pod_ready(&leader, Duration::from_secs(60)).await;
+    let value = etcdctl(
+        &ns,
+        &leader,
+        &leader,
+        &["get", "kept", "--print-value-only", "--consistency=s"],
+    );
+    assert_eq!(value, "yes\n", "the returned member serves its own copy");
+}
+
+async fn data_lost(env: &TestSandbox) {
+    let (ns, before) = three_members(env, "lost").await;
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        assert_eq!(etcdctl(&ns, "kv-0", "kv", &["put", &key, "v"]), "OK\n");
+    }
+
+    // kv-2's disk is wiped and its pod deleted: it comes back with an empty data dir.
+    let wiped = ns.exec("kv-2", None, &["rm", "-rf", "/var/lib/cairn/data"]);
+    assert!(wiped.status.success(), "{}", text(&wiped.stderr));
+    ns.delete_pod("kv-2").await;
+
+    // It refuses to start (its pod says why) instead of starting a cluster of its own...
+    let pods: Api<Pod> = ns.api();
+    let message = wait_for(
+        "kv-2 to refuse its empty data dir",
+        Duration::from_secs(60),
+        || async {
+            let pod = pods.get("kv-2").await.ok()?;
+            pod.status?
+                .container_statuses?
+                .into_iter()
+                .flat_map(|c| [c.state, c.last_state])
+                .flatten()
+                .filter_map(|s| s.terminated?.message)
+                .find(|m| m.contains("its data was lost"))
+        },
+    )
+    .await;
+    assert!(message.contains("Refusing to rejoin with no log"), "{message}");
+
+    // ...and the operator replaces it: same name, new member ID, same cluster, all data.
+    let after = wait_settled(&ns, 3, Duration::from_secs(180)).await;
+    let (old, new) = (ids(&before), ids(&after));
+    assert_eq!(old["kv-0"], new["kv-0"]);
+    assert_eq!(old["kv-1"], new["kv-1"]);
+    assert_ne!(old["kv-2"], new["kv-2"], "kv-2 is a new member");
+    assert_eq!(after.cluster_id, before.cluster_id, "still the one cluster");
+    ns.wait_pod_ready("kv-2", Duration::from_secs(60)).await;
+    let count = wait_for("kv-2 to catch up", Duration::from_secs(30), || async {
+        let out = etcdctl(
+            &ns,
+            "kv-2",
+            "kv-2",
+            &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
+        );
+        let count = out.lines().filter(|l| l.starts_with("before-")).count();
+        (count == 20).then_some(count)
+    })
+    .await;
+    assert_eq!(count, 20);
+}
