@@ -105,9 +105,12 @@ async fn leader_pod_deleted(env: &TestSandbox) {
             || async {
                 let status = clusters.get("kv").await.ok()?.status?;
                 let noticed = status.conditions.iter().any(|c| {
-                    (c.type_ == "Degraded" && c.status == "True")
-                        || (c.type_ == "Progressing" && c.status == "True")
-                        || (c.type_ == "Available" && c.status == "False")
+                    let troubled = match c.type_.as_str() {
+                        "Degraded" | "Progressing" => "True",
+                        "Available" => "False",
+                        _ => return false,
+                    };
+                    c.status == troubled
                 });
                 noticed.then_some(())
             },
