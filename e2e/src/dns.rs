@@ -217,15 +217,10 @@ impl ClusterDns {
             vec![zone.clone()],
         );
         let mut server = Server::new(catalog);
-        let udp = tokio::net::UdpSocket::bind(address).await.map_err(listen)?;
-        // Port 0 (tests) means any port: TCP takes the one UDP got.
+        let (udp, tcp) = bind_udp_and_tcp(address).await.map_err(listen)?;
         let address = udp.local_addr().map_err(listen)?;
         server.register_socket(udp);
-        server.register_listener(
-            tokio::net::TcpListener::bind(address).await.map_err(listen)?,
-            Duration::from_secs(5),
-            4096,
-        );
+        server.register_listener(tcp, Duration::from_secs(5), 4096);
         Ok(ClusterDns {
             server,
             zone,
@@ -290,6 +285,26 @@ impl ClusterDns {
             self.replace(fresh, serial).await;
         }
         let _ = self.server.shutdown_gracefully().await;
+    }
+}
+
+/// UDP and TCP sockets on one address. Port 0 (tests) means any port: TCP takes the one UDP got,
+/// and when another program holds that port on TCP, another pair is tried (a few times).
+async fn bind_udp_and_tcp(
+    address: SocketAddr,
+) -> std::io::Result<(tokio::net::UdpSocket, tokio::net::TcpListener)> {
+    let mut attempts = 0;
+    loop {
+        let udp = tokio::net::UdpSocket::bind(address).await?;
+        match tokio::net::TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(error)
+                if address.port() == 0 && error.kind() == std::io::ErrorKind::AddrInUse && attempts < 10 =>
+            {
+                attempts += 1;
+            }
+            Err(error) => return Err(error),
+        }
     }
 }
 

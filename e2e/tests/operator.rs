@@ -52,6 +52,12 @@ async fn kvclusters_become_available_with_their_own_identity() {
     let context = Context::new(env.client.clone(), "e2e")
         .await
         .expect("the operator's context");
+    let metrics = context.metrics.clone();
+    let listener = cairn_operator::http::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let metrics_address = listener.local_addr().unwrap();
+    let endpoints = tokio::spawn(cairn_operator::http::serve(listener, metrics));
     let operator = tokio::spawn(run(context));
     let scenarios = async {
         let ((_, statics), (srv_ns, srv), ()) = tokio::join!(
@@ -66,13 +72,42 @@ async fn kvclusters_become_available_with_their_own_identity() {
         assert_ne!(statics.cluster_id, srv.cluster_id, "two clusters, two IDs");
         let token = statics.cluster_token.as_deref().expect("a latched token");
         a_member_of_one_is_refused_by_the_other(&cairn, token, &srv_ns, &srv).await;
+
+        // What the operator did is in its metrics, and it says it is alive.
+        assert_eq!(http_get(metrics_address, "/healthz"), "ok\n");
+        let text = http_get(metrics_address, "/metrics");
+        let reconciles: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("cairn_operator_reconciles_total "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_default();
+        assert!(reconciles >= 3, "{text}");
+        assert!(
+            text.contains("cairn_operator_reconcile_duration_seconds_count"),
+            "{text}"
+        );
     };
     let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
     operator.abort();
+    endpoints.abort();
     env.down();
     if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// The body of a plain HTTP GET.
+fn http_get(address: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: operator\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
 }
 
 async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> (TestNamespace, KVClusterStatus) {

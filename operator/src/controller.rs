@@ -27,6 +27,7 @@ use crate::build::{FIELD_MANAGER, owner_reference};
 use crate::change;
 use crate::crd::{KVCluster, KVClusterStatus};
 use crate::membership::{Current, Step, next_step, sealed_entries};
+use crate::metrics::Metrics;
 use crate::observe::{ClusterView, observe};
 use crate::status::{Observation, cluster_token, for_invalid_spec, for_valid_spec};
 use crate::validate::{ValidSpec, validate};
@@ -43,6 +44,16 @@ pub enum ReconcileError {
     Incomplete(&'static str),
 }
 
+impl ReconcileError {
+    /// A short fixed name of the kind of error, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReconcileError::Api { .. } => "api",
+            ReconcileError::Incomplete(_) => "incomplete",
+        }
+    }
+}
+
 fn api_error(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ReconcileError {
     let action = action.into();
     move |source| ReconcileError::Api { action, source }
@@ -53,6 +64,7 @@ pub struct Context {
     pub client: Client,
     /// Read once at start: which PodDisruptionBudget API the server has.
     pub pdb_api: PdbApi,
+    pub metrics: Arc<Metrics>,
     recorder: Recorder,
 }
 
@@ -67,6 +79,7 @@ impl Context {
             instance: Some(instance.to_owned()),
         };
         Ok(Context {
+            metrics: Arc::default(),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             pdb_api,
@@ -160,7 +173,7 @@ pub async fn run(context: Context) {
         )
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
         .shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(context))
+        .run(measured_reconcile, error_policy, Arc::new(context))
         .for_each(|result| async move {
             match result {
                 Ok((object, _)) => tracing::debug!(cluster = %object.name, "reconciled"),
@@ -173,6 +186,17 @@ pub async fn run(context: Context) {
 fn error_policy(cluster: Arc<KVCluster>, error: &ReconcileError, _: Arc<Context>) -> Action {
     tracing::warn!(cluster = %cluster.name_any(), %error, "will retry");
     Action::requeue(Duration::from_secs(5))
+}
+
+async fn measured_reconcile(
+    cluster: Arc<KVCluster>,
+    context: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let started = std::time::Instant::now();
+    let result = reconcile(cluster, context.clone()).await;
+    let error = result.as_ref().err().map(ReconcileError::kind);
+    context.metrics.reconciled(started.elapsed(), error);
+    result
 }
 
 pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result<Action, ReconcileError> {
@@ -441,6 +465,7 @@ async fn take_step(
         }
     }
     if !matches!(step, Step::Wait(_)) {
+        context.metrics.step_taken(step.kind());
         tracing::info!(cluster = %spec.name, step = %described, "membership step taken");
         if let Some((reason, note)) = event_for(step) {
             context.publish(cluster, EventType::Normal, reason, note).await;

@@ -47,6 +47,22 @@ pub enum Step {
 }
 
 impl Step {
+    /// A short fixed name of the kind of step, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Step::Settled => "settled",
+            Step::Wait(_) => "wait",
+            Step::AddLearner { .. } => "add_learner",
+            Step::WriteEntry { .. } => "write_entry",
+            Step::RestartPod { .. } => "restart_pod",
+            Step::Promote { .. } => "promote",
+            Step::MoveLeader { .. } => "move_leader",
+            Step::Remove { .. } => "remove",
+            Step::DropEntry { .. } => "drop_entry",
+            Step::DeleteClaim { .. } => "delete_claim",
+        }
+    }
+
     /// What is going on, for status and events.
     pub fn describe(&self) -> String {
         match self {
