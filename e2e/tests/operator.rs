@@ -7,17 +7,12 @@
 
 mod common;
 
-use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
 
-use cairn_e2e::controlplane::Ports;
-use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until, wait_for};
-use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
-use common::wait_settled;
-use futures::FutureExt;
+use common::{OperatorSandbox, wait_settled, with_operator};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::Api;
@@ -35,30 +30,17 @@ async fn kvclusters_become_available_with_their_own_identity() {
         "{} is missing: the cairn image runs it (cargo build --workspace)",
         cairn.display()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox {
-        dir: dir.path().to_owned(),
-        ports: Ports {
-            etcd_client: 25490,
-            etcd_peer: 25500,
-            apiserver: 18143,
-        },
-        pod_octet: 18,
-        images: Vec::new(),
-        crds: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")),
-        private_network: false,
-    };
-    let env = TestSandbox::start(sandbox, sandbox_binary).await;
-    let context = Context::new(env.client.clone(), "e2e")
-        .await
-        .expect("the operator's context");
+    let OperatorSandbox {
+        env,
+        context,
+        dir: _dir,
+    } = OperatorSandbox::start(18143, 25490, 18).await;
     let metrics = context.metrics.clone();
     let listener = cairn_operator::http::bind("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let metrics_address = listener.local_addr().unwrap();
     let endpoints = tokio::spawn(cairn_operator::http::serve(listener, metrics));
-    let operator = tokio::spawn(run(context));
     let scenarios = async {
         let ((_, statics), (srv_ns, srv), ()) = tokio::join!(
             available_cluster(&env, "static", "Static"),
@@ -87,13 +69,8 @@ async fn kvclusters_become_available_with_their_own_identity() {
             "{text}"
         );
     };
-    let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
-    operator.abort();
+    with_operator(&env, context, scenarios).await;
     endpoints.abort();
-    env.down();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
 
 /// The body of a plain HTTP GET.

@@ -7,17 +7,11 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
-use std::path::Path;
 use std::time::Duration;
 
-use cairn_e2e::controlplane::Ports;
-use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
-use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
-use common::wait_settled;
-use futures::FutureExt;
+use common::{OperatorSandbox, wait_settled, with_operator};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 
@@ -27,32 +21,15 @@ fn text(bytes: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn members_come_back_after_pod_deletion_and_data_loss() {
-    let sandbox_binary = Path::new(env!("CARGO_BIN_EXE_sandbox"));
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox {
-        dir: dir.path().to_owned(),
-        ports: Ports {
-            etcd_client: 25890,
-            etcd_peer: 25900,
-            apiserver: 18543,
-        },
-        pod_octet: 20,
-        images: Vec::new(),
-        crds: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")),
-        private_network: false,
-    };
-    let env = TestSandbox::start(sandbox, sandbox_binary).await;
-    let context = Context::new(env.client.clone(), "e2e")
-        .await
-        .expect("the operator's context");
-    let operator = tokio::spawn(run(context));
-    let scenarios = async { tokio::join!(leader_pod_deleted(&env), data_lost(&env),) };
-    let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
-    operator.abort();
-    env.down();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    let OperatorSandbox {
+        env,
+        context,
+        dir: _dir,
+    } = OperatorSandbox::start(18543, 25890, 20).await;
+    with_operator(&env, context, async {
+        tokio::join!(leader_pod_deleted(&env), data_lost(&env))
+    })
+    .await;
 }
 
 async fn three_members(env: &TestSandbox, prefix: &str) -> (TestNamespace, KVClusterStatus) {

@@ -7,56 +7,31 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::panic::AssertUnwindSafe;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cairn_e2e::controlplane::Ports;
-use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
-use cairn_operator::controller::{Context, run};
-use common::wait_settled;
+use common::{OperatorSandbox, wait_settled, with_operator};
 use etcd_client::{Client, ConnectOptions, GetOptions};
-use futures::FutureExt;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clusters_grow_and_shrink_one_member_at_a_time_under_writes() {
-    let sandbox_binary = Path::new(env!("CARGO_BIN_EXE_sandbox"));
-    let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox {
-        dir: dir.path().to_owned(),
-        ports: Ports {
-            etcd_client: 25690,
-            etcd_peer: 25700,
-            apiserver: 18343,
-        },
-        pod_octet: 19,
-        images: Vec::new(),
-        crds: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")),
-        private_network: false,
-    };
-    let env = TestSandbox::start(sandbox, sandbox_binary).await;
-    let context = Context::new(env.client.clone(), "e2e")
-        .await
-        .expect("the operator's context");
-    let operator = tokio::spawn(run(context));
-    let scenarios = async {
+    let OperatorSandbox {
+        env,
+        context,
+        dir: _dir,
+    } = OperatorSandbox::start(18343, 25690, 19).await;
+    with_operator(&env, context, async {
         tokio::join!(
             scale_under_writes(&env, "grow-shrink", "Static", 3, &[5, 3]),
             scale_under_writes(&env, "one-to-three", "DnsSrv", 1, &[3]),
         )
-    };
-    let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
-    operator.abort();
-    env.down();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    })
+    .await;
 }
 
 const SETTLE: Duration = Duration::from_secs(240);

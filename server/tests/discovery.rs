@@ -112,13 +112,7 @@ fn three_members_bootstrap_from_srv_records() {
     }
     let endpoints: String = members.iter().map(Member::endpoint).collect::<Vec<_>>().join(",");
     let log_paths: Vec<_> = members.iter().map(|m| m.log.clone()).collect();
-    let logs = || {
-        log_paths
-            .iter()
-            .map(|path| std::fs::read_to_string(path).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let logs = || joined_logs(&log_paths);
 
     let listed = wait_for_one_cluster(&members, &logs);
     let peer_urls: Vec<String> = members
@@ -221,15 +215,18 @@ fn members_wait_until_the_records_list_the_whole_initial_cluster() {
     members[1].start();
     members[2].start();
     let log_paths: Vec<_> = members.iter().map(|m| m.log.clone()).collect();
-    let logs = || {
-        log_paths
-            .iter()
-            .map(|path| std::fs::read_to_string(path).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n----\n")
-    };
+    let logs = || joined_logs(&log_paths);
     wait_for_one_cluster(&members, &logs);
     ok(&members[0].endpoint(), &["put", "whole", "cluster"]);
+}
+
+/// The members' logs, one after the other, for a failure message.
+fn joined_logs(paths: &[std::path::PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n----\n")
 }
 
 fn sorted_lines(text: &str) -> Vec<&str> {

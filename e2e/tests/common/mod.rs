@@ -1,11 +1,65 @@
-//! What the operator tests share: waiting for a KVCluster to settle, with the pods and their logs
-//! in the failure message.
+//! What the operator tests share: a sandbox with the CRDs and an operator context, running
+//! scenarios with the operator and taking everything down after, and waiting for a KVCluster to
+//! settle with the pods and their logs in the failure message.
 
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::time::Duration;
 
-use cairn_e2e::testkit::{TestNamespace, poll_until};
+use cairn_e2e::controlplane::Ports;
+use cairn_e2e::sandbox::Sandbox;
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until};
+use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
+use futures::FutureExt;
 use kube::Api;
+
+/// A sandbox of the test's own (apiserver port, etcd client port and the next one, pod octet),
+/// with the KVCluster CRD installed; the operator's context is ready to run.
+pub struct OperatorSandbox {
+    pub env: TestSandbox,
+    pub context: Context,
+    /// Where the sandbox keeps its state; removed when dropped.
+    pub dir: tempfile::TempDir,
+}
+
+impl OperatorSandbox {
+    pub async fn start(apiserver: u16, etcd_client: u16, pod_octet: u8) -> OperatorSandbox {
+        let binary = Path::new(env!("CARGO_BIN_EXE_sandbox"));
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox {
+            dir: dir.path().to_owned(),
+            ports: Ports {
+                etcd_client,
+                etcd_peer: etcd_client + 10,
+                apiserver,
+            },
+            pod_octet,
+            images: Vec::new(),
+            crds: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")),
+            private_network: false,
+        };
+        let env = TestSandbox::start(sandbox, binary).await;
+        let context = Context::new(env.client.clone(), "e2e")
+            .await
+            .expect("the operator's context");
+        OperatorSandbox { env, context, dir }
+    }
+}
+
+/// Runs `scenarios` while the operator reconciles; then stops the operator and the sandbox, and
+/// only then passes on a failure, so that nothing outlives the test.
+pub async fn with_operator<F: Future>(env: &TestSandbox, context: Context, scenarios: F) -> F::Output {
+    let operator = tokio::spawn(run(context));
+    let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
+    operator.abort();
+    env.down();
+    match outcome {
+        Ok(output) => output,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
 
 /// Waits until KVCluster `kv` is Available and Running with exactly `members` healthy voters, a
 /// leader and no change under way.
