@@ -65,7 +65,18 @@ impl Dns {
         catalog.upsert(LowerName::new(&origin), vec![Arc::new(zone)]);
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let (server, address) = runtime.block_on(async {
-            let socket = tokio::net::UdpSocket::bind(address).await.unwrap();
+            // A server just dropped from this address may still hold it for a moment.
+            let mut attempts = 0;
+            let socket = loop {
+                match tokio::net::UdpSocket::bind(address).await {
+                    Ok(socket) => break socket,
+                    Err(error) if attempts < 50 && error.kind() == std::io::ErrorKind::AddrInUse => {
+                        attempts += 1;
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(error) => panic!("cannot bind the DNS server to {address}: {error}"),
+                }
+            };
             let address = socket.local_addr().unwrap();
             let mut server = Server::new(catalog);
             server.register_socket(socket);
