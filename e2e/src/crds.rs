@@ -1,5 +1,6 @@
 //! CustomResourceDefinitions from YAML files, installed with server-side apply before the
-//! controller manager starts (its garbage collector then knows their types from the beginning).
+//! controller manager starts (its garbage collector then knows their types from the beginning), and
+//! waited for until they are Established and their schemas published (what `kubectl explain` reads).
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,12 +21,14 @@ pub async fn install(client: &Client, dir: &Path) -> Result<(), String> {
         .collect();
     files.sort();
     let mut names = Vec::new();
+    let mut schemas = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         for document in serde_yaml::Deserializer::from_str(&text) {
             let crd = CustomResourceDefinition::deserialize(document)
                 .map_err(|e| format!("{}: not a CustomResourceDefinition: {e}", file.display()))?;
             let name = crd.metadata.name.clone().unwrap_or_default();
+            schemas.extend(schema_names(&crd));
             api.patch(&name, &PatchParams::apply("sandbox").force(), &Patch::Apply(&crd))
                 .await
                 .map_err(|e| format!("{name}: {e}"))?;
@@ -43,5 +46,34 @@ pub async fn install(client: &Client, dir: &Path) -> Result<(), String> {
             .map_err(|_| format!("{name} was not Established within 30s"))?
             .map_err(|e| format!("{name}: {e}"))?;
     }
-    Ok(())
+    // kubectl explain reads the published OpenAPI document, which follows Established a little later.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let request = hyper::Request::get("/openapi/v2")
+            .body(Vec::new())
+            .map_err(|e| e.to_string())?;
+        let document = client.request_text(request).await.unwrap_or_default();
+        let missing: Vec<&String> = schemas
+            .iter()
+            .filter(|name| !document.contains(&format!("\"{name}\"")))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("the OpenAPI document lacks {missing:?} after 30s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The OpenAPI definition names of a CRD's served versions (`dev.cairn.v1alpha1.KVCluster`).
+fn schema_names(crd: &CustomResourceDefinition) -> Vec<String> {
+    let group: Vec<&str> = crd.spec.group.split('.').rev().collect();
+    crd.spec
+        .versions
+        .iter()
+        .filter(|v| v.served)
+        .map(|v| format!("{}.{}.{}", group.join("."), v.name, crd.spec.names.kind))
+        .collect()
 }
