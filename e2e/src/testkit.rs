@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::discovery::pinned_kind;
@@ -150,6 +151,23 @@ impl TestNamespace {
             &format!("pod {}/{name} to be Ready", self.name),
             within,
             || async { pods.get_opt(name).await.ok().flatten().filter(is_ready) },
+        )
+        .await
+    }
+
+    /// Waits until the StatefulSet reports `replicas` ready pods.
+    pub async fn wait_statefulset_ready(&self, name: &str, replicas: i32, within: Duration) {
+        let sets: Api<StatefulSet> = self.api();
+        wait_for(
+            &format!(
+                "StatefulSet {}/{name} to be {replicas}/{replicas} Ready",
+                self.name
+            ),
+            within,
+            || async {
+                let set = sets.get(name).await.ok()?;
+                (set.status?.ready_replicas == Some(replicas)).then_some(())
+            },
         )
         .await
     }

@@ -13,7 +13,7 @@ use cairn_e2e::controlplane::Ports;
 use cairn_e2e::faults::Links;
 use cairn_e2e::netns;
 use cairn_e2e::sandbox::Sandbox;
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox};
 use futures::FutureExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
@@ -115,16 +115,7 @@ spec:
 "#,
     )
     .await;
-    let sets: Api<StatefulSet> = ns.api();
-    wait_for(
-        "StatefulSet web to be 3/3 Ready",
-        Duration::from_secs(90),
-        || async {
-            let set = sets.get("web").await.ok()?;
-            (set.status?.ready_replicas == Some(3)).then_some(())
-        },
-    )
-    .await;
+    ns.wait_statefulset_ready("web", 3, Duration::from_secs(90)).await;
     let pods: Api<Pod> = ns.api();
     let mut ips: Vec<Ipv4Addr> = Vec::new();
     for i in 0..3 {
@@ -148,6 +139,7 @@ spec:
     assert_eq!(fetch(&ns, "web-2", &web(1), "/peer"), Ok(ips[2].to_string()));
     // The kubelet's probes come from the node, not a pod: the cut pods stay Ready.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let sets: Api<StatefulSet> = ns.api();
     let set = sets.get("web").await.unwrap();
     assert_eq!(set.status.unwrap().ready_replicas, Some(3));
 

@@ -12,7 +12,6 @@ use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestSandbox, kubectl_path, wait_for};
 use futures::FutureExt;
-use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::Api;
 
@@ -115,16 +114,7 @@ spec:
 "#
     ))
     .await;
-    let sets: Api<StatefulSet> = ns.api();
-    wait_for(
-        "StatefulSet web to be 3/3 Ready",
-        Duration::from_secs(90),
-        || async {
-            let set = sets.get("web").await.ok()?;
-            (set.status?.ready_replicas == Some(3)).then_some(())
-        },
-    )
-    .await;
+    ns.wait_statefulset_ready("web", 3, Duration::from_secs(90)).await;
 
     let pods: Api<Pod> = ns.api();
     let mut ips = Vec::new();

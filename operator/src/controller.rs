@@ -261,7 +261,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         }
     };
     if !spec.paused && !files.is_empty() {
-        apply_members(client, &context, &spec, &owner, &token, files.len() as i32).await?;
+        apply_members(&context, &spec, &owner, &token, files.len() as i32).await?;
     }
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
@@ -366,13 +366,13 @@ fn lost_its_data(pod: &Pod) -> bool {
 
 /// The Services, the StatefulSet with one pod per bootstrap file, and the disruption budget.
 async fn apply_members(
-    client: &Client,
     context: &Context,
     spec: &ValidSpec,
     owner: &OwnerReference,
     token: &str,
     members: i32,
 ) -> Result<(), ReconcileError> {
+    let client = &context.client;
     let namespace = &spec.namespace;
     let names = Names::new(&spec.name, namespace);
     let services = Api::<Service>::namespaced(client.clone(), namespace);
