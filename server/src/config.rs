@@ -15,6 +15,21 @@ pub enum ClusterState {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompactionMode {
+    Periodic,
+    Revision,
+}
+
+/// What the leader compacts automatically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutoCompaction {
+    /// Keep at least this much time of history.
+    Periodic(Duration),
+    /// Keep this many revisions of history.
+    Revisions(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
     Json,
@@ -90,6 +105,20 @@ pub struct Args {
     /// Committed entries between snapshots (the log before a snapshot is then discarded).
     #[arg(long, env = "CAIRN_SNAPSHOT_COUNT", default_value_t = 100_000)]
     pub snapshot_count: u64,
+    /// How --auto-compaction-retention is counted: `periodic` (time) or `revision` (revisions).
+    #[arg(
+        long,
+        env = "CAIRN_AUTO_COMPACTION_MODE",
+        value_enum,
+        default_value = "periodic"
+    )]
+    pub auto_compaction_mode: CompactionMode,
+    /// History the leader keeps when it compacts automatically; 0 turns auto-compaction off.
+    /// Periodic: a duration (`30m`, `1h30m`, `90s`) or a whole number of hours; the leader
+    /// compacts every retention (at most hourly). Revision: revisions to keep, checked every
+    /// 5 minutes.
+    #[arg(long, env = "CAIRN_AUTO_COMPACTION_RETENTION", default_value = "0")]
+    pub auto_compaction_retention: String,
     /// Size at which the store raises the NOSPACE alarm (0 = 2 GiB).
     #[arg(long, env = "CAIRN_QUOTA_BACKEND_BYTES", default_value_t = 0)]
     pub quota_backend_bytes: u64,
@@ -148,6 +177,15 @@ pub enum ConfigError {
     Timeouts { election: u64, heartbeat: u64 },
     #[error("--{flag} must be greater than zero")]
     Zero { flag: &'static str },
+    #[error(
+        "--auto-compaction-retention {value:?} is not valid with --auto-compaction-mode {mode}: \
+         expected {expected}"
+    )]
+    Retention {
+        value: String,
+        mode: &'static str,
+        expected: &'static str,
+    },
     #[error("cannot read --config-file {path}: {reason}")]
     ConfigFile { path: PathBuf, reason: String },
 }
@@ -179,6 +217,7 @@ pub struct Config {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub snapshot_count: u64,
+    pub auto_compaction: Option<AutoCompaction>,
     pub quota_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
@@ -196,6 +235,67 @@ fn split_list(value: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// Reads `--auto-compaction-retention` as etcd does; None when it is zero (off).
+pub fn parse_retention(mode: CompactionMode, value: &str) -> Result<Option<AutoCompaction>, ConfigError> {
+    let value = value.trim();
+    match mode {
+        CompactionMode::Revision => match value.parse::<i64>() {
+            Ok(0) => Ok(None),
+            Ok(n) if n > 0 => Ok(Some(AutoCompaction::Revisions(n))),
+            _ => Err(ConfigError::Retention {
+                value: value.to_owned(),
+                mode: "revision",
+                expected: "a whole number of revisions to keep",
+            }),
+        },
+        CompactionMode::Periodic => {
+            let retention = match value.parse::<u64>() {
+                Ok(hours) => hours.checked_mul(3600).map(Duration::from_secs),
+                Err(_) => parse_duration(value),
+            };
+            match retention {
+                Some(d) if d.is_zero() => Ok(None),
+                Some(d) => Ok(Some(AutoCompaction::Periodic(d))),
+                None => Err(ConfigError::Retention {
+                    value: value.to_owned(),
+                    mode: "periodic",
+                    expected: "a duration such as 30m, 1h30m or 90s, or a whole number of hours",
+                }),
+            }
+        }
+    }
+}
+
+/// A duration written as numbers with units (`ms`, `s`, `m`, `h`), e.g. `1h30m` or `1.5s`.
+fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text;
+    let mut total = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&end| end > 0)?;
+        let number: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let (seconds_per_unit, unit_len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else {
+            return None;
+        };
+        total += number * seconds_per_unit;
+        rest = &rest[unit_len..];
+    }
+    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Checks a URL is `http://host:port` and normalizes it (no trailing slash).
@@ -371,6 +471,7 @@ impl Args {
                 }
             }
         }
+        let auto_compaction = parse_retention(self.auto_compaction_mode, &self.auto_compaction_retention)?;
         let listen_metrics = if self.listen_metrics_urls.is_empty() {
             vec![]
         } else {
@@ -392,6 +493,7 @@ impl Args {
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
+            auto_compaction,
             quota_bytes: if self.quota_backend_bytes == 0 {
                 DEFAULT_QUOTA
             } else {
@@ -544,5 +646,51 @@ mod tests {
             .validate()
             .unwrap();
         assert_eq!((config.name.as_str(), config.snapshot_count), ("infra1", 5));
+    }
+
+    #[test]
+    fn auto_compaction_retention_reads_as_etcd_does() {
+        use AutoCompaction::{Periodic, Revisions};
+        let periodic = |v| parse_retention(CompactionMode::Periodic, v);
+        let revision = |v| parse_retention(CompactionMode::Revision, v);
+        assert_eq!(periodic("0").unwrap(), None);
+        assert_eq!(periodic("1").unwrap(), Some(Periodic(Duration::from_secs(3600))));
+        assert_eq!(
+            periodic("30m").unwrap(),
+            Some(Periodic(Duration::from_secs(1800)))
+        );
+        assert_eq!(
+            periodic("1h30m").unwrap(),
+            Some(Periodic(Duration::from_secs(5400)))
+        );
+        assert_eq!(
+            periodic("1.5s").unwrap(),
+            Some(Periodic(Duration::from_millis(1500)))
+        );
+        assert_eq!(
+            periodic("250ms").unwrap(),
+            Some(Periodic(Duration::from_millis(250)))
+        );
+        assert_eq!(revision("0").unwrap(), None);
+        assert_eq!(revision("1000").unwrap(), Some(Revisions(1000)));
+        for bad in ["", "1d", "h", "-1", "30 m", "1h-5m"] {
+            let error = periodic(bad).unwrap_err().to_string();
+            assert!(error.contains("--auto-compaction-retention"), "{bad:?}: {error}");
+            assert!(error.contains("periodic"), "{error}");
+        }
+        for bad in ["30m", "-5", "1.5"] {
+            let error = revision(bad).unwrap_err().to_string();
+            assert!(error.contains("revisions to keep"), "{bad:?}: {error}");
+        }
+        let config = args(&[
+            "--auto-compaction-mode",
+            "revision",
+            "--auto-compaction-retention",
+            "10",
+        ])
+        .validate()
+        .unwrap();
+        assert_eq!(config.auto_compaction, Some(Revisions(10)));
+        assert_eq!(args(&[]).validate().unwrap().auto_compaction, None);
     }
 }

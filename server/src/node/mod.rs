@@ -2,6 +2,7 @@
 //! identity, starts Raft, and offers the operations the client and peer services call: propose a
 //! change (forwarded to the leader when needed), linearizable reads, membership and leases.
 
+mod compactor;
 mod error;
 mod lessor;
 mod members;
@@ -183,6 +184,9 @@ impl Node {
         tokio::spawn(self.clone().watch_removal());
         tokio::spawn(self.clone().watch_leader_changes());
         tokio::spawn(lessor::run(self.clone()));
+        if let Some(policy) = self.config.auto_compaction {
+            tokio::spawn(compactor::run(self.clone(), policy));
+        }
         Ok(())
     }
 
