@@ -324,3 +324,18 @@ pub fn helm_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::controlplane::cache_dir().join("helm-v3.17.2"))
 }
+
+/// The body of a plain HTTP `GET path` (an operator's `/metrics`, say); None unless it answers 200.
+pub fn http_get(address: std::net::SocketAddr, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    if !response.starts_with("HTTP/1.0 200") {
+        return None;
+    }
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    Some(body.to_owned())
+}

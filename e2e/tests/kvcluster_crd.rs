@@ -133,6 +133,10 @@ async fn checks(env: &TestSandbox) {
             "spec.server.heartbeatIntervalMs",
         ),
         ("{imagePullPolicy: Sometimes}", "spec.imagePullPolicy"),
+        (
+            "{server: {autoCompaction: {retention: 1day}}}",
+            "spec.server.autoCompaction.retention",
+        ),
     ] {
         let refused = kubectl(
             env,

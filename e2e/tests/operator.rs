@@ -10,7 +10,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, http_get, poll_until, wait_for};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
 use common::{OperatorSandbox, wait_settled, with_operator};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -56,8 +56,8 @@ async fn kvclusters_become_available_with_their_own_identity() {
         a_member_of_one_is_refused_by_the_other(&cairn, token, &srv_ns, &srv).await;
 
         // What the operator did is in its metrics, and it says it is alive.
-        assert_eq!(http_get(metrics_address, "/healthz"), "ok\n");
-        let text = http_get(metrics_address, "/metrics");
+        assert_eq!(http_get(metrics_address, "/healthz").as_deref(), Some("ok\n"));
+        let text = http_get(metrics_address, "/metrics").expect("the operator's metrics");
         let reconciles: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix("cairn_operator_reconciles_total "))
@@ -74,29 +74,31 @@ async fn kvclusters_become_available_with_their_own_identity() {
 }
 
 /// The body of a plain HTTP GET.
-fn http_get(address: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap();
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: operator\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
-}
+/// The image tag the clusters ask for; the sandbox runs the workspace's cairn whatever the tag.
+const SPEC_VERSION: &str = "9.9.9-any-tag";
 
 async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> (TestNamespace, KVClusterStatus) {
     let ns = env.namespace(prefix).await;
     ns.apply(&format!(
         "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
-         spec: {{replicas: 3, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}}}\n"
+         spec: {{replicas: 3, version: {SPEC_VERSION}, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}}}\n"
     ))
     .await;
     let status = wait_settled(&ns, 3, Duration::from_secs(120)).await;
     assert_eq!(status.phase.as_deref(), Some("Running"));
     assert!(status.members.iter().all(|m| m.name.starts_with("kv-")));
+    // The version is what the members report running (the sandbox runs the workspace's cairn for
+    // any tag of the cairn image), not what the spec asked for.
+    let running = env!("CARGO_PKG_VERSION");
+    assert_eq!(status.version.as_deref(), Some(running));
+    assert!(
+        status
+            .members
+            .iter()
+            .all(|m| m.version.as_deref() == Some(running)),
+        "{:?}",
+        status.members
+    );
 
     let listed = env
         .kubectl()

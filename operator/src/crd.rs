@@ -192,6 +192,32 @@ pub struct ServerOptions {
     /// alarm. Unlimited when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quota_backend_bytes: Option<Quantity>,
+
+    /// How the leader compacts old history by itself; off when unset (clients compact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_compaction: Option<AutoCompaction>,
+}
+
+/// Automatic compaction of the key history, decided by the leader.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoCompaction {
+    /// `Periodic` keeps history of at least `retention` time; `Revision` keeps the last
+    /// `retention` revisions.
+    #[serde(default)]
+    pub mode: CompactionMode,
+
+    /// Periodic: a duration such as "30m", "1h30m" or "90s", or a whole number of hours ("1");
+    /// Revision: the number of revisions to keep ("10000"). A string either way.
+    #[schemars(regex(pattern = r"^([0-9]+|([0-9]+(\.[0-9]+)?(ms|s|m|h))+)$"))]
+    pub retention: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CompactionMode {
+    #[default]
+    Periodic,
+    Revision,
 }
 
 /// The Service clients connect to.
@@ -257,7 +283,8 @@ pub struct KVClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_token: Option<String>,
 
-    /// The version the members run.
+    /// The Cairn version the members report running (several, comma-separated, while they
+    /// differ).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
 
@@ -292,4 +319,7 @@ pub struct MemberStatus {
     /// The Raft index the member has applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_index: Option<u64>,
+    /// The Cairn version the member reports running.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }

@@ -7,6 +7,7 @@ pub mod build;
 pub mod change;
 pub mod controller;
 pub mod crd;
+pub mod election;
 pub mod http;
 pub mod membership;
 pub mod metrics;

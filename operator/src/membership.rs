@@ -310,6 +310,7 @@ mod tests {
             cluster_id: Some("c1".into()),
             members,
             list_from_leader: true,
+            version: None,
         }
     }
 

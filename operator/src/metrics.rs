@@ -1,5 +1,5 @@
-//! The operator's metrics in Prometheus text format: reconciles, their errors by a bounded kind,
-//! their durations, and membership steps taken by kind.
+//! The operator's metrics in Prometheus text format: whether this replica leads, reconciles, their
+//! errors by a bounded kind, their durations, and membership steps taken by kind.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -16,6 +16,8 @@ pub struct Metrics {
 
 #[derive(Default)]
 struct Counts {
+    /// Whether this replica holds the leader lease (and so reconciles).
+    leading: bool,
     reconciles: u64,
     /// By error kind; the kinds are a fixed set (`ReconcileError::kind`).
     errors: BTreeMap<&'static str, u64>,
@@ -41,6 +43,10 @@ impl Metrics {
         }
     }
 
+    pub fn set_leading(&self, leading: bool) {
+        self.lock().leading = leading;
+    }
+
     pub fn step_taken(&self, kind: &'static str) {
         *self.lock().steps.entry(kind).or_default() += 1;
     }
@@ -54,6 +60,12 @@ impl Metrics {
     pub fn render(&self) -> String {
         let counts = self.lock();
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP cairn_operator_leader Whether this replica leads (1) or stands by (0)."
+        );
+        let _ = writeln!(out, "# TYPE cairn_operator_leader gauge");
+        let _ = writeln!(out, "cairn_operator_leader {}", u8::from(counts.leading));
         let _ = writeln!(out, "# HELP cairn_operator_reconciles_total Reconciles run.");
         let _ = writeln!(out, "# TYPE cairn_operator_reconciles_total counter");
         let _ = writeln!(out, "cairn_operator_reconciles_total {}", counts.reconciles);
@@ -102,8 +114,11 @@ mod tests {
         metrics.reconciled(Duration::from_millis(30), None);
         metrics.reconciled(Duration::from_secs(3), Some("api"));
         metrics.step_taken("add_learner");
+        assert!(metrics.render().lines().any(|l| l == "cairn_operator_leader 0"));
+        metrics.set_leading(true);
         let text = metrics.render();
         for line in [
+            "cairn_operator_leader 1",
             "cairn_operator_reconciles_total 2",
             "cairn_operator_reconcile_errors_total{kind=\"api\"} 1",
             "cairn_operator_membership_steps_total{step=\"add_learner\"} 1",

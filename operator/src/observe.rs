@@ -1,12 +1,16 @@
-//! Observing a cluster through its own API: every member pod is asked for its Status, the leader
-//! for the MemberList, and the answers are assembled (purely, in `assemble`) into what the
-//! status reports. Members are reached by pod IP, which works from inside and outside the
+//! Observing a cluster through its own API: every member pod is asked for its Status and its
+//! version (`/version`), the leader for the MemberList, and the answers are assembled (purely, in
+//! `assemble`) into what the status reports. Members are reached by pod IP, which works from inside and outside the
 //! Kubernetes network alike.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use tokio::time::timeout;
 
 use crate::crd::MemberStatus;
 
@@ -17,6 +21,8 @@ pub struct MemberReport {
     pub cluster_id: u64,
     pub leader: u64,
     pub applied_index: u64,
+    /// The Cairn version it runs, when its `/version` said.
+    pub version: Option<String>,
 }
 
 /// One entry of the member list.
@@ -36,6 +42,8 @@ pub struct ClusterView {
     pub cluster_id: Option<String>,
     /// Whether the member list came from the leader (only such a list is acted on).
     pub list_from_leader: bool,
+    /// The versions the listed members report, comma-separated when they differ.
+    pub version: Option<String>,
 }
 
 impl ClusterView {
@@ -102,8 +110,34 @@ async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
         cluster_id: status.header().map_or(0, |h| h.cluster_id()),
         leader: status.leader(),
         applied_index: status.raft_applied_index(),
+        version: cairn_version(ip).await,
     };
     Some((report, client))
+}
+
+/// The `cairn` field of the member's `/version` (the Status RPC reports the etcd API version
+/// clients expect, not Cairn's own).
+async fn cairn_version(ip: &str) -> Option<String> {
+    let stream = timeout(TIMEOUT, tokio::net::TcpStream::connect((ip, 2379)))
+        .await
+        .ok()?
+        .ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .ok()?;
+    let connection = tokio::spawn(connection);
+    let request = hyper::Request::get("/version")
+        .header(hyper::header::HOST, ip)
+        .body(Empty::<Bytes>::new())
+        .ok()?;
+    let answer = timeout(TIMEOUT, async {
+        let response = sender.send_request(request).await.ok()?;
+        response.into_body().collect().await.ok().map(|b| b.to_bytes())
+    })
+    .await;
+    connection.abort();
+    let body: serde_json::Value = serde_json::from_slice(&answer.ok()??).ok()?;
+    Some(body.get("cairn")?.as_str()?.to_owned())
 }
 
 async fn member_list(mut client: Client) -> Option<Vec<ListedMember>> {
@@ -149,12 +183,15 @@ pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterVie
                 is_learner: m.is_learner,
                 healthy: report.is_some(),
                 applied_index: report.map(|r| r.applied_index),
+                version: report.and_then(|r| r.version.clone()),
             }
         })
         .collect();
+    let versions: BTreeSet<&str> = members.iter().filter_map(|m| m.version.as_deref()).collect();
     ClusterView {
         leader: members.iter().find(|m| m.is_leader).map(|m| m.name.clone()),
         cluster_id: reports.first().map(|r| format!("{:x}", r.cluster_id)),
+        version: (!versions.is_empty()).then(|| versions.into_iter().collect::<Vec<_>>().join(", ")),
         members,
         list_from_leader: false,
     }
@@ -180,6 +217,7 @@ mod tests {
             cluster_id: 0xabc,
             leader,
             applied_index,
+            version: Some("0.1.0".into()),
         }
     }
 
@@ -204,6 +242,29 @@ mod tests {
         );
         assert_eq!(view.members[0].applied_index, Some(7));
         assert!(view.members[1].is_leader && !view.members[0].is_leader);
+        assert_eq!(view.version.as_deref(), Some("0.1.0"));
+        assert_eq!(learner.version, None);
+    }
+
+    #[test]
+    fn members_running_different_versions_show_all_of_them() {
+        let newer = MemberReport {
+            version: Some("0.2.0".into()),
+            ..report(2, 1, 5)
+        };
+        let unknown = MemberReport {
+            version: None,
+            ..report(3, 1, 5)
+        };
+        let list = vec![
+            listed(1, "a", false),
+            listed(2, "b", false),
+            listed(3, "c", false),
+        ];
+        let view = assemble(list.clone(), &[report(1, 1, 5), newer, unknown]);
+        assert_eq!(view.version.as_deref(), Some("0.1.0, 0.2.0"));
+        assert_eq!(view.members[1].version.as_deref(), Some("0.2.0"));
+        assert_eq!(assemble(list, &[]).version, None);
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             .clone()
             .or_else(|| view.cluster_id.clone()),
         cluster_token: Some(token.to_owned()),
-        version: Some(spec.version.clone()),
+        version: view.version.clone().or_else(|| seen.previous.version.clone()),
         phase: Some(phase.to_owned()),
         membership_change: seen.change.clone(),
         conditions: Vec::new(),
@@ -223,6 +223,7 @@ mod tests {
             is_learner: false,
             healthy,
             applied_index: Some(1),
+            version: Some("0.1.0".into()),
         }
     }
 
@@ -245,6 +246,7 @@ mod tests {
             leader: Some("kv-0".into()),
             cluster_id: Some("c1".into()),
             list_from_leader: true,
+            version: Some("0.1.0".into()),
         };
         let previous = KVClusterStatus::default();
         let seen = Observation {
@@ -317,6 +319,7 @@ mod tests {
             leader: Some("kv-0".into()),
             cluster_id: Some("c1".into()),
             list_from_leader: true,
+            version: Some("0.1.0".into()),
         };
         let seen = Observation {
             generation: None,

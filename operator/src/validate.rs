@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 
-use crate::crd::{BootstrapMode, ClientService, KVClusterSpec, PullPolicy};
+use crate::crd::{BootstrapMode, ClientService, CompactionMode, KVClusterSpec, PullPolicy};
 
 /// The image repository members run when the spec names none.
 pub const DEFAULT_REPOSITORY: &str = "ghcr.io/cairn-dev/cairn";
@@ -45,6 +45,11 @@ pub enum SpecError {
          spec.server.heartbeatIntervalMs ({heartbeat} ms)"
     )]
     Timing { heartbeat: u32, election: u32 },
+    #[error(
+        "spec.server.autoCompaction.retention {0:?} must be a whole number of revisions in mode \
+         Revision"
+    )]
+    RevisionRetention(String),
 }
 
 /// Something the spec allows but a user should hear about (as a condition).
@@ -92,6 +97,8 @@ pub struct ServerFlags {
     pub election_timeout_ms: Option<u32>,
     pub snapshot_count: Option<u64>,
     pub quota_backend_bytes: Option<u64>,
+    /// `--auto-compaction-mode` and `--auto-compaction-retention`.
+    pub auto_compaction: Option<(&'static str, String)>,
 }
 
 /// A spec the builders can use as is.
@@ -189,6 +196,20 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         None => None,
     };
 
+    // The schema checks the retention's form; only the mode decides whether units are allowed.
+    let auto_compaction = match &options.auto_compaction {
+        None => None,
+        Some(auto) => match auto.mode {
+            CompactionMode::Periodic => Some(("periodic", auto.retention.clone())),
+            CompactionMode::Revision if auto.retention.parse::<u64>().is_ok() => {
+                Some(("revision", auto.retention.clone()))
+            }
+            CompactionMode::Revision => {
+                return Err(SpecError::RevisionRetention(auto.retention.clone()));
+            }
+        },
+    };
+
     let mut warnings = Vec::new();
     if spec.replicas % 2 == 0 {
         warnings.push(Warning::EvenSize(spec.replicas));
@@ -217,6 +238,7 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             election_timeout_ms: options.election_timeout_ms,
             snapshot_count: options.snapshot_count,
             quota_backend_bytes,
+            auto_compaction,
         },
         client_service: spec.client_service.clone(),
         paused: spec.paused,
@@ -372,6 +394,10 @@ spec:
                 "spec.server.quotaBackendBytes",
             ),
             ("spec: {server: {heartbeatIntervalMs: 300}}", "at least 5 times"),
+            (
+                "spec: {server: {autoCompaction: {mode: Revision, retention: 30m}}}",
+                "spec.server.autoCompaction.retention \"30m\" must be a whole number",
+            ),
         ];
         for (yaml, expected) in cases {
             let error = validate("kv", "ns", &spec(yaml)).expect_err(yaml).to_string();

@@ -51,13 +51,29 @@ impl OperatorSandbox {
 /// Runs `scenarios` while the operator reconciles; then stops the operator and the sandbox, and
 /// only then passes on a failure, so that nothing outlives the test.
 pub async fn with_operator<F: Future>(env: &TestSandbox, context: Context, scenarios: F) -> F::Output {
-    let operator = tokio::spawn(run(context));
+    then_down(env, async {
+        let _operator = Aborting(tokio::spawn(run(context)));
+        scenarios.await
+    })
+    .await
+}
+
+/// Runs `scenarios`, then stops the sandbox, and only then passes on a failure.
+pub async fn then_down<F: Future>(env: &TestSandbox, scenarios: F) -> F::Output {
     let outcome = AssertUnwindSafe(scenarios).catch_unwind().await;
-    operator.abort();
     env.down();
     match outcome {
         Ok(output) => output,
         Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// A task that stops when this is dropped, also when a scenario panics.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -57,6 +57,10 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
             env.push(self::env(name, &value.to_string()));
         }
     }
+    if let Some((mode, retention)) = &server.auto_compaction {
+        env.push(self::env("CAIRN_AUTO_COMPACTION_MODE", mode));
+        env.push(self::env("CAIRN_AUTO_COMPACTION_RETENTION", retention));
+    }
 
     let mut container = json!({
         "name": "cairn",
@@ -258,7 +262,7 @@ spec:
   imagePullPolicy: Never
   storage: {ephemeral: true}
   resources: {limits: {memory: 1Gi}, requests: {cpu: 100m}}
-  server: {heartbeatIntervalMs: 50, electionTimeoutMs: 500, snapshotCount: 1000, quotaBackendBytes: 1Gi}
+  server: {heartbeatIntervalMs: 50, electionTimeoutMs: 500, snapshotCount: 1000, quotaBackendBytes: 1Gi, autoCompaction: {mode: Revision, retention: "10000"}}
   pod:
     labels: {team: storage, app.kubernetes.io/name: mine}
     annotations: {scrape: "true"}
@@ -298,6 +302,8 @@ spec:
         assert_eq!(env["CAIRN_HEARTBEAT_INTERVAL"], "50");
         assert_eq!(env["CAIRN_ELECTION_TIMEOUT"], "500");
         assert_eq!(env["CAIRN_SNAPSHOT_COUNT"], "1000");
+        assert_eq!(env["CAIRN_AUTO_COMPACTION_MODE"], "revision");
+        assert_eq!(env["CAIRN_AUTO_COMPACTION_RETENTION"], "10000");
         assert_eq!(env["CAIRN_QUOTA_BACKEND_BYTES"], "1073741824");
     }
 
