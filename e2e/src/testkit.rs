@@ -57,6 +57,18 @@ impl TestSandbox {
         kubectl
     }
 
+    /// helm (from e2e/scripts/install-helm.sh) for this sandbox, with its caches and settings
+    /// in the sandbox's directory.
+    pub fn helm(&self) -> Command {
+        let home = self.sandbox.dir.join("helm");
+        let mut helm = Command::new(helm_dir().join("helm/helm"));
+        helm.env("KUBECONFIG", self.sandbox.kubeconfig())
+            .env("HELM_CACHE_HOME", &home)
+            .env("HELM_CONFIG_HOME", &home)
+            .env("HELM_DATA_HOME", &home);
+        helm
+    }
+
     /// A fresh namespace `<prefix>-<random>`, once its default ServiceAccount exists (pods need it).
     pub async fn namespace(&self, prefix: &str) -> TestNamespace {
         let name = format!("{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);

@@ -5,8 +5,6 @@
 //! held back); a leader stopped with SIGTERM releases the lease, so a standby takes over without
 //! waiting for it to expire.
 
-// These replicas are operator processes: the in-process controller `common` also offers is unused.
-#[allow(dead_code)]
 mod common;
 
 use std::net::SocketAddr;

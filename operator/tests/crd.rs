@@ -1,12 +1,15 @@
-//! `crds/` holds exactly what `cairn-operator crd` prints: the CRD is generated from the Rust
-//! types, never edited by hand. Regenerate with
-//! `cargo run -p cairn-operator -- crd > crds/kvclusters.cairn.dev.yaml`.
+//! `crds/` and the chart's copy hold exactly what `cairn-operator crd` prints: the CRD is generated
+//! from the Rust types, never edited by hand. Regenerate both with
+//! `cargo run -p cairn-operator -- crd | tee crds/kvclusters.cairn.dev.yaml > charts/cairn-operator/files/kvclusters.cairn.dev.yaml`.
 
 use std::path::Path;
 use std::process::Command;
 
+const REGENERATE: &str = "cargo run -p cairn-operator -- crd | tee crds/kvclusters.cairn.dev.yaml \
+                          > charts/cairn-operator/files/kvclusters.cairn.dev.yaml";
+
 #[test]
-fn crds_dir_matches_the_types() {
+fn generated_crds_match_the_types() {
     let output = Command::new(env!("CARGO_BIN_EXE_cairn-operator"))
         .arg("crd")
         .output()
@@ -17,16 +20,19 @@ fn crds_dir_matches_the_types() {
         String::from_utf8_lossy(&output.stderr)
     );
     let generated = String::from_utf8(output.stdout).unwrap();
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds/kvclusters.cairn.dev.yaml");
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "{} is out of date with the KVCluster types; regenerate it with\n  \
-         cargo run -p cairn-operator -- crd > crds/kvclusters.cairn.dev.yaml",
-        path.display()
-    );
     assert!(generated.contains("name: kvclusters.cairn.dev"));
     assert!(generated.contains("- kvc\n"), "the short name");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for copy in [
+        "crds/kvclusters.cairn.dev.yaml",
+        "charts/cairn-operator/files/kvclusters.cairn.dev.yaml",
+    ] {
+        let committed = std::fs::read_to_string(root.join(copy)).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "{copy} is out of date with the KVCluster types; regenerate it with\n  {REGENERATE}"
+        );
+    }
 }
 
 /// A 1.20 apiserver refuses a CRD whose schema lists `null` among an enum's values (what

@@ -2,6 +2,9 @@
 //! scenarios with the operator and taking everything down after, and waiting for a KVCluster to
 //! settle with the pods and their logs in the failure message.
 
+// Every test binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;

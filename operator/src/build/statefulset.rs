@@ -83,6 +83,12 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         // Why a member refused to start (e.g. its data was lost) reaches the pod's status, where
         // the operator reads it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        // cairn writes only its data directory (a volume), as the image's non-root user.
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]},
+        },
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": true},
@@ -125,6 +131,14 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
+        // The claim is made writable for the image's user (65532) through fsGroup.
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": MEMBER_USER,
+            "runAsGroup": MEMBER_USER,
+            "fsGroup": MEMBER_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     });
     insert_nonempty(&mut pod_spec, "affinity", json!(spec.affinity));
     insert_nonempty(&mut pod_spec, "tolerations", json!(spec.tolerations));
@@ -153,6 +167,9 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
     });
     serde_json::from_value(object).expect("the builder makes a well-formed StatefulSet")
 }
+
+/// The user the cairn image runs as (distroless' `nonroot`).
+const MEMBER_USER: i64 = 65532;
 
 fn env(name: &str, value: &str) -> Value {
     json!({"name": name, "value": value})
@@ -215,6 +232,12 @@ spec:
     metadata: {{labels: {{app.kubernetes.io/name: cairn, app.kubernetes.io/instance: kv}}}}
     spec:
       terminationGracePeriodSeconds: 30
+      securityContext:
+        runAsNonRoot: true
+        runAsUser: 65532
+        runAsGroup: 65532
+        fsGroup: 65532
+        seccompProfile: {{type: RuntimeDefault}}
       containers:
       - name: cairn
         image: ghcr.io/cairn-dev/cairn:{version}
@@ -235,6 +258,7 @@ spec:
         livenessProbe: {{httpGet: {{path: /livez, port: cairn-client}}, periodSeconds: 10, failureThreshold: 3}}
         readinessProbe: {{httpGet: {{path: /health, port: cairn-client}}, periodSeconds: 2, failureThreshold: 3}}
         terminationMessagePolicy: FallbackToLogsOnError
+        securityContext: {{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}
         volumeMounts:
         - {{name: data, mountPath: /var/lib/cairn}}
         - {{name: bootstrap, mountPath: /etc/cairn/bootstrap, readOnly: true}}
