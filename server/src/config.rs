@@ -253,7 +253,7 @@ pub fn parse_retention(mode: CompactionMode, value: &str) -> Result<Option<AutoC
         CompactionMode::Periodic => {
             let retention = match value.parse::<u64>() {
                 Ok(hours) => hours.checked_mul(3600).map(Duration::from_secs),
-                Err(_) => parse_duration(value),
+                Err(_) => crate::duration::parse_duration(value).ok(),
             };
             match retention {
                 Some(d) if d.is_zero() => Ok(None),
@@ -266,36 +266,6 @@ pub fn parse_retention(mode: CompactionMode, value: &str) -> Result<Option<AutoC
             }
         }
     }
-}
-
-/// A duration written as numbers with units (`ms`, `s`, `m`, `h`), e.g. `1h30m` or `1.5s`.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let mut rest = text;
-    let mut total = 0f64;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .filter(|&end| end > 0)?;
-        let number: f64 = rest[..number_end].parse().ok()?;
-        rest = &rest[number_end..];
-        let (seconds_per_unit, unit_len) = if rest.starts_with("ms") {
-            (0.001, 2)
-        } else if rest.starts_with('s') {
-            (1.0, 1)
-        } else if rest.starts_with('m') {
-            (60.0, 1)
-        } else if rest.starts_with('h') {
-            (3600.0, 1)
-        } else {
-            return None;
-        };
-        total += number * seconds_per_unit;
-        rest = &rest[unit_len..];
-    }
-    Duration::try_from_secs_f64(total).ok()
 }
 
 /// Checks a URL is `http://host:port` and normalizes it (no trailing slash).

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use cairn::duration::parse_duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -246,36 +247,6 @@ pub enum TxnRequest {
     Del(DelArgs),
 }
 
-/// Parses Go-style durations as etcdctl takes them: `500ms`, `2s`, `1m`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("invalid duration {text:?} (use e.g. 500ms, 5s, 1m)");
-    let mut total = Duration::ZERO;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(invalid());
-    }
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
-        let amount: f64 = rest[..digits].parse().map_err(|_| invalid())?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let seconds = match &rest[..unit_len] {
-            "ns" => 1e-9,
-            "us" | "µs" => 1e-6,
-            "ms" => 1e-3,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return Err(invalid()),
-        };
-        total += Duration::from_secs_f64(amount * seconds);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
 /// Parses an ID given in hexadecimal, as etcdctl prints them.
 pub fn parse_hex_id(what: &str, text: &str) -> anyhow::Result<u64> {
     u64::from_str_radix(text, 16)
@@ -285,15 +256,6 @@ pub fn parse_hex_id(what: &str, text: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_read_like_go() {
-        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("5").unwrap_err().contains("\"5\""));
-        assert!(parse_duration("").is_err());
-    }
 
     #[test]
     fn ids_are_hexadecimal() {
