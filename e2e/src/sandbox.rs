@@ -89,6 +89,24 @@ impl Default for Sandbox {
 }
 
 impl Sandbox {
+    /// A test's own sandbox in `dir`: its apiserver port, its etcd client port (peers on the
+    /// port 10 above) and its pod octet, so that tests running at once never meet; no CRDs, the
+    /// host's network.
+    pub fn for_test(dir: &Path, apiserver: u16, etcd_client: u16, pod_octet: u8) -> Sandbox {
+        Sandbox {
+            dir: dir.to_owned(),
+            ports: Ports {
+                etcd_client,
+                etcd_peer: etcd_client + 10,
+                apiserver,
+            },
+            pod_octet,
+            images: Vec::new(),
+            crds: None,
+            private_network: false,
+        }
+    }
+
     pub fn dns_address(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::new(127, self.pod_octet, 255, 53), 53))
     }

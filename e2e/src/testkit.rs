@@ -337,6 +337,19 @@ pub fn helm_dir() -> PathBuf {
         .unwrap_or_else(|| crate::controlplane::cache_dir().join("helm-v3.17.2"))
 }
 
+/// Runs `command` (kubectl, helm, ...), failing the test with its output unless it succeeds;
+/// its stdout.
+pub fn succeed(command: &mut Command) -> String {
+    let output = command.output().expect("run the command");
+    assert!(
+        output.status.success(),
+        "{command:?} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// The body of a plain HTTP `GET path` (an operator's `/metrics`, say); None unless it answers 200.
 pub fn http_get(address: std::net::SocketAddr, path: &str) -> Option<String> {
     use std::io::{Read, Write};

@@ -11,9 +11,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, is_ready, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, is_ready, succeed, wait_for};
 use common::{then_down, wait_settled};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -28,37 +27,11 @@ fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn run(command: &mut std::process::Command) -> String {
-    let output = command.output().expect("run the command");
-    assert!(
-        output.status.success(),
-        "{command:?} failed:\n{}{}",
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    text(&output.stdout)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_chart_installs_upgrades_and_uninstalls_the_operator() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox {
-        dir: dir.path().to_owned(),
-        ports: Ports {
-            etcd_client: 26290,
-            etcd_peer: 26300,
-            apiserver: 18943,
-        },
-        pod_octet: 22,
-        images: Vec::new(),
-        // The chart brings the CRD.
-        crds: None,
-        private_network: false,
-    };
+    // No CRDs: the chart brings its own.
+    let sandbox = Sandbox::for_test(dir.path(), 18943, 26290, 22);
     let env = TestSandbox::start(sandbox, Path::new(env!("CARGO_BIN_EXE_sandbox"))).await;
     then_down(&env, scenario(&env)).await;
 }
@@ -100,7 +73,7 @@ async fn rolled_out(ns: &TestNamespace, replicas: usize) -> BTreeSet<String> {
 async fn scenario(env: &TestSandbox) {
     let chart = root().join("charts/cairn-operator");
     let system = env.namespace("cairn-system").await;
-    run(env.helm().args(["install", RELEASE]).arg(&chart).args([
+    succeed(env.helm().args(["install", RELEASE]).arg(&chart).args([
         "--namespace",
         &system.name,
         "--wait",
@@ -121,14 +94,16 @@ async fn scenario(env: &TestSandbox) {
 
     // A cluster from the examples, reconciled with the chart's permissions only.
     let ns = env.namespace("chart").await;
-    run(env
-        .kubectl()
-        .args(["apply", "-n", &ns.name, "-f"])
-        .arg(root().join("examples/minimal.yaml")));
+    succeed(
+        env.kubectl()
+            .args(["apply", "-n", &ns.name, "-f"])
+            .arg(root().join("examples/minimal.yaml")),
+    );
     wait_settled(&ns, 3, Duration::from_secs(180)).await;
-    run(env
-        .kubectl()
-        .args(["scale", "kvc/kv", "-n", &ns.name, "--replicas=2"]));
+    succeed(
+        env.kubectl()
+            .args(["scale", "kvc/kv", "-n", &ns.name, "--replicas=2"]),
+    );
     wait_settled(&ns, 2, Duration::from_secs(180)).await;
     let claims: Api<PersistentVolumeClaim> = ns.api();
     wait_for(
@@ -137,7 +112,7 @@ async fn scenario(env: &TestSandbox) {
         || async { claims.get_opt("data-kv-2").await.ok()?.is_none().then_some(()) },
     )
     .await;
-    let events = run(env.kubectl().args([
+    let events = succeed(env.kubectl().args([
         "get",
         "events.v1.events.k8s.io",
         "-n",
@@ -155,7 +130,7 @@ async fn scenario(env: &TestSandbox) {
     }
 
     // An upgrade with a changed value rolls the operator; the new pods carry on.
-    run(env.helm().args(["upgrade", RELEASE]).arg(&chart).args([
+    succeed(env.helm().args(["upgrade", RELEASE]).arg(&chart).args([
         "--namespace",
         &system.name,
         "--reuse-values",
@@ -170,13 +145,14 @@ async fn scenario(env: &TestSandbox) {
         let args = pod.spec.unwrap().containers[0].args.clone().unwrap_or_default();
         assert!(args.contains(&"--log-format=text".to_owned()), "{args:?}");
     }
-    run(env
-        .kubectl()
-        .args(["scale", "kvc/kv", "-n", &ns.name, "--replicas=3"]));
+    succeed(
+        env.kubectl()
+            .args(["scale", "kvc/kv", "-n", &ns.name, "--replicas=3"]),
+    );
     wait_settled(&ns, 3, Duration::from_secs(180)).await;
 
     // Uninstalled: the operator goes, the CRD and the cluster stay.
-    run(env.helm().args([
+    succeed(env.helm().args([
         "uninstall",
         RELEASE,
         "--namespace",
@@ -192,9 +168,10 @@ async fn scenario(env: &TestSandbox) {
         operator_pods(&system).await.is_empty().then_some(())
     })
     .await;
-    run(env.kubectl().args(["get", "crd", "kvclusters.cairn.dev"]));
-    let kept = run(env
-        .kubectl()
-        .args(["get", "kvc", "kv", "-n", &ns.name, "-o", "name"]));
+    succeed(env.kubectl().args(["get", "crd", "kvclusters.cairn.dev"]));
+    let kept = succeed(
+        env.kubectl()
+            .args(["get", "kvc", "kv", "-n", &ns.name, "-o", "name"]),
+    );
     assert_eq!(kept, "kvcluster.cairn.dev/kv\n");
 }

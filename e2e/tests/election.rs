@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, http_get, poll_until, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, http_get, poll_until, succeed, wait_for};
 use cairn_operator::crd::KVCluster;
 use common::{OperatorSandbox, then_down, wait_settled};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -176,16 +176,10 @@ async fn scenario(env: &TestSandbox, dir: &Path) {
     assert_eq!(b.leads(), Some(false));
 
     // Paused: the spec asks for three members, and nothing is changed.
-    let patched = env
-        .kubectl()
-        .args(["patch", "kvc/kv", "-n", &ns.name, "--type=merge"])
-        .args(["-p", r#"{"spec": {"paused": true, "replicas": 3}}"#])
-        .output()
-        .unwrap();
-    assert!(
-        patched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&patched.stderr)
+    succeed(
+        env.kubectl()
+            .args(["patch", "kvc/kv", "-n", &ns.name, "--type=merge"])
+            .args(["-p", r#"{"spec": {"paused": true, "replicas": 3}}"#]),
     );
     let clusters: Api<KVCluster> = ns.api();
     wait_for("the KVCluster to be Paused", Duration::from_secs(30), || async {
@@ -210,16 +204,10 @@ async fn scenario(env: &TestSandbox, dir: &Path) {
     assert_eq!(statefulset_replicas(&ns).await, Some(1));
 
     // Unpaused, the new leader does what the spec asks.
-    let unpaused = env
-        .kubectl()
-        .args(["patch", "kvc/kv", "-n", &ns.name, "--type=merge"])
-        .args(["-p", r#"{"spec": {"paused": false}}"#])
-        .output()
-        .unwrap();
-    assert!(
-        unpaused.status.success(),
-        "{}",
-        String::from_utf8_lossy(&unpaused.stderr)
+    succeed(
+        env.kubectl()
+            .args(["patch", "kvc/kv", "-n", &ns.name, "--type=merge"])
+            .args(["-p", r#"{"spec": {"paused": false}}"#]),
     );
     wait_settled(&ns, 3, Duration::from_secs(180)).await;
     assert_eq!(statefulset_replicas(&ns).await, Some(3));

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
-use cairn_e2e::controlplane::Ports;
 use cairn_e2e::faults::Links;
 use cairn_e2e::netns;
 use cairn_e2e::sandbox::Sandbox;
@@ -29,16 +28,8 @@ fn text(bytes: &[u8]) -> String {
 
 fn sandbox(dir: &Path, private_network: bool) -> Sandbox {
     Sandbox {
-        dir: dir.to_owned(),
-        ports: Ports {
-            etcd_client: 24990,
-            etcd_peer: 25000,
-            apiserver: 17643,
-        },
-        pod_octet: 13,
-        images: Vec::new(),
-        crds: None,
         private_network,
+        ..Sandbox::for_test(dir, 17643, 24990, 13)
     }
 }
 

@@ -7,7 +7,6 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::process::{Output, Stdio};
 
-use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::TestSandbox;
 use futures::FutureExt;
@@ -38,16 +37,8 @@ fn text(bytes: &[u8]) -> String {
 async fn the_crd_documents_defaults_and_refuses_bad_specs() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox {
-        dir: dir.path().to_owned(),
-        ports: Ports {
-            etcd_client: 25290,
-            etcd_peer: 25300,
-            apiserver: 17943,
-        },
-        pod_octet: 16,
-        images: Vec::new(),
         crds: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")),
-        private_network: false,
+        ..Sandbox::for_test(dir.path(), 17943, 25290, 16)
     };
     let env = TestSandbox::start(sandbox, Path::new(env!("CARGO_BIN_EXE_sandbox"))).await;
     let outcome = AssertUnwindSafe(checks(&env)).catch_unwind().await;

@@ -8,7 +8,6 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestSandbox, kubectl_path, wait_for};
 use futures::FutureExt;
@@ -35,18 +34,7 @@ async fn pods_run_as_local_processes_under_the_real_controllers() {
         assert!(!Path::new(path).exists(), "{path} exists on this machine already");
     }
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = Sandbox {
-        dir: dir.path().to_owned(),
-        ports: Ports {
-            etcd_client: 24890,
-            etcd_peer: 24900,
-            apiserver: 17543,
-        },
-        pod_octet: 12,
-        images: Vec::new(),
-        crds: None,
-        private_network: false,
-    };
+    let sandbox = Sandbox::for_test(dir.path(), 17543, 24890, 12);
     let env = TestSandbox::start(sandbox, Path::new(env!("CARGO_BIN_EXE_sandbox"))).await;
     let scenarios = async {
         tokio::join!(

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, succeed, wait_for};
 use common::{OperatorSandbox, wait_settled, with_operator};
 use etcd_client::{Client, ConnectOptions, GetOptions};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
@@ -51,15 +51,9 @@ async fn scale_under_writes(env: &TestSandbox, prefix: &str, mode: &str, initial
     let writer = tokio::spawn(write_until(first.clone(), stop.clone()));
     let watcher = tokio::spawn(watch_membership(first.clone(), stop.clone()));
     for &size in steps {
-        let scaled = env
-            .kubectl()
-            .args(["scale", "kvc/kv", "-n", &ns.name, &format!("--replicas={size}")])
-            .output()
-            .unwrap();
-        assert!(
-            scaled.status.success(),
-            "kubectl scale: {}",
-            String::from_utf8_lossy(&scaled.stderr)
+        succeed(
+            env.kubectl()
+                .args(["scale", "kvc/kv", "-n", &ns.name, &format!("--replicas={size}")]),
         );
         let status = wait_settled(&ns, size, SETTLE).await;
         let expected: BTreeSet<String> = (0..size).map(|i| format!("kv-{i}")).collect();

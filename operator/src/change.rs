@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 
+use crate::build::names::CLIENT_PORT;
 use crate::membership::Step;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +22,7 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `step` to the leader at `leader_ip`; steps that are not cluster calls do nothing.
 pub async fn send(step: &Step, leader_ip: &str) -> Result<(), ChangeError> {
-    let endpoint = format!("http://{leader_ip}:2379");
+    let endpoint = format!("http://{leader_ip}:{CLIENT_PORT}");
     let failed = |source| ChangeError {
         action: step.describe(),
         endpoint: endpoint.clone(),

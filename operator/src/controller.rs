@@ -247,7 +247,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     // The members' bootstrap files are written once, for the initial members; membership
     // changes later edit them one member at a time. The StatefulSet has one pod per file.
-    let mut files = match configs
+    let files = match configs
         .get_opt(&names.bootstrap_config_map())
         .await
         .map_err(api_error("read the bootstrap ConfigMap"))?
@@ -310,23 +310,15 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
             pods: &pod_names,
             lost: &lost,
         };
-        if let Some(sealed) = sealed_entries(&current) {
+        let sealed = sealed_entries(&current);
+        if let Some(sealed) = &sealed {
             apply(&configs, &bootstrap_files(&spec, &owner, sealed.clone())).await?;
             tracing::info!(cluster = %name, "the cluster has formed; bootstrap files say existing now");
-            files = sealed;
         }
-        let step = next_step(&Current {
-            entries: &files,
-            names: &names,
-            desired: spec.replicas,
-            view: &view,
-            claims: &claims,
-            terminating_claims: &terminating_claims,
-            pods: &pod_names,
-            lost: &lost,
-        });
+        let entries = sealed.as_ref().unwrap_or(&files);
+        let step = next_step(&Current { entries, ..current });
         change = take_step(
-            &context, &cluster, &spec, &owner, &files, &view, &addresses, &step,
+            &context, &cluster, &spec, &owner, entries, &view, &addresses, &step,
         )
         .await?;
     }
@@ -435,19 +427,11 @@ async fn take_step(
         }
         Step::RestartPod { pod } => {
             let pods = Api::<Pod>::namespaced(client.clone(), namespace);
-            match pods.delete(pod, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(error) => return Err(api_error(format!("restart the pod {pod}"))(error)),
-            }
+            delete_if_present(&pods, pod, "restart the pod").await?;
         }
         Step::DeleteClaim { claim } => {
             let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
-            match claims.delete(claim, &Default::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(error) => return Err(api_error(format!("delete the claim {claim}"))(error)),
-            }
+            delete_if_present(&claims, claim, "delete the claim").await?;
         }
         Step::AddLearner { .. } | Step::Promote { .. } | Step::MoveLeader { .. } | Step::Remove { .. } => {
             let leader_ip = view
@@ -472,6 +456,18 @@ async fn take_step(
         }
     }
     Ok(Some(described))
+}
+
+/// Deletes `name`; one that is gone already is what was wanted.
+async fn delete_if_present<K>(api: &Api<K>, name: &str, action: &str) -> Result<(), ReconcileError>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &Default::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+        Err(error) => Err(api_error(format!("{action} {name}"))(error)),
+    }
 }
 
 fn apply_params() -> PatchParams {

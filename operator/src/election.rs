@@ -174,11 +174,8 @@ impl Elector {
         }
     }
 
-    pub fn settings(&self) -> &LeaseSettings {
-        &self.settings
-    }
-
-    fn lease(&self) -> String {
+    /// `namespace/name`, as logs and errors name the lease.
+    pub fn lease(&self) -> String {
         format!("{}/{}", self.settings.namespace, self.settings.name)
     }
 

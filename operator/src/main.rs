@@ -139,7 +139,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 
     let mut elector = Elector::new(client, lease);
-    let lease = format!("{}/{}", elector.settings().namespace, elector.settings().name);
+    let lease = elector.lease();
     tracing::info!(%lease, "waiting for the leader lease");
     let since = tokio::select! {
         since = elector.acquire() => since,

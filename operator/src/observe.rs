@@ -1,7 +1,7 @@
 //! Observing a cluster through its own API: every member pod is asked for its Status and its
-//! version (`/version`), the leader for the MemberList, and the answers are assembled (purely, in
-//! `assemble`) into what the status reports. Members are reached by pod IP, which works from inside and outside the
-//! Kubernetes network alike.
+//! version (`/version`), the leader for the MemberList, and the answers are assembled (purely,
+//! in `assemble`) into what the status reports. Members are reached by pod IP, which works from
+//! inside and outside the Kubernetes network alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,6 +12,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 
+use crate::build::names::CLIENT_PORT;
 use crate::crd::MemberStatus;
 
 /// What one member said about itself.
@@ -90,7 +91,7 @@ async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
     let options = ConnectOptions::new()
         .with_connect_timeout(TIMEOUT)
         .with_timeout(TIMEOUT);
-    let endpoint = format!("http://{ip}:2379");
+    let endpoint = format!("http://{ip}:{CLIENT_PORT}");
     let mut client = match Client::connect([endpoint.as_str()], Some(options)).await {
         Ok(client) => client,
         Err(error) => {
@@ -118,7 +119,7 @@ async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
 /// The `cairn` field of the member's `/version` (the Status RPC reports the etcd API version
 /// clients expect, not Cairn's own).
 async fn cairn_version(ip: &str) -> Option<String> {
-    let stream = timeout(TIMEOUT, tokio::net::TcpStream::connect((ip, 2379)))
+    let stream = timeout(TIMEOUT, tokio::net::TcpStream::connect((ip, CLIENT_PORT)))
         .await
         .ok()?
         .ok()?;

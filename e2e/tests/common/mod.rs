@@ -10,7 +10,6 @@ use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::time::Duration;
 
-use cairn_e2e::controlplane::Ports;
 use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until};
 use cairn_operator::controller::{Context, run};
@@ -32,16 +31,8 @@ impl OperatorSandbox {
         let binary = Path::new(env!("CARGO_BIN_EXE_sandbox"));
         let dir = tempfile::tempdir().unwrap();
         let sandbox = Sandbox {
-            dir: dir.path().to_owned(),
-            ports: Ports {
-                etcd_client,
-                etcd_peer: etcd_client + 10,
-                apiserver,
-            },
-            pod_octet,
-            images: Vec::new(),
             crds: Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("../crds")),
-            private_network: false,
+            ..Sandbox::for_test(dir.path(), apiserver, etcd_client, pod_octet)
         };
         let env = TestSandbox::start(sandbox, binary).await;
         let context = Context::new(env.client.clone(), "e2e")
