@@ -1,7 +1,8 @@
 //! What ships besides the binaries, checked without a cluster: `helm lint --strict` and
 //! `helm template` of the chart with several value sets (and clear refusals of bad ones), every
 //! example in `examples/` is a KVCluster the operator accepts, and the Dockerfile builds both
-//! images as non-root from the Rust version the workspace asks for.
+//! images as non-root from the Rust version the workspace asks for; the README's quick start names
+//! an executable script and the test command `.ci/run` ends with.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -222,4 +223,41 @@ fn the_dockerfile_builds_both_images_as_non_root() {
             "{target}'s entrypoint"
         );
     }
+}
+
+#[test]
+fn the_readme_quick_start_is_what_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let section = readme
+        .split("\n## Quick start\n")
+        .nth(1)
+        .expect("README.md has a Quick start section");
+    let block = section
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the Quick start opens with a sh block");
+    let commands: Vec<&str> = block
+        .lines()
+        .map(|line| line.split('#').next().unwrap().trim())
+        .filter(|command| !command.is_empty())
+        .collect();
+    assert_eq!(commands.len(), 2, "two commands: {commands:?}");
+    let script = commands[0];
+    let metadata = std::fs::metadata(root().join(script)).unwrap_or_else(|e| panic!("{script}: {e}"));
+    assert!(
+        std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o111 != 0,
+        "{script} is not executable"
+    );
+    // CI runs exactly the README's test command, as its last step.
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    let last = ci
+        .lines()
+        .map(str::trim)
+        .rfind(|line| !line.is_empty() && !line.starts_with('#'))
+        .unwrap();
+    assert_eq!(
+        last, commands[1],
+        ".ci/run does not end with the README's test command"
+    );
 }

@@ -21,13 +21,13 @@ struct Cli {
     #[arg(long, global = true, env = "CAIRN_SANDBOX_DIR")]
     dir: Option<PathBuf>,
     /// kube-apiserver's port on 127.0.0.1.
-    #[arg(long, global = true, default_value_t = Ports::default().apiserver)]
+    #[arg(long, global = true, env = "CAIRN_SANDBOX_API_PORT", default_value_t = Ports::default().apiserver)]
     api_port: u16,
     /// etcd's client port on 127.0.0.1 (the peer port is 10 above).
-    #[arg(long, global = true, default_value_t = Ports::default().etcd_client)]
+    #[arg(long, global = true, env = "CAIRN_SANDBOX_ETCD_PORT", default_value_t = Ports::default().etcd_client)]
     etcd_port: u16,
     /// Pods get addresses 127.<N>.0.2 and up; cluster DNS is 127.<N>.255.53 port 53.
-    #[arg(long, global = true, default_value_t = DEFAULT_POD_OCTET, value_parser = clap::value_parser!(u8).range(1..=254))]
+    #[arg(long, global = true, env = "CAIRN_SANDBOX_POD_OCTET", default_value_t = DEFAULT_POD_OCTET, value_parser = clap::value_parser!(u8).range(1..=254))]
     pod_octet: u8,
     /// An extra image: NAME=BINARY runs BINARY for image NAME (any registry or tag).
     #[arg(long = "image", global = true, value_parser = parse_image)]
