@@ -100,21 +100,28 @@ ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" get quickstart
 ETCDCTL_API=3 etcdctl --endpoints="$ENDPOINTS" member list -w table
 
 step "ready"
+# The directories of the binaries the next steps use, each once.
+path=$BIN
+for dir in "${KUBECTL%/*}" "${HELM%/*}"; do
+  case ":$path:$PATH:" in *":$dir:"*) ;; *) path=$path:$dir ;; esac
+done
+# Which sandbox, when it is not the default one.
+sandbox_env=$(env | grep -E '^CAIRN_SANDBOX_(DIR|API_PORT|ETCD_PORT|POD_OCTET)=' | sort | tr '\n' ' ' || true)
 cat <<EOF
 
 Cairn is running: the operator (namespace $OPERATOR_NAMESPACE) and KVCluster $CLUSTER (namespace $NAMESPACE).
 In a new shell:
 
-  export KUBECONFIG=$KUBECONFIG PATH=${KUBECTL%/*}:${HELM%/*}:\$PATH
-  export ENDPOINTS=$ENDPOINTS ETCDCTL_API=3
+  export KUBECONFIG=$KUBECONFIG PATH=$path:\$PATH
+  export ETCDCTL_API=3 ENDPOINTS=$ENDPOINTS${sandbox_env:+ ${sandbox_env% }}
 
-  kubectl get kvc                                    # replicas, ready, leader, Available, version
-  kubectl describe kvc $CLUSTER                              # conditions, members, events
-  kubectl scale kvc/$CLUSTER --replicas=5                    # one member at a time; watch: kubectl get kvc -w
-  $BIN/cairnctl --endpoints=\$ENDPOINTS put greeting hello
-  $BIN/cairnctl --endpoints=\$ENDPOINTS endpoint status -w table
+  kubectl get kvc                                  # replicas, ready, leader, Available, version
+  kubectl describe kvc $CLUSTER                            # conditions, members, events
+  kubectl scale kvc/$CLUSTER --replicas=5                  # one member at a time; follow with: kubectl get kvc -w
+  cairnctl --endpoints=\$ENDPOINTS put greeting hello
+  cairnctl --endpoints=\$ENDPOINTS endpoint status -w table
   etcdctl --endpoints=\$ENDPOINTS get greeting
-  $BIN/sandbox logs $NAMESPACE/$CLUSTER-0                 # a member's log
-  $BIN/sandbox down                  # stops everything (run this script again to start over)
+  sandbox logs $NAMESPACE/$CLUSTER-0                  # a member's log
+  sandbox down                                     # stops everything; run this script again to start over
 
 EOF

@@ -80,12 +80,32 @@ async fn the_quickstart_ends_with_an_available_cluster_and_working_next_steps() 
         assert_eq!(status.members.len(), 3, "{status:?}");
         assert!(status.members.iter().all(|m| m.healthy), "{status:?}");
 
-        // The printed endpoints are the members, and each one serves the key.
-        let endpoints = text
+        // The printed next steps work as printed, in a shell of their own (all but scaling and
+        // stopping, which would change what the rest of the test looks at).
+        let stdout = String::from_utf8_lossy(&first.stdout);
+        let steps = stdout
+            .split("In a new shell:\n")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no next steps in:\n{text}"));
+        let script: Vec<&str> = steps
             .lines()
-            .find_map(|line| line.trim().strip_prefix("export ENDPOINTS="))
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("no endpoints in:\n{text}"));
+            .map(|line| line.split(" # ").next().unwrap().trim())
+            .filter(|line| !line.is_empty())
+            .filter(|line| !line.starts_with("kubectl scale") && !line.starts_with("sandbox down"))
+            .collect();
+        let shown = succeed(
+            Command::new("bash")
+                .args(["-euc", &script.join("\n")])
+                .env("HOME", dir.path()),
+        );
+        assert!(shown.contains("greeting\nhello\n"), "{script:?}:\n{shown}");
+        assert!(shown.contains("IS LEADER"), "no endpoint status table:\n{shown}");
+
+        // The printed endpoints are the members, and each one serves the key.
+        let endpoints = steps
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("ENDPOINTS="))
+            .unwrap_or_else(|| panic!("no endpoints in:\n{steps}"));
         let endpoints: Vec<&str> = endpoints.split(',').collect();
         assert_eq!(endpoints.len(), 3, "{endpoints:?}");
         for endpoint in &endpoints {
