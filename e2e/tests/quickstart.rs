@@ -1,8 +1,8 @@
 //! The README's first command, `e2e/scripts/quickstart.sh`, as a new user runs it (minus the
 //! installing and building the suite has done already), against a sandbox of the test's own: it
 //! must end with the minimal example Available with three members, a key written with cairnctl and
-//! read back with etcdctl, and next steps whose endpoints really serve every member. Run again, it
-//! reuses what is up and leaves the cluster as it was.
+//! read back with etcdctl, and next steps that work as printed, whose endpoints are the members.
+//! Run again, it reuses what is up and leaves the cluster as it was.
 
 mod common;
 
@@ -93,6 +93,8 @@ async fn the_quickstart_ends_with_an_available_cluster_and_working_next_steps() 
             .filter(|line| !line.is_empty())
             .filter(|line| !line.starts_with("kubectl scale") && !line.starts_with("sandbox down"))
             .collect();
+        // A home of its own, as a new user's: kubectl's discovery cache in the machine's ~/.kube
+        // may be from another sandbox that had the same address.
         let shown = succeed(
             Command::new("bash")
                 .args(["-euc", &script.join("\n")])
