@@ -3,7 +3,9 @@
 //! and reconciles nothing. A paused KVCluster is left alone. A leader killed with SIGKILL loses
 //! the lease once it expires and the standby carries on (it finishes the scale the paused spec
 //! held back); a leader stopped with SIGTERM releases the lease, so a standby takes over without
-//! waiting for it to expire.
+//! waiting for it to expire. An operator killed in the middle of a scale-up — once right after it
+//! added a learner, once after it grew the StatefulSet but before it promoted — finishes the
+//! scale-up correctly once restarted: every member once, all voters, the data on the new ones.
 
 mod common;
 
@@ -15,6 +17,7 @@ use std::time::Duration;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, http_get, poll_until, succeed, wait_for};
 use cairn_operator::crd::KVCluster;
 use common::{OperatorSandbox, then_down, wait_settled};
+use etcd_client::{Client, ConnectOptions, GetOptions};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -225,4 +228,137 @@ async fn scenario(env: &TestSandbox, dir: &Path) {
     wait_leading(&ns, &a, Duration::from_secs(30)).await;
     wait_settled(&ns, 3, Duration::from_secs(60)).await;
     a.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_operator_killed_in_the_middle_of_a_scale_up_completes_it_once_restarted() {
+    let OperatorSandbox { env, dir, .. } = OperatorSandbox::start(19343, 26690, 24).await;
+    then_down(&env, killed_mid_scale_up(&env, dir.path())).await;
+}
+
+/// A client of member pod `pod`, by its IP.
+async fn member_client(ns: &TestNamespace, pod: &str) -> Client {
+    let ip = ns
+        .wait_pod_ready(pod, Duration::from_secs(60))
+        .await
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("a ready pod has an IP");
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5));
+    Client::connect([format!("http://{ip}:2379")], Some(options))
+        .await
+        .expect("connect to a member")
+}
+
+/// The cluster's own member list as (peer host, is learner), as `kv-0` sees it.
+async fn members(client: &mut Client) -> Option<Vec<(String, bool)>> {
+    let list = client.member_list().await.ok()?;
+    let mut members: Vec<(String, bool)> = list
+        .members()
+        .iter()
+        .map(|m| {
+            let peer = m.peer_urls().first().cloned().unwrap_or_default();
+            let host = peer
+                .trim_start_matches("http://")
+                .split('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            (host, m.is_learner())
+        })
+        .collect();
+    members.sort();
+    Some(members)
+}
+
+async fn killed_mid_scale_up(env: &TestSandbox, dir: &Path) {
+    let ns = env.namespace("resume").await;
+    let mut operator = Replica::start(env, &ns.name, "op", dir);
+    wait_leading(&ns, &operator, Duration::from_secs(30)).await;
+    ns.apply(
+        "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {name: kv}\n\
+         spec: {replicas: 3, storage: {size: 64Mi}}\n",
+    )
+    .await;
+    wait_settled(&ns, 3, Duration::from_secs(120)).await;
+    let mut kv0 = member_client(&ns, "kv-0").await;
+    for n in 0..20 {
+        kv0.put(format!("before/{n:02}"), "value", None).await.unwrap();
+    }
+
+    succeed(
+        env.kubectl()
+            .args(["scale", "kvc/kv", "-n", &ns.name, "--replicas=5"]),
+    );
+    // First death: kv-3 has just been added as a learner.
+    let added = wait_for(
+        "kv-3 to be added as a learner",
+        Duration::from_secs(120),
+        || async {
+            let members = members(&mut kv0.clone()).await?;
+            members.contains(&("kv-3".to_owned(), true)).then_some(members)
+        },
+    )
+    .await;
+    operator.kill();
+    let set_then = statefulset_replicas(&ns).await;
+    eprintln!("killed with members {added:?}, StatefulSet at {set_then:?}");
+    let mut operator = Replica::start(env, &ns.name, "op", dir);
+    wait_leading(&ns, &operator, Duration::from_secs(30)).await;
+
+    // Second death: kv-4 is a learner whose pod the StatefulSet already runs, not yet promoted.
+    let grown = wait_for(
+        "kv-4 to be a learner of a grown StatefulSet",
+        Duration::from_secs(180),
+        || async {
+            let members = members(&mut kv0.clone()).await?;
+            let learner = members.contains(&("kv-4".to_owned(), true));
+            (learner && statefulset_replicas(&ns).await == Some(5)).then_some(members)
+        },
+    )
+    .await;
+    operator.kill();
+    eprintln!("killed with members {grown:?}, StatefulSet at 5");
+    let mut operator = Replica::start(env, &ns.name, "op", dir);
+    wait_leading(&ns, &operator, Duration::from_secs(30)).await;
+
+    // Finished as if never interrupted: each member once, all voters, pods and claims to match.
+    let status = wait_settled(&ns, 5, Duration::from_secs(240)).await;
+    let mut names: Vec<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["kv-0", "kv-1", "kv-2", "kv-3", "kv-4"], "{status:?}");
+    let expected: Vec<(String, bool)> = (0..5).map(|i| (format!("kv-{i}"), false)).collect();
+    assert_eq!(
+        members(&mut kv0).await,
+        Some(expected),
+        "the cluster's own member list"
+    );
+    assert_eq!(statefulset_replicas(&ns).await, Some(5));
+    for pod in ["kv-3", "kv-4"] {
+        let client = member_client(&ns, pod).await;
+        wait_for(
+            &format!("{pod} to hold the earlier writes"),
+            Duration::from_secs(30),
+            || async {
+                let got = client
+                    .clone()
+                    .get(
+                        "before/",
+                        Some(
+                            GetOptions::new()
+                                .with_prefix()
+                                .with_count_only()
+                                .with_serializable(),
+                        ),
+                    )
+                    .await
+                    .ok()?;
+                (got.count() == 20).then_some(())
+            },
+        )
+        .await;
+    }
+    operator.kill();
 }
