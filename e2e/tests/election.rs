@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, http_get, poll_until, succeed, wait_for};
 use cairn_operator::crd::KVCluster;
-use common::{OperatorSandbox, then_down, wait_settled};
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use common::{OperatorSandbox, client_options, member_endpoint, then_down, wait_settled};
+use etcd_client::{Client, GetOptions};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -238,16 +238,7 @@ async fn an_operator_killed_in_the_middle_of_a_scale_up_completes_it_once_restar
 
 /// A client of member pod `pod`, by its IP.
 async fn member_client(ns: &TestNamespace, pod: &str) -> Client {
-    let ip = ns
-        .wait_pod_ready(pod, Duration::from_secs(60))
-        .await
-        .status
-        .and_then(|s| s.pod_ip)
-        .expect("a ready pod has an IP");
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5));
-    Client::connect([format!("http://{ip}:2379")], Some(options))
+    Client::connect([member_endpoint(ns, pod).await], Some(client_options()))
         .await
         .expect("connect to a member")
 }
@@ -324,7 +315,7 @@ async fn killed_mid_scale_up(env: &TestSandbox, dir: &Path) {
     let mut operator = Replica::start(env, &ns.name, "op", dir);
     wait_leading(&ns, &operator, Duration::from_secs(30)).await;
 
-    // Finished as if never interrupted: each member once, all voters, pods and claims to match.
+    // Finished as if never interrupted: each member once, all voters, the StatefulSet at five.
     let status = wait_settled(&ns, 5, Duration::from_secs(240)).await;
     let mut names: Vec<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
     names.sort();

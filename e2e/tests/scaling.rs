@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, succeed, wait_for};
-use common::{OperatorSandbox, wait_settled, with_operator};
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use cairn_e2e::testkit::{TestSandbox, succeed, wait_for};
+use common::{OperatorSandbox, client_options, member_endpoint, wait_settled, with_operator};
+use etcd_client::{Client, GetOptions};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -151,25 +151,9 @@ async fn scale_under_writes(env: &TestSandbox, prefix: &str, mode: &str, initial
     assert_eq!(claim_names, expected);
 }
 
-/// The client endpoint of a member pod, by its IP.
-async fn member_endpoint(ns: &TestNamespace, pod: &str) -> String {
-    let ready = ns.wait_pod_ready(pod, Duration::from_secs(60)).await;
-    let ip = ready
-        .status
-        .and_then(|s| s.pod_ip)
-        .expect("a ready pod has an IP");
-    format!("http://{ip}:2379")
-}
-
-fn options() -> ConnectOptions {
-    ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-}
-
 /// Puts `w/<n>` until told to stop; returns the acknowledged keys and the number of failures.
 async fn write_until(endpoint: String, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
-    let mut client = Client::connect([endpoint.as_str()], Some(options()))
+    let mut client = Client::connect([endpoint.as_str()], Some(client_options()))
         .await
         .expect("connect the writer");
     let (mut acknowledged, mut failed) = (Vec::new(), 0);
@@ -188,7 +172,7 @@ async fn write_until(endpoint: String, stop: Arc<AtomicBool>) -> (Vec<String>, u
 
 /// The keys under `w/` as one member has them (its own copy: a serializable read).
 async fn keys_on(endpoint: &str) -> Option<BTreeSet<String>> {
-    let mut client = Client::connect([endpoint], Some(options())).await.ok()?;
+    let mut client = Client::connect([endpoint], Some(client_options())).await.ok()?;
     let got = client
         .get(
             "w/",
@@ -218,7 +202,7 @@ struct Look {
 
 /// Looks at the member list every 100 ms until told to stop.
 async fn watch_membership(endpoint: String, stop: Arc<AtomicBool>) -> Vec<Look> {
-    let mut client = Client::connect([endpoint.as_str()], Some(options()))
+    let mut client = Client::connect([endpoint.as_str()], Some(client_options()))
         .await
         .expect("connect the watcher");
     let mut history = Vec::new();

@@ -1,6 +1,6 @@
 //! What the operator tests share: a sandbox with the CRDs and an operator context, running
-//! scenarios with the operator and taking everything down after, and waiting for a KVCluster to
-//! settle with the pods and their logs in the failure message.
+//! scenarios with the operator and taking everything down after, waiting for a KVCluster to
+//! settle with the pods and their logs in the failure message, and reaching members by pod IP.
 
 // Every test binary compiles this module and uses part of it.
 #![allow(dead_code)]
@@ -14,6 +14,7 @@ use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until};
 use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
+use etcd_client::ConnectOptions;
 use futures::FutureExt;
 use kube::Api;
 
@@ -107,4 +108,22 @@ pub async fn wait_settled(ns: &TestNamespace, members: usize, within: Duration) 
             )
         }
     }
+}
+
+/// The client endpoint of a member pod, by its IP.
+pub async fn member_endpoint(ns: &TestNamespace, pod: &str) -> String {
+    let ready = ns.wait_pod_ready(pod, Duration::from_secs(60)).await;
+    let ip = ready
+        .status
+        .and_then(|s| s.pod_ip)
+        .expect("a ready pod has an IP");
+    format!("http://{ip}:2379")
+}
+
+/// Client options for talking to members: short timeouts, so a look at a member that is coming
+/// or going fails fast and is tried again.
+pub fn client_options() -> ConnectOptions {
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(Duration::from_secs(5))
 }
