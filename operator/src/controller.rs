@@ -14,12 +14,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::build::bootstrap::{bootstrap_config_map, bootstrap_files, initial_members};
-use crate::build::names::Names;
+use crate::build::names::{MEMBER_PODS, Names, cluster_of_member};
 use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
 use crate::build::statefulset::statefulset;
@@ -172,6 +173,18 @@ pub async fn run(context: Context) {
             watcher::Config::default(),
         )
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
+        // Member pods belong to the StatefulSet, not the KVCluster, but their comings and goings
+        // are what status reports: a deleted member pod is back within seconds, faster than the
+        // periodic refresh, and status must still show it was away.
+        .watches(
+            Api::<Pod>::all(client.clone()),
+            watcher::Config::default().labels(MEMBER_PODS),
+            |pod| {
+                let namespace = pod.namespace()?;
+                let cluster = cluster_of_member(pod.labels())?;
+                Some(ObjectRef::new(cluster).within(&namespace))
+            },
+        )
         .shutdown_on_signal()
         .run(measured_reconcile, error_policy, Arc::new(context))
         .for_each(|result| async move {

@@ -12,6 +12,21 @@ pub const CLIENT_PORT_NAME: &str = "cairn-client";
 pub const DATA_DIR: &str = "/var/lib/cairn";
 pub const BOOTSTRAP_DIR: &str = "/etc/cairn/bootstrap";
 
+const APP_LABEL: &str = "app.kubernetes.io/name";
+const APP: &str = "cairn";
+const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+
+/// A label query for the member pods of every cluster.
+pub const MEMBER_PODS: &str = "app.kubernetes.io/name=cairn,app.kubernetes.io/instance";
+
+/// The name of the cluster a member pod belongs to, from the pod's labels; None for other pods.
+pub fn cluster_of_member(labels: &BTreeMap<String, String>) -> Option<&str> {
+    if labels.get(APP_LABEL)?.as_str() != APP {
+        return None;
+    }
+    labels.get(INSTANCE_LABEL).map(String::as_str)
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     pub cluster: String,
@@ -106,8 +121,8 @@ impl Names {
     /// The labels that select this cluster's member pods.
     pub fn selector_labels(&self) -> BTreeMap<String, String> {
         BTreeMap::from([
-            ("app.kubernetes.io/name".to_owned(), "cairn".to_owned()),
-            ("app.kubernetes.io/instance".to_owned(), self.cluster.clone()),
+            (APP_LABEL.to_owned(), APP.to_owned()),
+            (INSTANCE_LABEL.to_owned(), self.cluster.clone()),
         ])
     }
 
@@ -157,6 +172,30 @@ mod tests {
             names.selector(),
             "app.kubernetes.io/instance=kv,app.kubernetes.io/name=cairn"
         );
+    }
+
+    #[test]
+    fn member_pods_lead_back_to_their_cluster() {
+        let names = Names::new("kv", "prod");
+        let labels = names.selector_labels();
+        assert_eq!(cluster_of_member(&labels), Some("kv"));
+        let query: BTreeMap<&str, Option<&str>> = MEMBER_PODS
+            .split(',')
+            .map(|term| match term.split_once('=') {
+                Some((key, value)) => (key, Some(value)),
+                None => (term, None),
+            })
+            .collect();
+        for (key, value) in &query {
+            let got = labels.get(*key).map(String::as_str);
+            assert!(got.is_some() && (value.is_none() || got == *value), "{key}");
+        }
+        let other = BTreeMap::from([
+            ("app.kubernetes.io/name".to_owned(), "web".to_owned()),
+            ("app.kubernetes.io/instance".to_owned(), "kv".to_owned()),
+        ]);
+        assert_eq!(cluster_of_member(&other), None);
+        assert_eq!(cluster_of_member(&BTreeMap::new()), None);
     }
 
     #[test]
