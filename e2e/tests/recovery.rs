@@ -12,8 +12,10 @@ use std::time::Duration;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
 use common::{OperatorSandbox, wait_settled, with_operator};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
+use kube::runtime::{WatchStreamExt, watcher};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -56,6 +58,18 @@ fn etcdctl(ns: &TestNamespace, pod: &str, host: &str, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// Degraded or Progressing, or Available lost.
+fn shows_trouble(status: &KVClusterStatus) -> bool {
+    status.conditions.iter().any(|c| {
+        let troubled = match c.type_.as_str() {
+            "Degraded" | "Progressing" => "True",
+            "Available" => "False",
+            _ => return false,
+        };
+        c.status == troubled
+    })
+}
+
 fn ids(status: &KVClusterStatus) -> BTreeMap<String, String> {
     status
         .members
@@ -74,25 +88,26 @@ async fn leader_pod_deleted(env: &TestSandbox) {
     assert_eq!(etcdctl(&ns, other, "kv", &["put", "kept", "yes"]), "OK\n");
 
     // The operator notices (Degraded or Progressing, or Available lost) while the pod is away.
+    // The member is back within seconds, so status is watched, not polled: every write is seen.
     let clusters: Api<KVCluster> = ns.api();
-    let watch_status = async {
-        wait_for(
-            "status to show the member is away",
-            Duration::from_secs(60),
-            || async {
-                let status = clusters.get("kv").await.ok()?.status?;
-                let noticed = status.conditions.iter().any(|c| {
-                    let troubled = match c.type_.as_str() {
-                        "Degraded" | "Progressing" => "True",
-                        "Available" => "False",
-                        _ => return false,
-                    };
-                    c.status == troubled
-                });
-                noticed.then_some(())
-            },
-        )
+    let config = watcher::Config::default().fields("metadata.name=kv");
+    let mut changes = std::pin::pin!(watcher(clusters, config).applied_objects());
+    changes
+        .next()
         .await
+        .expect("a first sight of kv")
+        .expect("watch kv");
+    let watch_status = async {
+        let noticed = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(Ok(cluster)) = changes.next().await {
+                if cluster.status.as_ref().is_some_and(shows_trouble) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(noticed, Ok(true), "status never showed the member away");
     };
     let ((), ()) = tokio::join!(watch_status, ns.delete_pod(&leader));
 
