@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/api/authpb/auth.proto",
         "proto/etcd/api/etcdserverpb/rpc.proto",
         "proto/cairn/cairnpb.proto",
+        "proto/cairn/peerpb.proto",
     ];
     tonic_prost_build::configure()
         .build_client(true)

@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use serde_json::json;
 
-use crate::metrics::Snapshot;
 use crate::node::{ETCD_API_VERSION, Node};
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -23,22 +22,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-/// Healthy means: no alarm, a leader, and a linearizable read that succeeds.
-async fn check_health(node: &Node) -> Result<(), String> {
-    let alarms = node.read_machine(|m| m.app.alarm_members());
-    if let Some(alarm) = alarms.first() {
-        return Err(format!("ALARM {:?}", alarm.alarm()));
-    }
-    if node.leader_id().is_none() {
-        return Err("RAFT NO LEADER".into());
-    }
-    node.linearizable_barrier()
-        .await
-        .map_err(|e| format!("QUORUM READ FAILED: {e}"))
-}
-
 async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    match check_health(&node).await {
+    match node.health().await {
         Ok(()) => (StatusCode::OK, Json(json!({"health": "true", "reason": ""}))),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -48,7 +33,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    match check_health(&node).await {
+    match node.health().await {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -70,17 +55,8 @@ async fn version() -> impl IntoResponse {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let raft = node.raft_metrics();
-    let snapshot = Snapshot {
-        has_leader: raft.current_leader.is_some(),
-        is_leader: raft.state == openraft::ServerState::Leader,
-        db_size_bytes: node.read_machine(|m| m.app.mvcc.footprint()),
-        applied_index: raft.last_applied.map_or(0, |l| l.index),
-        committed_index: raft.local_committed.map_or(0, |l| l.index),
-        term: raft.current_term,
-    };
     (
         [("content-type", "text/plain; version=0.0.4")],
-        node.metrics().render(&snapshot),
+        node.render_metrics(),
     )
 }

@@ -1,5 +1,6 @@
 //! Generated protobuf code: the etcd v3 API (`etcdserverpb`, `mvccpb`, `authpb`) and Cairn's internal
-//! messages (`cairnpb`), plus serde for the two internal messages that travel inside Raft entries.
+//! messages (`cairnpb`: log entries) and the peer plane (`peerpb`), plus serde for the two internal
+//! messages that travel inside Raft entries.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
@@ -11,6 +12,9 @@ pub mod authpb {
 }
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+pub mod peerpb {
+    tonic::include_proto!("peerpb");
 }
 pub mod cairnpb {
     tonic::include_proto!("cairnpb");

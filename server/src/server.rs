@@ -10,9 +10,7 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 use crate::http;
-use crate::network::client::MAX_PEER_MESSAGE;
 use crate::node::Node;
-use crate::pb::cairnpb::peer_server::PeerServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
@@ -21,7 +19,6 @@ use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
 use crate::service::maintenance::MaintenanceService;
-use crate::service::peer::PeerService;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]
@@ -97,34 +94,22 @@ pub async fn serve(node: Arc<Node>) -> Result<(), ListenError> {
     for addr in &node.config.listen_metrics {
         metrics_listeners.push(bind(*addr).await?);
     }
-    for listener in peer_listeners {
-        let service = PeerServer::new(PeerService { node: node.clone() })
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE);
-        let router = Routes::new(service).into_axum_router();
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(no_delay(listener), router).await {
-                tracing::error!(%error, "peer listener stopped");
-            }
-        });
-    }
-    for listener in client_listeners {
-        let router = client_router(&node);
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(no_delay(listener), router).await {
-                tracing::error!(%error, "client listener stopped");
-            }
-        });
-    }
-    for listener in metrics_listeners {
-        let router = http::router(node.clone());
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(no_delay(listener), router).await {
-                tracing::error!(%error, "metrics listener stopped");
-            }
-        });
-    }
+    spawn_all(peer_listeners, crate::service::peer::router(node.clone()), "peer");
+    spawn_all(client_listeners, client_router(&node), "client");
+    spawn_all(metrics_listeners, http::router(node.clone()), "metrics");
     Ok(())
+}
+
+/// Serves `router` on every listener of one kind until the process ends.
+fn spawn_all(listeners: Vec<TcpListener>, router: Router, kind: &'static str) {
+    for listener in listeners {
+        let router = router.clone();
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(no_delay(listener), router).await {
+                tracing::error!(%error, "{kind} listener stopped");
+            }
+        });
+    }
 }
 
 /// Counts handled gRPC calls by method and status code (from the grpc-status header, which tonic

@@ -45,7 +45,7 @@ async fn run() -> anyhow::Result<()> {
         _ = terminate.recv() => tracing::info!("terminated; stopping"),
     }
     // Leadership moves on faster when the leader steps down before it goes.
-    let _ = node.raft.shutdown().await;
+    node.shutdown().await;
     Ok(())
 }
 

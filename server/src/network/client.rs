@@ -1,16 +1,21 @@
-//! The peer client: one lazily connected gRPC channel per peer URL, every call stamped with this
-//! member's cluster ID and ID, encoded with postcard inside the `cairnpb.Peer/Call` envelope.
+//! The peer client: one lazily connected gRPC channel per peer URL, a protocol version agreed with
+//! each peer by a Hello before anything else is sent, and every call stamped with this member's
+//! cluster ID, member ID and that version.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Response, Status};
 
-use super::messages::{PeerAnswer, PeerCall};
-use crate::pb::cairnpb::PeerRequest;
-use crate::pb::cairnpb::peer_client::PeerClient as GrpcPeerClient;
+use super::protocol::{
+    CLUSTER_ID_HEADER, MAX_VERSION, MEMBER_ID_HEADER, MIN_VERSION, SNAPSHOT_CHUNK_BYTES, VERSION_HEADER,
+};
+use super::{ClusterInfo, Malformed};
+use crate::pb::peerpb;
+use crate::pb::peerpb::peer_client::PeerClient as GrpcPeerClient;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -20,37 +25,54 @@ pub enum PeerError {
     Refused { url: String, reason: String },
     #[error("peer {url} timed out after {after:?}")]
     Timeout { url: String, after: Duration },
-    #[error("peer {url} sent an answer that cannot be decoded: {reason}")]
+    #[error("peer {url} sent an answer that cannot be used: {reason}")]
     Garbled { url: String, reason: String },
 }
 
-/// Message size limit on the peer plane: snapshots travel in one message.
-pub const MAX_PEER_MESSAGE: usize = 1 << 31;
+impl PeerError {
+    fn garbled(url: &str, error: Malformed) -> PeerError {
+        PeerError::Garbled {
+            url: url.into(),
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// One peer URL: its channel and the protocol version agreed with it, once agreed.
+#[derive(Clone)]
+struct Link {
+    channel: Channel,
+    version: Arc<Mutex<Option<u32>>>,
+}
 
 #[derive(Clone)]
 pub struct PeerClient {
     member_id: u64,
-    cluster_id: Arc<AtomicU64>,
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    cluster_id: u64,
+    message_limit: usize,
+    links: Arc<Mutex<HashMap<String, Link>>>,
 }
 
 impl PeerClient {
-    pub fn new(member_id: u64, cluster_id: u64) -> Self {
+    /// A client for a member of cluster `cluster_id` (0 for a member that has not joined one yet).
+    pub fn new(member_id: u64, cluster_id: u64, message_limit: usize) -> Self {
         PeerClient {
             member_id,
-            cluster_id: Arc::new(AtomicU64::new(cluster_id)),
-            channels: Arc::default(),
+            cluster_id,
+            message_limit,
+            links: Arc::default(),
         }
     }
 
-    pub fn set_cluster_id(&self, cluster_id: u64) {
-        self.cluster_id.store(cluster_id, Ordering::SeqCst);
+    /// The largest message this client sends or accepts.
+    pub fn message_limit(&self) -> usize {
+        self.message_limit
     }
 
-    fn channel(&self, url: &str) -> Result<Channel, PeerError> {
-        let mut channels = self.channels.lock().expect("peer channel map poisoned");
-        if let Some(channel) = channels.get(url) {
-            return Ok(channel.clone());
+    fn link(&self, url: &str) -> Result<Link, PeerError> {
+        let mut links = self.links.lock().expect("peer link map poisoned");
+        if let Some(link) = links.get(url) {
+            return Ok(link.clone());
         }
         let endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|e| PeerError::Unreachable {
@@ -60,49 +82,230 @@ impl PeerClient {
             .connect_timeout(Duration::from_secs(1))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10));
-        let channel = endpoint.connect_lazy();
-        channels.insert(url.to_owned(), channel.clone());
-        Ok(channel)
+        let link = Link {
+            channel: endpoint.connect_lazy(),
+            version: Arc::default(),
+        };
+        links.insert(url.to_owned(), link.clone());
+        Ok(link)
     }
 
-    /// Sends one call to the peer at `url` and waits at most `timeout` for the answer.
-    pub async fn call(&self, url: &str, call: &PeerCall, timeout: Duration) -> Result<PeerAnswer, PeerError> {
-        let body = postcard::to_stdvec(call).map_err(|e| PeerError::Garbled {
-            url: url.into(),
-            reason: e.to_string(),
-        })?;
-        let mut client = GrpcPeerClient::new(self.channel(url)?)
-            .max_decoding_message_size(MAX_PEER_MESSAGE)
-            .max_encoding_message_size(MAX_PEER_MESSAGE);
-        let request = PeerRequest {
-            cluster_id: self.cluster_id.load(Ordering::SeqCst),
-            from: self.member_id,
-            body,
+    fn grpc(&self, link: &Link) -> GrpcPeerClient<Channel> {
+        GrpcPeerClient::new(link.channel.clone())
+            .max_decoding_message_size(self.message_limit)
+            .max_encoding_message_size(self.message_limit)
+    }
+
+    fn stamp<T>(&self, message: T, version: Option<u32>) -> Request<T> {
+        let mut request = Request::new(message);
+        let metadata = request.metadata_mut();
+        metadata.insert(CLUSTER_ID_HEADER, self.cluster_id.into());
+        metadata.insert(MEMBER_ID_HEADER, self.member_id.into());
+        if let Some(version) = version {
+            metadata.insert(VERSION_HEADER, version.into());
+        }
+        request
+    }
+
+    /// The version agreed with the peer at `url`, saying Hello first if none is agreed yet.
+    async fn agreed_version(&self, url: &str, link: &Link, timeout: Duration) -> Result<u32, PeerError> {
+        if let Some(version) = *link.version.lock().expect("peer version poisoned") {
+            return Ok(version);
+        }
+        let hello = peerpb::HelloRequest {
+            min_version: MIN_VERSION,
+            max_version: MAX_VERSION,
         };
-        let reply = match tokio::time::timeout(timeout, client.call(request)).await {
-            Err(_) => {
-                return Err(PeerError::Timeout {
-                    url: url.into(),
-                    after: timeout,
-                });
-            }
-            Ok(Err(status)) if status.code() == tonic::Code::FailedPrecondition => {
-                return Err(PeerError::Refused {
-                    url: url.into(),
-                    reason: status.message().to_owned(),
-                });
-            }
-            Ok(Err(status)) => {
-                return Err(PeerError::Unreachable {
-                    url: url.into(),
-                    reason: status.message().to_owned(),
-                });
-            }
-            Ok(Ok(reply)) => reply.into_inner(),
-        };
-        postcard::from_bytes(&reply.body).map_err(|e| PeerError::Garbled {
-            url: url.into(),
-            reason: e.to_string(),
+        let request = self.stamp(hello, None);
+        let mut grpc = self.grpc(link);
+        let reply = within(url, timeout, grpc.hello(request)).await?;
+        if !(MIN_VERSION..=MAX_VERSION).contains(&reply.version) {
+            return Err(PeerError::Refused {
+                url: url.into(),
+                reason: format!(
+                    "peer chose protocol version {}, this member speaks {MIN_VERSION} to {MAX_VERSION}",
+                    reply.version
+                ),
+            });
+        }
+        *link.version.lock().expect("peer version poisoned") = Some(reply.version);
+        Ok(reply.version)
+    }
+
+    /// Sends one call to the peer at `url`, at most `timeout` in all.
+    async fn call<T, R, F, Fut>(
+        &self,
+        url: &str,
+        timeout: Duration,
+        message: T,
+        send: F,
+    ) -> Result<R, PeerError>
+    where
+        F: FnOnce(GrpcPeerClient<Channel>, Request<T>) -> Fut,
+        Fut: Future<Output = Result<Response<R>, Status>>,
+    {
+        let link = self.link(url)?;
+        let started = tokio::time::Instant::now();
+        let version = self.agreed_version(url, &link, timeout).await?;
+        let left = timeout.saturating_sub(started.elapsed());
+        let result = within(
+            url,
+            left,
+            send(self.grpc(&link), self.stamp(message, Some(version))),
+        )
+        .await;
+        if let Err(PeerError::Unreachable { .. } | PeerError::Refused { .. }) = &result {
+            // The peer may have restarted with another version: agree again on the next call.
+            *link.version.lock().expect("peer version poisoned") = None;
+        }
+        result
+    }
+
+    /// Who is in the peer's cluster. Allowed before this member belongs to one.
+    pub async fn cluster_info(&self, url: &str, timeout: Duration) -> Result<ClusterInfo, PeerError> {
+        let reply = self
+            .call(
+                url,
+                timeout,
+                peerpb::ClusterInfoRequest {},
+                |mut c, r| async move { c.cluster_info(r).await },
+            )
+            .await?;
+        Ok(ClusterInfo::from(reply))
+    }
+
+    pub async fn append_entries(
+        &self,
+        url: &str,
+        timeout: Duration,
+        rpc: peerpb::AppendEntriesRequest,
+    ) -> Result<peerpb::AppendEntriesReply, PeerError> {
+        self.call(
+            url,
+            timeout,
+            rpc,
+            |mut c, r| async move { c.append_entries(r).await },
+        )
+        .await
+    }
+
+    pub async fn vote(
+        &self,
+        url: &str,
+        timeout: Duration,
+        rpc: peerpb::VoteRequest,
+    ) -> Result<peerpb::VoteReply, PeerError> {
+        self.call(url, timeout, rpc, |mut c, r| async move { c.vote(r).await })
+            .await
+    }
+
+    pub async fn pre_vote(
+        &self,
+        url: &str,
+        timeout: Duration,
+        rpc: peerpb::VoteRequest,
+    ) -> Result<peerpb::VoteReply, PeerError> {
+        self.call(url, timeout, rpc, |mut c, r| async move { c.pre_vote(r).await })
+            .await
+    }
+
+    pub async fn transfer_leader(
+        &self,
+        url: &str,
+        timeout: Duration,
+        rpc: peerpb::TransferLeaderRequest,
+    ) -> Result<peerpb::TransferLeaderReply, PeerError> {
+        self.call(
+            url,
+            timeout,
+            rpc,
+            |mut c, r| async move { c.transfer_leader(r).await },
+        )
+        .await
+    }
+
+    pub async fn forward(
+        &self,
+        url: &str,
+        timeout: Duration,
+        request: peerpb::ForwardRequest,
+    ) -> Result<peerpb::ForwardReply, PeerError> {
+        self.call(
+            url,
+            timeout,
+            request,
+            |mut c, r| async move { c.forward(r).await },
+        )
+        .await
+    }
+
+    /// Streams a snapshot in chunks of at most `SNAPSHOT_CHUNK_BYTES`.
+    pub async fn install_snapshot(
+        &self,
+        url: &str,
+        timeout: Duration,
+        vote: peerpb::Vote,
+        meta: peerpb::SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<peerpb::SnapshotReply, PeerError> {
+        let chunks = snapshot_chunks(vote, meta, data);
+        self.call(url, timeout, chunks, |mut c, r| async move {
+            let (metadata, extensions, chunks) = r.into_parts();
+            let stream = Request::from_parts(metadata, extensions, futures::stream::iter(chunks));
+            c.install_snapshot(stream).await
         })
+        .await
+    }
+}
+
+/// A snapshot as the chunks that carry it: metadata in the first, `done` in the last.
+pub fn snapshot_chunks(
+    vote: peerpb::Vote,
+    meta: peerpb::SnapshotMeta,
+    data: Vec<u8>,
+) -> Vec<peerpb::SnapshotChunk> {
+    let mut chunks: Vec<peerpb::SnapshotChunk> = data
+        .chunks(SNAPSHOT_CHUNK_BYTES)
+        .map(|part| peerpb::SnapshotChunk {
+            data: part.to_vec(),
+            ..Default::default()
+        })
+        .collect();
+    if chunks.is_empty() {
+        chunks.push(peerpb::SnapshotChunk::default());
+    }
+    chunks[0].vote = Some(vote);
+    chunks[0].meta = Some(meta);
+    if let Some(last) = chunks.last_mut() {
+        last.done = true;
+    }
+    chunks
+}
+
+async fn within<R>(
+    url: &str,
+    timeout: Duration,
+    call: impl Future<Output = Result<Response<R>, Status>>,
+) -> Result<R, PeerError> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(PeerError::Timeout {
+            url: url.into(),
+            after: timeout,
+        }),
+        Ok(Ok(reply)) => Ok(reply.into_inner()),
+        Ok(Err(status)) => Err(match status.code() {
+            Code::FailedPrecondition
+            | Code::OutOfRange
+            | Code::ResourceExhausted
+            | Code::PermissionDenied => PeerError::Refused {
+                url: url.into(),
+                reason: status.message().to_owned(),
+            },
+            Code::InvalidArgument => PeerError::garbled(url, Malformed(status.message().to_owned())),
+            _ => PeerError::Unreachable {
+                url: url.into(),
+                reason: status.message().to_owned(),
+            },
+        }),
     }
 }

@@ -1,8 +1,11 @@
-//! The peer plane's client side: messages, the per-peer gRPC client, and the openraft network.
+//! The peer plane's client side and contract: the typed messages' conversions, protocol versions
+//! and admission, the per-peer gRPC client, and the openraft network. Knows nothing of the node.
 
 pub mod client;
-pub mod messages;
+pub mod convert;
+pub mod protocol;
 pub mod raft;
 
 pub use client::{PeerClient, PeerError};
-pub use messages::{ClusterInfo, ForwardError, MemberChange, PeerAnswer, PeerCall};
+pub use convert::Malformed;
+pub use protocol::ClusterInfo;

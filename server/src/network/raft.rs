@@ -1,5 +1,6 @@
-//! The openraft network: Raft RPCs to one peer over the peer client, transport failures reported as
-//! `Unreachable` so openraft backs off and retries.
+//! The openraft network: Raft RPCs to one peer over the peer client, as typed peer messages.
+//! Transport failures are reported as `Unreachable` so openraft backs off and retries; a batch of
+//! entries larger than a peer message may be is cut short and reported as a partial success.
 
 use std::future::Future;
 use std::time::Duration;
@@ -8,12 +9,12 @@ use openraft::RaftNetworkV2;
 use openraft::error::{NetworkError, RPCError, ReplicationClosed, StreamingError, Unreachable};
 use openraft::network::{RPCOption, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
-use openraft::raft::{TransferLeaderRequest, TransferLeaderResponse};
 
 use super::client::{PeerClient, PeerError};
-use super::messages::{PeerAnswer, PeerCall};
+use super::convert::{self, Malformed};
 use crate::{PeerNode, Snapshot, TypeConfig, Vote};
 
 pub struct NetworkFactory {
@@ -39,37 +40,53 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-struct Unexpected(String);
+#[error("member {0:x} has no peer URL")]
+struct NoUrl(u64);
 
-fn unreachable(error: impl std::error::Error + 'static) -> RPCError<TypeConfig> {
-    RPCError::Unreachable(Unreachable::new(&error))
-}
-
-impl Connection {
-    async fn call(&self, call: PeerCall, timeout: Duration) -> Result<PeerAnswer, RPCError<TypeConfig>> {
-        let Some(url) = &self.url else {
-            return Err(unreachable(Unexpected(format!(
-                "member {:x} has no peer URL",
-                self.target
-            ))));
-        };
-        match self.client.call(url, &call, timeout).await {
-            Ok(PeerAnswer::Failed(reason)) => Err(unreachable(Unexpected(format!("{reason:?}")))),
-            Ok(answer) => Ok(answer),
-            Err(error @ PeerError::Garbled { .. }) => Err(RPCError::Network(NetworkError::new(&error))),
-            Err(error @ PeerError::Refused { .. }) => {
-                // Another cluster (or a member that removed us): say so loudly, it never heals alone.
-                tracing::warn!(%error, "request sent was ignored by remote peer");
-                Err(unreachable(error))
-            }
-            Err(error) => Err(unreachable(error)),
+fn rpc_error(error: PeerError) -> RPCError<TypeConfig> {
+    match error {
+        PeerError::Garbled { .. } => RPCError::Network(NetworkError::new(&error)),
+        PeerError::Refused { .. } => {
+            // Another cluster (or a member that removed us): say so loudly, it never heals alone.
+            tracing::warn!(%error, "request sent was ignored by remote peer");
+            RPCError::Unreachable(Unreachable::new(&error))
         }
+        _ => RPCError::Unreachable(Unreachable::new(&error)),
     }
 }
 
-fn wrong_answer() -> RPCError<TypeConfig> {
-    unreachable(Unexpected("peer answered a different call".into()))
+fn malformed(error: Malformed) -> RPCError<TypeConfig> {
+    RPCError::Network(NetworkError::new(&error))
+}
+
+/// How many of `entries` fit in one message of at most `budget` bytes (always at least one, which
+/// the leader's request size limit keeps under the message limit).
+pub fn entries_within(entries: &[crate::Entry], budget: usize) -> usize {
+    let mut used = 0;
+    for (taken, entry) in entries.iter().enumerate() {
+        // Field tag and length prefix of each entry inside the request.
+        used += convert::entry_size(entry) + 8;
+        if used > budget && taken > 0 {
+            return taken;
+        }
+    }
+    entries.len()
+}
+
+impl Connection {
+    fn url(&self) -> Result<&str, RPCError<TypeConfig>> {
+        self.url
+            .as_deref()
+            .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&NoUrl(self.target))))
+    }
+
+    async fn send<R, Fut>(&self, call: impl FnOnce(String) -> Fut) -> Result<R, RPCError<TypeConfig>>
+    where
+        Fut: Future<Output = Result<R, PeerError>>,
+    {
+        let url = self.url()?.to_owned();
+        call(url).await.map_err(rpc_error)
+    }
 }
 
 impl RaftNetworkV2<TypeConfig> for Connection {
@@ -77,12 +94,27 @@ impl RaftNetworkV2<TypeConfig> for Connection {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerCall::AppendEntries(rpc), option.hard_ttl()).await? {
-            PeerAnswer::AppendEntries(response) => Ok(response),
-            _ => Err(wrong_answer()),
+        // Leave room for the vote, log IDs and framing around the entries.
+        let budget = self.client.message_limit() - (64 << 10);
+        let taken = entries_within(&rpc.entries, budget);
+        let cut_short = taken < rpc.entries.len();
+        if cut_short {
+            rpc.entries.truncate(taken);
+        }
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
+        let message = convert::append_request_to(&rpc);
+        let client = self.client.clone();
+        let reply = self
+            .send(|url| async move { client.append_entries(&url, option.hard_ttl(), message).await })
+            .await?;
+        match convert::append_reply_from(reply).map_err(malformed)? {
+            AppendEntriesResponse::Success if cut_short => {
+                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
+            response => Ok(response),
         }
     }
 
@@ -91,10 +123,12 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerCall::Vote(rpc), option.hard_ttl()).await? {
-            PeerAnswer::Vote(response) => Ok(response),
-            _ => Err(wrong_answer()),
-        }
+        let message = convert::vote_request_to(&rpc);
+        let client = self.client.clone();
+        let reply = self
+            .send(|url| async move { client.vote(&url, option.hard_ttl(), message).await })
+            .await?;
+        convert::vote_reply_from(reply).map_err(malformed)
     }
 
     async fn pre_vote(
@@ -102,10 +136,12 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         rpc: VoteRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self.call(PeerCall::PreVote(rpc), option.hard_ttl()).await? {
-            PeerAnswer::Vote(response) => Ok(response),
-            _ => Err(wrong_answer()),
-        }
+        let message = convert::vote_request_to(&rpc);
+        let client = self.client.clone();
+        let reply = self
+            .send(|url| async move { client.pre_vote(&url, option.hard_ttl(), message).await })
+            .await?;
+        convert::vote_reply_from(reply).map_err(malformed)
     }
 
     async fn full_snapshot(
@@ -115,34 +151,72 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         cancel: impl Future<Output = ReplicationClosed> + Send + 'static,
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let call = PeerCall::Snapshot {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot,
+        let url = match self.url() {
+            Ok(url) => url.to_owned(),
+            Err(_) => return Err(StreamingError::Unreachable(Unreachable::new(&NoUrl(self.target)))),
         };
-        let sent = self.call(call, option.hard_ttl().max(Duration::from_secs(60)));
+        let timeout = option.hard_ttl().max(Duration::from_secs(60));
+        let sent = self.client.install_snapshot(
+            &url,
+            timeout,
+            convert::vote_to(&vote),
+            convert::snapshot_meta_to(&snapshot.meta),
+            snapshot.snapshot,
+        );
         tokio::select! {
             closed = cancel => Err(StreamingError::Closed(closed)),
             answer = sent => match answer {
-                Ok(PeerAnswer::Snapshot(response)) => Ok(response),
-                Ok(_) => Err(StreamingError::Unreachable(Unreachable::new(&Unexpected("peer answered a different call".into())))),
-                Err(RPCError::Network(e)) => Err(StreamingError::Network(e)),
-                Err(e) => Err(StreamingError::Unreachable(Unreachable::new(&e))),
+                Ok(reply) => convert::snapshot_reply_from(reply)
+                    .map_err(|e| StreamingError::Network(NetworkError::new(&e))),
+                Err(error @ PeerError::Garbled { .. }) => Err(StreamingError::Network(NetworkError::new(&error))),
+                Err(error) => Err(StreamingError::Unreachable(Unreachable::new(&error))),
             },
         }
     }
 
     async fn transfer_leader(
         &mut self,
-        req: TransferLeaderRequest<TypeConfig>,
+        request: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
-        match self
-            .call(PeerCall::TransferLeader(req), option.hard_ttl())
-            .await?
-        {
-            PeerAnswer::TransferLeader(response) => Ok(response),
-            _ => Err(wrong_answer()),
+        let message = convert::transfer_request_to(&request);
+        let client = self.client.clone();
+        let reply = self
+            .send(|url| async move { client.transfer_leader(&url, option.hard_ttl(), message).await })
+            .await?;
+        convert::transfer_reply_from(reply).map_err(malformed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::cairnpb::{RaftRequest, raft_request};
+    use crate::pb::etcdserverpb::PutRequest;
+    use openraft::EntryPayload;
+
+    fn entry(index: u64, value_bytes: usize) -> crate::Entry {
+        crate::Entry {
+            log_id: crate::LogId {
+                leader_id: openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 },
+                index,
+            },
+            payload: EntryPayload::Normal(RaftRequest {
+                request: Some(raft_request::Request::Put(PutRequest {
+                    key: b"k".to_vec(),
+                    value: vec![0; value_bytes],
+                    ..Default::default()
+                })),
+            }),
         }
+    }
+
+    #[test]
+    fn batches_are_cut_to_the_message_budget_but_always_carry_one_entry() {
+        let entries: Vec<_> = (1..=10).map(|i| entry(i, 1000)).collect();
+        assert_eq!(entries_within(&entries, usize::MAX), 10);
+        assert_eq!(entries_within(&entries, 3500), 3);
+        assert_eq!(entries_within(&entries, 10), 1);
+        assert_eq!(entries_within(&[], 10), 0);
     }
 }

@@ -91,12 +91,13 @@ pub async fn run(node: Arc<Node>, policy: AutoCompaction) {
     loop {
         tick.tick().await;
         let now = Instant::now();
-        if !node.is_leader() {
+        if !node.raft.is_leader() {
             compactor.follow(now);
             continue;
         }
-        let (revision, compacted) =
-            node.read_machine(|m| (m.app.mvcc.revision(), m.app.mvcc.compacted_revision()));
+        let (revision, compacted) = node
+            .raft
+            .read(|m| (m.app.mvcc.revision(), m.app.mvcc.compacted_revision()));
         let Some(target) = compactor.look(now, revision, compacted) else {
             continue;
         };
@@ -106,7 +107,7 @@ pub async fn run(node: Arc<Node>, policy: AutoCompaction) {
                 physical: false,
             })),
         };
-        match node.propose_here(request).await {
+        match node.raft.propose(request).await {
             Ok(_) => tracing::info!(revision = target, "auto-compacted history"),
             Err(error) => tracing::warn!(revision = target, %error, "auto-compaction failed; will retry"),
         }

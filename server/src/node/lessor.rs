@@ -1,4 +1,4 @@
-//! The lessor: when leases run out. Only the leader's clock decides; it proposes the revoke through
+//! Leases (etcd's Lease service) and the lessor, which decides when they run out. Only the leader's clock decides; it proposes the revoke through
 //! the log so every member deletes the lease's keys at the same revision. A new leader gives every
 //! lease a full TTL again (as etcd does without checkpointing).
 
@@ -6,9 +6,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::leader::LeaderCall;
 use super::{Node, NodeError};
-use crate::pb::cairnpb::{RaftRequest, raft_request};
-use crate::pb::etcdserverpb::LeaseRevokeRequest;
+use crate::pb::cairnpb::{RaftRequest, raft_request, raft_response::Response};
+use crate::pb::etcdserverpb::{
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseStatus,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
+};
 
 pub struct Lessor {
     state: Mutex<LessorState>,
@@ -39,12 +43,70 @@ impl Lessor {
 }
 
 impl Node {
+    /// Grants a lease; the leader settles its ID and minimum TTL before proposing it.
+    pub async fn lease_grant(
+        &self,
+        request: LeaseGrantRequest,
+    ) -> Result<(LeaseGrantResponse, i64), NodeError> {
+        let response = self.write(LeaderCall::LeaseGrant(request)).await?;
+        let revision = response.revision;
+        match response.response {
+            Some(Response::LeaseGrant(grant)) => Ok((grant, revision)),
+            _ => Err(NodeError::Internal("unexpected state machine answer".into())),
+        }
+    }
+
+    /// Revokes a lease and deletes its keys; answers with the revision of the revoke.
+    pub async fn lease_revoke(&self, request: LeaseRevokeRequest) -> Result<i64, NodeError> {
+        let response = self.write(LeaderCall::LeaseRevoke(request)).await?;
+        match response.response {
+            Some(Response::LeaseRevoke(_)) => Ok(response.revision),
+            _ => Err(NodeError::Internal("unexpected state machine answer".into())),
+        }
+    }
+
+    /// Renews a lease by the leader's clock: the renewed TTL, or 0 if the lease does not exist.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, NodeError> {
+        let call = LeaderCall::LeaseKeepAlive(LeaseKeepAliveRequest { id });
+        self.on_leader(call).await?.lease_ttl()
+    }
+
+    /// A lease's remaining TTL (by the leader's clock), granted TTL and, if asked, its keys.
+    pub async fn lease_time_to_live(
+        &self,
+        request: LeaseTimeToLiveRequest,
+    ) -> Result<LeaseTimeToLiveResponse, NodeError> {
+        let id = request.id;
+        let with_keys = request.keys;
+        let ttl = self
+            .on_leader(LeaderCall::LeaseTimeToLive(request))
+            .await?
+            .lease_ttl()?;
+        let (granted_ttl, keys) = self.raft.read(|m| match m.app.mvcc.lease(id) {
+            Some(lease) => (lease.granted_ttl, lease.keys.iter().map(|k| k.to_vec()).collect()),
+            None => (0, vec![]),
+        });
+        Ok(LeaseTimeToLiveResponse {
+            header: None,
+            id,
+            ttl,
+            granted_ttl,
+            keys: if with_keys { keys } else { vec![] },
+        })
+    }
+
+    /// Every lease this member's store holds.
+    pub fn leases(&self) -> Vec<LeaseStatus> {
+        self.raft
+            .read(|m| m.app.mvcc.leases().map(|(id, _)| LeaseStatus { id }).collect())
+    }
+
     /// Renews a lease on the leader; the renewed TTL, or 0 if the lease does not exist.
-    pub fn lease_renew_here(&self, id: i64) -> Result<i64, NodeError> {
-        if !self.is_leader() {
+    pub(super) fn lease_renew_here(&self, id: i64) -> Result<i64, NodeError> {
+        if !self.raft.is_leader() {
             return Err(NodeError::NotLeader);
         }
-        let Some(ttl) = self.read_machine(|m| m.app.mvcc.lease(id).map(|l| l.granted_ttl)) else {
+        let Some(ttl) = self.raft.read(|m| m.app.mvcc.lease(id).map(|l| l.granted_ttl)) else {
             return Ok(0);
         };
         let mut state = self.lessor.lock();
@@ -58,11 +120,11 @@ impl Node {
     }
 
     /// Seconds left on a lease by the leader's clock; -1 if the lease does not exist.
-    pub fn lease_remaining_here(&self, id: i64) -> Result<i64, NodeError> {
-        if !self.is_leader() {
+    pub(super) fn lease_remaining_here(&self, id: i64) -> Result<i64, NodeError> {
+        if !self.raft.is_leader() {
             return Err(NodeError::NotLeader);
         }
-        let Some(ttl) = self.read_machine(|m| m.app.mvcc.lease(id).map(|l| l.granted_ttl)) else {
+        let Some(ttl) = self.raft.read(|m| m.app.mvcc.lease(id).map(|l| l.granted_ttl)) else {
             return Ok(-1);
         };
         let state = self.lessor.lock();
@@ -74,15 +136,16 @@ impl Node {
 
     /// One pass of the leader's expiry check: returns the leases that ran out.
     fn expired_leases(&self) -> Vec<i64> {
-        let metrics = self.raft_metrics();
+        let metrics = self.raft.metrics();
         let mut state = self.lessor.lock();
         if metrics.state != openraft::ServerState::Leader {
             *state = LessorState::default();
             return vec![];
         }
         let now = Instant::now();
-        let leases: Vec<(i64, i64)> =
-            self.read_machine(|m| m.app.mvcc.leases().map(|(id, l)| (id, l.granted_ttl)).collect());
+        let leases: Vec<(i64, i64)> = self
+            .raft
+            .read(|m| m.app.mvcc.leases().map(|(id, l)| (id, l.granted_ttl)).collect());
         if state.term != Some(metrics.current_term) {
             state.term = Some(metrics.current_term);
             state.deadlines.clear();
@@ -117,7 +180,7 @@ pub async fn run(node: Arc<Node>) {
             let request = RaftRequest {
                 request: Some(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id })),
             };
-            match node.propose_here(request).await {
+            match node.raft.propose(request).await {
                 Ok(_) => tracing::debug!(lease = %format!("{id:x}"), "lease expired and revoked"),
                 Err(error) => {
                     tracing::warn!(lease = %format!("{id:x}"), %error, "revoking an expired lease failed; will retry");

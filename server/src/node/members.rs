@@ -2,16 +2,46 @@
 //! reconfiguration checks, and the member list as clients see it.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use openraft::ChangeMembers;
 
-use super::{Node, NodeError, REQUEST_TIMEOUT};
+use super::leader::LeaderCall;
+use super::{Node, NodeError};
 use crate::PeerNode;
 use crate::bootstrap::identity;
-use crate::network::{ForwardError, MemberChange, PeerAnswer, PeerCall};
-use crate::pb::cairnpb::{MemberRemoved, RaftRequest, raft_request};
-use crate::pb::etcdserverpb::Member;
+use crate::pb::etcdserverpb::{
+    Member, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
+};
+
+/// A membership change, as the leader runs it.
+#[derive(Debug, Clone)]
+enum MemberChange {
+    Add {
+        id: u64,
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    Remove {
+        id: u64,
+    },
+    Promote {
+        id: u64,
+    },
+    Update {
+        id: u64,
+        peer_urls: Vec<String>,
+    },
+}
+
+/// Peer URLs as a membership change may use them (etcd's ErrMemberBadURLs otherwise).
+fn checked_urls(peer_urls: &[String]) -> Result<Vec<String>, NodeError> {
+    let mut checked = Vec::new();
+    for url in peer_urls {
+        checked.push(crate::config::check_peer_url(url).map_err(|_| NodeError::MemberBadUrls)?);
+    }
+    Ok(checked)
+}
 
 /// etcd's `--max-learners` default.
 const MAX_LEARNERS: usize = 1;
@@ -25,10 +55,10 @@ fn quorum(voters: usize) -> usize {
 impl Node {
     /// The member list: Raft's latest membership, with the names and client URLs members published.
     pub fn members(&self) -> Vec<Member> {
-        let metrics = self.raft_metrics();
+        let metrics = self.raft.metrics();
         let membership = metrics.membership_config.membership();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
-        let attributes = self.read_machine(|m| m.app.members.clone());
+        let attributes = self.raft.read(|m| m.app.members.clone());
         membership
             .nodes()
             .map(|(id, node)| {
@@ -60,12 +90,53 @@ impl Node {
         active
     }
 
-    /// Adds a member: computes its ID the etcd way, checks the request, then runs it on the leader.
+    /// Adds a member (a learner if `learner`); answers with its new ID.
     pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<u64, NodeError> {
-        let mut checked = Vec::new();
-        for url in &peer_urls {
-            checked.push(crate::config::check_peer_url(url).map_err(|_| NodeError::MemberBadUrls)?);
+        let request = MemberAddRequest {
+            peer_ur_ls: peer_urls,
+            is_learner: learner,
+        };
+        self.member_change(LeaderCall::MemberAdd(request)).await
+    }
+
+    pub async fn member_remove(&self, id: u64) -> Result<(), NodeError> {
+        self.member_change(LeaderCall::MemberRemove(MemberRemoveRequest { id }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn member_promote(&self, id: u64) -> Result<(), NodeError> {
+        self.member_change(LeaderCall::MemberPromote(MemberPromoteRequest { id }))
+            .await
+            .map(drop)
+    }
+
+    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<(), NodeError> {
+        let peer_urls = checked_urls(&peer_urls)?;
+        let request = MemberUpdateRequest {
+            id,
+            peer_ur_ls: peer_urls,
+        };
+        self.member_change(LeaderCall::MemberUpdate(request))
+            .await
+            .map(drop)
+    }
+
+    async fn member_change(&self, call: LeaderCall) -> Result<u64, NodeError> {
+        let answer = self.on_leader(call).await?;
+        let forwarded = answer.forwarded;
+        let id = answer.member_id()?;
+        if forwarded {
+            // Like etcd, answer with a member list that already holds the change: the leader has
+            // committed it, this member may not have received it yet.
+            self.linearizable_barrier().await?;
         }
+        Ok(id)
+    }
+
+    /// Adds a member on the leader: checks its URLs and computes its ID the etcd way.
+    pub(super) async fn member_add_here(&self, request: MemberAddRequest) -> Result<u64, NodeError> {
+        let checked = checked_urls(&request.peer_ur_ls)?;
         if checked.is_empty() {
             return Err(NodeError::MemberBadUrls);
         }
@@ -73,40 +144,42 @@ impl Node {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let id = identity::member_id(&checked, &self.config.token, Some(now));
-        self.member_change(MemberChange::Add {
+        self.member_change_here(MemberChange::Add {
             id,
             peer_urls: checked,
-            learner,
+            learner: request.is_learner,
         })
         .await?;
         Ok(id)
     }
 
-    pub async fn member_change(&self, change: MemberChange) -> Result<(), NodeError> {
-        if self.is_leader() {
-            match self.member_change_here(change.clone()).await {
-                Err(NodeError::NotLeader) => {}
-                other => return other,
-            }
-        }
-        match self
-            .call_leader(&PeerCall::MemberChange(change), Instant::now() + REQUEST_TIMEOUT)
-            .await?
-        {
-            // Like etcd, answer with a member list that already holds the change: the leader has
-            // committed it, this member may not have received it yet.
-            PeerAnswer::MemberChanged => self.linearizable_barrier().await,
-            PeerAnswer::Failed(ForwardError::Node(error)) => Err(error),
-            _ => Err(NodeError::Internal("leader answered a different call".into())),
-        }
+    pub(super) async fn member_remove_here(&self, id: u64) -> Result<u64, NodeError> {
+        self.member_change_here(MemberChange::Remove { id })
+            .await
+            .map(|()| id)
+    }
+
+    pub(super) async fn member_promote_here(&self, id: u64) -> Result<u64, NodeError> {
+        self.member_change_here(MemberChange::Promote { id })
+            .await
+            .map(|()| id)
+    }
+
+    pub(super) async fn member_update_here(&self, request: MemberUpdateRequest) -> Result<u64, NodeError> {
+        let peer_urls = checked_urls(&request.peer_ur_ls)?;
+        let id = request.id;
+        self.member_change_here(MemberChange::Update { id, peer_urls })
+            .await
+            .map(|()| id)
     }
 
     /// Runs a membership change on this member, which must lead.
-    pub async fn member_change_here(&self, change: MemberChange) -> Result<(), NodeError> {
-        if !self.is_leader() {
+    async fn member_change_here(&self, change: MemberChange) -> Result<(), NodeError> {
+        if !self.raft.is_leader() {
             return Err(NodeError::NotLeader);
         }
-        let metrics = self.raft_metrics();
+        let metrics = self.raft.metrics();
+        let raft = self.raft.raft();
         let membership = metrics.membership_config.membership().clone();
         let voters: BTreeSet<u64> = membership.voter_ids().collect();
         let nodes: BTreeMap<u64, PeerNode> = membership.nodes().map(|(id, n)| (*id, n.clone())).collect();
@@ -140,13 +213,11 @@ impl Node {
                         return Err(NodeError::NotEnoughStarted);
                     }
                 }
-                self.raft
-                    .add_learner(id, PeerNode { peer_urls }, false)
+                raft.add_learner(id, PeerNode { peer_urls }, false)
                     .await
                     .map_err(|e| raft_error(e.to_string()))?;
                 if !learner {
-                    self.raft
-                        .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
                         .await
                         .map_err(|e| raft_error(e.to_string()))?;
                 }
@@ -161,20 +232,14 @@ impl Node {
                     if remaining.is_empty() || started_remaining < quorum(remaining.len()) {
                         return Err(NodeError::NotEnoughStarted);
                     }
-                    self.raft
-                        .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                    raft.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
                         .await
                         .map_err(|e| raft_error(e.to_string()))?;
                 } else {
-                    self.raft
-                        .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    raft.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
                         .await
                         .map_err(|e| raft_error(e.to_string()))?;
                 }
-                let removed = RaftRequest {
-                    request: Some(raft_request::Request::MemberRemoved(MemberRemoved { id })),
-                };
-                self.propose(removed).await?;
             }
             MemberChange::Promote { id } => {
                 if voters.contains(&id) {
@@ -192,8 +257,7 @@ impl Node {
                 if (matched as f64) < (leader_last as f64) * LEARNER_READY_PERCENT {
                     return Err(NodeError::LearnerNotReady);
                 }
-                self.raft
-                    .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), true)
                     .await
                     .map_err(|e| raft_error(e.to_string()))?;
             }
@@ -207,45 +271,14 @@ impl Node {
                 {
                     return Err(NodeError::PeerUrlExists);
                 }
-                self.raft
-                    .change_membership(
-                        ChangeMembers::SetNodes(BTreeMap::from([(id, PeerNode { peer_urls })])),
-                        true,
-                    )
-                    .await
-                    .map_err(|e| raft_error(e.to_string()))?;
+                raft.change_membership(
+                    ChangeMembers::SetNodes(BTreeMap::from([(id, PeerNode { peer_urls })])),
+                    true,
+                )
+                .await
+                .map_err(|e| raft_error(e.to_string()))?;
             }
         }
-        Ok(())
-    }
-
-    /// Hands leadership to `target` (etcd's MoveLeader); must run on the leader.
-    pub async fn move_leader(&self, target: u64) -> Result<(), NodeError> {
-        if !self.is_leader() {
-            return Err(NodeError::NotLeader);
-        }
-        let metrics = self.raft_metrics();
-        if target == self.member_id {
-            return Ok(());
-        }
-        if !metrics
-            .membership_config
-            .membership()
-            .voter_ids()
-            .any(|v| v == target)
-        {
-            return Err(NodeError::BadLeaderTransferee);
-        }
-        self.raft
-            .trigger()
-            .transfer_leader(target)
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        self.raft
-            .wait(Some(REQUEST_TIMEOUT))
-            .metrics(|m| m.current_leader == Some(target), "leader transfer")
-            .await
-            .map_err(|_| NodeError::Timeout)?;
         Ok(())
     }
 }

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::error::node_status;
-use crate::network::MemberChange;
 use crate::node::Node;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
 use crate::pb::etcdserverpb::{
@@ -55,10 +54,7 @@ impl Cluster for ClusterService {
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         let id = request.into_inner().id;
-        self.node
-            .member_change(MemberChange::Remove { id })
-            .await
-            .map_err(node_status)?;
+        self.node.member_remove(id).await.map_err(node_status)?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.node.members(),
@@ -70,18 +66,8 @@ impl Cluster for ClusterService {
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
         let request = request.into_inner();
-        let mut peer_urls = Vec::new();
-        for url in &request.peer_ur_ls {
-            peer_urls.push(
-                crate::config::check_peer_url(url)
-                    .map_err(|_| node_status(crate::node::NodeError::MemberBadUrls))?,
-            );
-        }
         self.node
-            .member_change(MemberChange::Update {
-                id: request.id,
-                peer_urls,
-            })
+            .member_update(request.id, request.peer_ur_ls)
             .await
             .map_err(node_status)?;
         Ok(Response::new(MemberUpdateResponse {
@@ -108,10 +94,7 @@ impl Cluster for ClusterService {
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
         let id = request.into_inner().id;
-        self.node
-            .member_change(MemberChange::Promote { id })
-            .await
-            .map_err(node_status)?;
+        self.node.member_promote(id).await.map_err(node_status)?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.node.members(),

@@ -2,18 +2,8 @@
 
 use tonic::{Code, Status};
 
-use crate::mvcc::{MvccError, TxnCheckError};
+use crate::mvcc::MvccError;
 use crate::node::NodeError;
-
-pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
-pub const REQUEST_TOO_LARGE: &str = "etcdserver: request is too large";
-pub const INVALID_SORT_OPTION: &str = "etcdserver: invalid sort option";
-pub const VALUE_PROVIDED: &str = "etcdserver: value is provided";
-pub const LEASE_PROVIDED: &str = "etcdserver: lease is provided";
-
-pub fn invalid(message: &str) -> Status {
-    Status::new(Code::InvalidArgument, message)
-}
 
 pub fn mvcc_status(error: MvccError) -> Status {
     let code = match error {
@@ -25,10 +15,6 @@ pub fn mvcc_status(error: MvccError) -> Status {
         MvccError::Corrupt => Code::DataLoss,
     };
     Status::new(code, error.to_string())
-}
-
-pub fn txn_status(error: TxnCheckError) -> Status {
-    invalid(&error.to_string())
 }
 
 pub fn node_status(error: NodeError) -> Status {
@@ -46,7 +32,8 @@ pub fn node_status(error: NodeError) -> Status {
         | NodeError::TooManyLearners
         | NodeError::BadLeaderTransferee
         | NodeError::NotSupportedForLearner => Code::FailedPrecondition,
-        NodeError::MemberBadUrls => Code::InvalidArgument,
+        NodeError::InvalidRequest(_) | NodeError::MemberBadUrls => Code::InvalidArgument,
+        NodeError::NotForwardable(_) => Code::PermissionDenied,
         NodeError::MemberNotFound => Code::NotFound,
         NodeError::Internal(_) => Code::Unknown,
     };

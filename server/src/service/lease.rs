@@ -1,50 +1,23 @@
 //! etcd's Lease service. Grants and revokes go through the log; renewals and remaining TTLs are the
-//! leader's to answer (followers forward them).
+//! leader's to answer (the node forwards them).
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::node_status;
-use super::kv::propose;
-use crate::mvcc::MAX_LEASE_TTL;
-use crate::network::{ForwardError, PeerAnswer, PeerCall};
-use crate::node::{Node, NodeError};
-use crate::pb::cairnpb::{raft_request, raft_response};
+use crate::node::Node;
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseLeasesRequest,
-    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus, LeaseTimeToLiveRequest,
+    LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseTimeToLiveRequest,
     LeaseTimeToLiveResponse,
 };
 
 pub struct LeaseService {
     pub node: Arc<Node>,
-}
-
-/// Asks the leader (this member or another) a lease question.
-async fn at_leader(
-    node: &Node,
-    call: PeerCall,
-    here: impl Fn(&Node) -> Result<i64, NodeError>,
-) -> Result<i64, NodeError> {
-    if node.is_leader() {
-        match here(node) {
-            Err(NodeError::NotLeader) => {}
-            other => return other,
-        }
-    }
-    match node
-        .call_leader_public(&call, Instant::now() + std::time::Duration::from_secs(5))
-        .await?
-    {
-        PeerAnswer::LeaseTtl(ttl) => Ok(ttl),
-        PeerAnswer::Failed(ForwardError::Node(error)) => Err(error),
-        _ => Err(NodeError::Internal("leader answered a different call".into())),
-    }
 }
 
 #[tonic::async_trait]
@@ -53,28 +26,11 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let mut request = request.into_inner();
-        if request.ttl > MAX_LEASE_TTL {
-            return Err(node_status(NodeError::Mvcc(
-                crate::mvcc::MvccError::LeaseTtlTooLarge,
-            )));
-        }
-        // The ID and the minimum TTL are settled before proposing, so every member applies the same.
-        request.ttl = request.ttl.max(self.node.lessor.min_ttl);
-        super::kv::check_quota(&self.node, 0).await?;
-        if request.id == 0 {
-            request.id = (rand::random::<u64>() >> 1).max(1) as i64;
-        }
-        let (mut response, revision) =
-            propose(
-                &self.node,
-                raft_request::Request::LeaseGrant(request),
-                |r| match r {
-                    raft_response::Response::LeaseGrant(grant) => Some(grant),
-                    _ => None,
-                },
-            )
-            .await?;
+        let (mut response, revision) = self
+            .node
+            .lease_grant(request.into_inner())
+            .await
+            .map_err(node_status)?;
         response.header = Some(self.node.header(revision));
         Ok(Response::new(response))
     }
@@ -83,16 +39,11 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let request = request.into_inner();
-        let (_, revision) = propose(
-            &self.node,
-            raft_request::Request::LeaseRevoke(request),
-            |r| match r {
-                raft_response::Response::LeaseRevoke(revoke) => Some(revoke),
-                _ => None,
-            },
-        )
-        .await?;
+        let revision = self
+            .node
+            .lease_revoke(request.into_inner())
+            .await
+            .map_err(node_status)?;
         Ok(Response::new(LeaseRevokeResponse {
             header: Some(self.node.header(revision)),
         }))
@@ -109,15 +60,11 @@ impl Lease for LeaseService {
         let responses = requests.then(move |item| {
             let node = node.clone();
             async move {
-                let request = item?;
-                let ttl = at_leader(&node, PeerCall::LeaseKeepAlive(request.id), |n| {
-                    n.lease_renew_here(request.id)
-                })
-                .await
-                .map_err(node_status)?;
+                let id = item?.id;
+                let ttl = node.lease_keep_alive(id).await.map_err(node_status)?;
                 Ok(LeaseKeepAliveResponse {
                     header: Some(node.header(node.revision())),
-                    id: request.id,
+                    id,
                     ttl,
                 })
             }
@@ -129,35 +76,22 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let request = request.into_inner();
-        let ttl = at_leader(&self.node, PeerCall::LeaseTimeToLive(request.id), |n| {
-            n.lease_remaining_here(request.id)
-        })
-        .await
-        .map_err(node_status)?;
-        let (granted_ttl, keys) = self.node.read_machine(|m| match m.app.mvcc.lease(request.id) {
-            Some(lease) => (lease.granted_ttl, lease.keys.iter().map(|k| k.to_vec()).collect()),
-            None => (0, vec![]),
-        });
-        Ok(Response::new(LeaseTimeToLiveResponse {
-            header: Some(self.node.header(self.node.revision())),
-            id: request.id,
-            ttl,
-            granted_ttl,
-            keys: if request.keys { keys } else { vec![] },
-        }))
+        let mut response = self
+            .node
+            .lease_time_to_live(request.into_inner())
+            .await
+            .map_err(node_status)?;
+        response.header = Some(self.node.header(self.node.revision()));
+        Ok(Response::new(response))
     }
 
     async fn lease_leases(
         &self,
         _: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let leases = self
-            .node
-            .read_machine(|m| m.app.mvcc.leases().map(|(id, _)| LeaseStatus { id }).collect());
         Ok(Response::new(LeaseLeasesResponse {
             header: Some(self.node.header(self.node.revision())),
-            leases,
+            leases: self.node.leases(),
         }))
     }
 }

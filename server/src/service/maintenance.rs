@@ -7,15 +7,13 @@ use futures::Stream;
 use sha2::{Digest, Sha256};
 use tonic::{Request, Response, Status};
 
-use super::error::{mvcc_status, node_status};
-use super::kv::propose;
-use crate::node::{ETCD_API_VERSION, Node, NodeError};
-use crate::pb::cairnpb::{raft_request, raft_response};
+use super::error::node_status;
+use crate::node::{ETCD_API_VERSION, Node};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest, DowngradeResponse,
     HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
-    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse, alarm_request::AlarmAction,
+    SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
 };
 
 pub struct MaintenanceService {
@@ -43,17 +41,7 @@ pub fn snapshot_bytes(state: &[u8]) -> Vec<u8> {
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let request = request.into_inner();
-        let alarms = if request.action == AlarmAction::Get as i32 {
-            self.node.read_machine(|m| m.app.alarm_members())
-        } else {
-            let (response, _) = propose(&self.node, raft_request::Request::Alarm(request), |r| match r {
-                raft_response::Response::Alarm(alarm) => Some(alarm),
-                _ => None,
-            })
-            .await?;
-            response.alarms
-        };
+        let alarms = self.node.alarm(request.into_inner()).await.map_err(node_status)?;
         Ok(Response::new(AlarmResponse {
             header: Some(self.node.header(self.node.revision())),
             alarms,
@@ -61,32 +49,9 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let metrics = self.node.raft_metrics();
-        let (revision, db_size, alarms) = self.node.read_machine(|m| {
-            (
-                m.app.mvcc.revision(),
-                m.app.mvcc.footprint() as i64,
-                m.app.alarm_members(),
-            )
-        });
-        let errors = alarms
-            .iter()
-            .map(|a| format!("memberID:{} alarm:{:?} ", a.member_id, a.alarm()))
-            .collect();
-        Ok(Response::new(StatusResponse {
-            header: Some(self.node.header(revision)),
-            version: ETCD_API_VERSION.into(),
-            db_size,
-            leader: metrics.current_leader.unwrap_or(0),
-            raft_index: metrics.last_log_index.unwrap_or(0),
-            raft_term: metrics.current_term,
-            raft_applied_index: metrics.last_applied.map_or(0, |l| l.index),
-            errors,
-            db_size_in_use: db_size,
-            is_learner: self.node.is_learner(),
-            storage_version: ETCD_API_VERSION.into(),
-            db_size_quota: self.node.config.quota_bytes as i64,
-        }))
+        let (mut status, revision) = self.node.status();
+        status.header = Some(self.node.header(revision));
+        Ok(Response::new(status))
     }
 
     async fn defragment(
@@ -101,10 +66,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let (hash, revision) = self
-            .node
-            .read_machine(|m| m.app.mvcc.hash_kv(0))
-            .map_err(mvcc_status)?;
+        let (hash, revision, _) = self.node.hash_kv(0).map_err(node_status)?;
         Ok(Response::new(HashResponse {
             header: Some(self.node.header(revision)),
             hash,
@@ -113,15 +75,7 @@ impl Maintenance for MaintenanceService {
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
         let revision = request.into_inner().revision;
-        let (hash, hash_revision, compact_revision) = self
-            .node
-            .read_machine(|m| {
-                m.app
-                    .mvcc
-                    .hash_kv(revision)
-                    .map(|(h, r)| (h, r, m.app.mvcc.compacted_revision()))
-            })
-            .map_err(mvcc_status)?;
+        let (hash, hash_revision, compact_revision) = self.node.hash_kv(revision).map_err(node_status)?;
         Ok(Response::new(HashKvResponse {
             header: Some(self.node.header(self.node.revision())),
             hash,
@@ -133,10 +87,7 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let (state, revision) = self
-            .node
-            .read_machine(|m| postcard::to_stdvec(m).map(|bytes| (bytes, m.app.mvcc.revision())))
-            .map_err(|e| node_status(NodeError::Internal(e.to_string())))?;
+        let (state, revision) = self.node.snapshot_state().map_err(node_status)?;
         let bytes = snapshot_bytes(&state);
         let header = self.node.header(revision);
         let total = bytes.len();

@@ -1,102 +1,182 @@
-//! The peer plane's server side (port 2380, for cluster members only, never for clients): refuses
-//! calls from another cluster, then hands each call to Raft or the node.
+//! The peer plane's server side (port 2380, for cluster members only, never for clients): admits a
+//! call by its metadata before its message is read, then hands Raft RPCs to Raft and forwarded
+//! requests to the node. Messages over the size limit are refused by gRPC before decoding.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tonic::{Request, Response, Status};
+use axum::Router;
+use axum::extract::{Request as HttpRequest, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response as HttpResponse};
+use futures::StreamExt;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status, Streaming};
 
-use crate::network::{ForwardError, PeerAnswer, PeerCall};
-use crate::node::{Node, NodeError};
-use crate::pb::cairnpb::peer_server::Peer;
-use crate::pb::cairnpb::{PeerReply, PeerRequest};
+use crate::network::convert::{self, Malformed};
+use crate::network::protocol::{self, Caller, MAX_VERSION, MIN_VERSION};
+use crate::node::Node;
+use crate::pb::peerpb;
+use crate::pb::peerpb::peer_server::{Peer, PeerServer};
 
 pub struct PeerService {
     pub node: Arc<Node>,
 }
 
-fn refused(error: NodeError) -> PeerAnswer {
-    match error {
-        NodeError::NotLeader => PeerAnswer::Failed(ForwardError::NotLeader),
-        other => PeerAnswer::Failed(ForwardError::Node(other)),
+/// The peer port's router: admission in front of the peer service, with the message size limit.
+pub fn router(node: Arc<Node>) -> Router {
+    let limit = protocol::message_limit(node.config.max_request_bytes);
+    let service = PeerServer::new(PeerService { node: node.clone() })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+    Routes::new(service)
+        .into_axum_router()
+        .layer(axum::middleware::from_fn_with_state(node, admit))
+}
+
+/// Refuses a call from another cluster or in an unknown protocol version before reading its body.
+async fn admit(State(node): State<Arc<Node>>, mut request: HttpRequest, next: Next) -> HttpResponse {
+    match protocol::admit(request.uri().path(), request.headers(), node.cluster_id) {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refusal) => {
+            tracing::warn!(path = request.uri().path(), %refusal, "refused a peer request");
+            Status::failed_precondition(refusal.to_string())
+                .into_http::<axum::body::Body>()
+                .into_response()
+        }
     }
 }
 
-impl PeerService {
-    async fn dispatch(&self, call: PeerCall) -> PeerAnswer {
-        let raft = &self.node.raft;
-        let stopped = |e: openraft::error::RaftError<crate::TypeConfig>| {
-            PeerAnswer::Failed(ForwardError::Node(NodeError::Internal(e.to_string())))
-        };
-        match call {
-            PeerCall::AppendEntries(rpc) => raft
-                .append_entries(rpc)
-                .await
-                .map_or_else(stopped, PeerAnswer::AppendEntries),
-            PeerCall::Vote(rpc) => raft.vote(rpc).await.map_or_else(stopped, PeerAnswer::Vote),
-            PeerCall::PreVote(rpc) => raft.pre_vote(rpc).await.map_or_else(stopped, PeerAnswer::Vote),
-            PeerCall::Snapshot { vote, meta, data } => {
-                let snapshot = crate::Snapshot { meta, snapshot: data };
-                match raft.install_full_snapshot(vote, snapshot).await {
-                    Ok(response) => PeerAnswer::Snapshot(response),
-                    Err(error) => {
-                        PeerAnswer::Failed(ForwardError::Node(NodeError::Internal(error.to_string())))
-                    }
-                }
-            }
-            PeerCall::TransferLeader(request) => match raft.handle_transfer_leader(request).await {
-                Ok(response) => PeerAnswer::TransferLeader(response),
-                Err(error) => PeerAnswer::Failed(ForwardError::Node(NodeError::Internal(error.to_string()))),
-            },
-            PeerCall::Propose(request) => self
-                .node
-                .propose_here(request)
-                .await
-                .map_or_else(refused, PeerAnswer::Proposed),
-            PeerCall::ReadIndex => self
-                .node
-                .read_index_here()
-                .await
-                .map_or_else(refused, PeerAnswer::ReadIndex),
-            PeerCall::LeaseKeepAlive(id) => self
-                .node
-                .lease_renew_here(id)
-                .map_or_else(refused, PeerAnswer::LeaseTtl),
-            PeerCall::LeaseTimeToLive(id) => self
-                .node
-                .lease_remaining_here(id)
-                .map_or_else(refused, PeerAnswer::LeaseTtl),
-            PeerCall::ClusterInfo => PeerAnswer::ClusterInfo(self.node.cluster_info()),
-            PeerCall::MemberChange(change) => self
-                .node
-                .member_change_here(change)
-                .await
-                .map_or_else(refused, |()| PeerAnswer::MemberChanged),
-        }
-    }
+fn malformed(error: Malformed) -> Status {
+    Status::invalid_argument(error.to_string())
+}
+
+fn stopped(error: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("raft: {error}"))
+}
+
+fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .copied()
+        .ok_or_else(|| Status::failed_precondition("peer call was not admitted"))
 }
 
 #[tonic::async_trait]
 impl Peer for PeerService {
-    async fn call(&self, request: Request<PeerRequest>) -> Result<Response<PeerReply>, Status> {
-        let request = request.into_inner();
-        let call: PeerCall = postcard::from_bytes(&request.body)
-            .map_err(|e| Status::invalid_argument(format!("undecodable peer call: {e}")))?;
-        // Only a joining member, which does not know the cluster yet, may ask who is in it.
-        let may_be_anonymous = matches!(call, PeerCall::ClusterInfo) && request.cluster_id == 0;
-        if request.cluster_id != self.node.cluster_id && !may_be_anonymous {
-            tracing::warn!(
-                from = %format!("{:x}", request.from),
-                remote_cluster = %format!("{:x}", request.cluster_id),
-                local_cluster = %format!("{:x}", self.node.cluster_id),
-                "refused a peer request: cluster ID mismatch"
-            );
+    async fn hello(
+        &self,
+        request: Request<peerpb::HelloRequest>,
+    ) -> Result<Response<peerpb::HelloReply>, Status> {
+        let hello = request.into_inner();
+        let Some(version) = protocol::agree(hello.min_version, hello.max_version) else {
             return Err(Status::failed_precondition(format!(
-                "cluster ID mismatch: this member belongs to cluster {:x}, the request came from cluster {:x}",
-                self.node.cluster_id, request.cluster_id
+                "no common peer protocol version: the caller speaks {} to {}, this member {MIN_VERSION} to \
+                 {MAX_VERSION}",
+                hello.min_version, hello.max_version
             )));
+        };
+        Ok(Response::new(peerpb::HelloReply {
+            version,
+            cluster_id: self.node.cluster_id,
+            member_id: self.node.member_id,
+        }))
+    }
+
+    async fn cluster_info(
+        &self,
+        _: Request<peerpb::ClusterInfoRequest>,
+    ) -> Result<Response<peerpb::ClusterInfoReply>, Status> {
+        Ok(Response::new(self.node.cluster_info().into()))
+    }
+
+    async fn append_entries(
+        &self,
+        request: Request<peerpb::AppendEntriesRequest>,
+    ) -> Result<Response<peerpb::AppendEntriesReply>, Status> {
+        let rpc = convert::append_request_from(request.into_inner()).map_err(malformed)?;
+        let response = self.node.raft().append_entries(rpc).await.map_err(stopped)?;
+        Ok(Response::new(convert::append_reply_to(&response)))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<peerpb::VoteRequest>,
+    ) -> Result<Response<peerpb::VoteReply>, Status> {
+        let rpc = convert::vote_request_from(request.into_inner()).map_err(malformed)?;
+        let response = self.node.raft().vote(rpc).await.map_err(stopped)?;
+        Ok(Response::new(convert::vote_reply_to(&response)))
+    }
+
+    async fn pre_vote(
+        &self,
+        request: Request<peerpb::VoteRequest>,
+    ) -> Result<Response<peerpb::VoteReply>, Status> {
+        let rpc = convert::vote_request_from(request.into_inner()).map_err(malformed)?;
+        let response = self.node.raft().pre_vote(rpc).await.map_err(stopped)?;
+        Ok(Response::new(convert::vote_reply_to(&response)))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<peerpb::SnapshotChunk>>,
+    ) -> Result<Response<peerpb::SnapshotReply>, Status> {
+        let mut chunks: Pin<Box<Streaming<peerpb::SnapshotChunk>>> = Box::pin(request.into_inner());
+        let first = chunks
+            .next()
+            .await
+            .ok_or_else(|| Status::invalid_argument("snapshot stream is empty"))??;
+        let vote = convert::vote_from(first.vote, "snapshot vote").map_err(malformed)?;
+        let meta = convert::snapshot_meta_from(first.meta).map_err(malformed)?;
+        let mut data = first.data;
+        let mut done = first.done;
+        while !done {
+            let chunk = chunks
+                .next()
+                .await
+                .ok_or_else(|| Status::invalid_argument("snapshot stream ended before its last chunk"))??;
+            if chunk.vote.is_some() || chunk.meta.is_some() {
+                return Err(Status::invalid_argument(
+                    "snapshot metadata repeated after the first chunk",
+                ));
+            }
+            data.extend_from_slice(&chunk.data);
+            done = chunk.done;
         }
-        let answer = self.dispatch(call).await;
-        let body = postcard::to_stdvec(&answer).map_err(|e| Status::internal(e.to_string()))?;
-        Ok(Response::new(PeerReply { body }))
+        let snapshot = crate::Snapshot { meta, snapshot: data };
+        let response = self
+            .node
+            .raft()
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(stopped)?;
+        Ok(Response::new(convert::snapshot_reply_to(&response)))
+    }
+
+    async fn transfer_leader(
+        &self,
+        request: Request<peerpb::TransferLeaderRequest>,
+    ) -> Result<Response<peerpb::TransferLeaderReply>, Status> {
+        let rpc = convert::transfer_request_from(request.into_inner()).map_err(malformed)?;
+        let response = self
+            .node
+            .raft()
+            .handle_transfer_leader(rpc)
+            .await
+            .map_err(stopped)?;
+        Ok(Response::new(convert::transfer_reply_to(&response)))
+    }
+
+    async fn forward(
+        &self,
+        request: Request<peerpb::ForwardRequest>,
+    ) -> Result<Response<peerpb::ForwardReply>, Status> {
+        let from = caller(&request)?.member_id;
+        let reply = self.node.serve_forwarded(from, request.into_inner()).await;
+        Ok(Response::new(reply))
     }
 }

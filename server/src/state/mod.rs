@@ -52,6 +52,12 @@ impl AppState {
             .collect()
     }
 
+    /// A member left the cluster: it may never come back under the same ID.
+    pub fn record_removed(&mut self, id: u64) {
+        self.members.remove(&id);
+        self.removed.insert(id);
+    }
+
     /// Applies one entry. Refusals are answers, not failures: they go back to the client.
     pub fn apply(&mut self, request: &RaftRequest) -> RaftResponse {
         let outcome = self.apply_request(request);
@@ -134,9 +140,9 @@ impl AppState {
                 }
                 Response::Done(Default::default())
             }
+            // Written by earlier versions; removals are now recorded with the membership change.
             Request::MemberRemoved(removed) => {
-                self.members.remove(&removed.id);
-                self.removed.insert(removed.id);
+                self.record_removed(removed.id);
                 Response::Done(Default::default())
             }
         })

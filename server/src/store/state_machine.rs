@@ -106,6 +106,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 match entry.payload {
                     EntryPayload::Normal(request) => machine.app.apply(&request),
                     EntryPayload::Membership(membership) => {
+                        // A member that leaves the membership is removed for good, on every member
+                        // at the same entry.
+                        let gone: Vec<u64> = machine
+                            .last_membership
+                            .membership()
+                            .nodes()
+                            .map(|(id, _)| *id)
+                            .filter(|id| membership.get_node(id).is_none())
+                            .collect();
+                        for id in gone {
+                            machine.app.record_removed(id);
+                        }
                         machine.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                         RaftResponse {
                             response: None,

@@ -1,0 +1,86 @@
+//! Key-value requests (etcd's KV service): reads served from this member's store, after a read
+//! index unless serializable; writes checked, then committed through the leader.
+
+use super::leader::LeaderCall;
+use super::{Node, NodeError};
+use crate::pb::cairnpb::{RaftResponse, raft_response::Response};
+use crate::pb::etcdserverpb::{
+    CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, TxnRequest, TxnResponse,
+};
+
+/// The expected kind of answer, with the revision it was applied at.
+fn pick<T>(response: RaftResponse, kind: impl FnOnce(Response) -> Option<T>) -> Result<(T, i64), NodeError> {
+    let revision = response.revision;
+    response
+        .response
+        .and_then(kind)
+        .map(|answer| (answer, revision))
+        .ok_or_else(|| NodeError::Internal("unexpected state machine answer".into()))
+}
+
+impl Node {
+    /// Commits a client write through the leader, after the checks every write passes.
+    pub(super) async fn write(&self, call: LeaderCall) -> Result<RaftResponse, NodeError> {
+        self.limits.call(&call)?;
+        if self.raft.is_learner() {
+            return Err(NodeError::NotSupportedForLearner);
+        }
+        self.metrics.proposal_pending(1);
+        let answer = self.on_leader(call).await;
+        self.metrics.proposal_pending(-1);
+        self.metrics.proposal_done(answer.is_ok());
+        answer?.applied()
+    }
+
+    /// A range read; answers with the store's revision at the time of the read.
+    pub async fn range(&self, request: RangeRequest) -> Result<(RangeResponse, i64), NodeError> {
+        self.limits.range(&request)?;
+        if !request.serializable {
+            // Learners serve serializable reads only (etcd's isRPCSupportedForLearner).
+            if self.raft.is_learner() {
+                return Err(NodeError::NotSupportedForLearner);
+            }
+            self.linearizable_barrier().await?;
+        }
+        let response = self.raft.read(|m| m.app.mvcc.range(&request))?;
+        Ok((response, self.revision()))
+    }
+
+    pub async fn put(&self, request: PutRequest) -> Result<(PutResponse, i64), NodeError> {
+        let response = self.write(LeaderCall::Put(request)).await?;
+        pick(response, |r| match r {
+            Response::Put(put) => Some(put),
+            _ => None,
+        })
+    }
+
+    pub async fn delete_range(
+        &self,
+        request: DeleteRangeRequest,
+    ) -> Result<(DeleteRangeResponse, i64), NodeError> {
+        let response = self.write(LeaderCall::DeleteRange(request)).await?;
+        pick(response, |r| match r {
+            Response::DeleteRange(delete) => Some(delete),
+            _ => None,
+        })
+    }
+
+    pub async fn txn(&self, request: TxnRequest) -> Result<(TxnResponse, i64), NodeError> {
+        let response = self.write(LeaderCall::Txn(request)).await?;
+        pick(response, |r| match r {
+            Response::Txn(txn) => Some(txn),
+            _ => None,
+        })
+    }
+
+    /// Compacts history; answers with the revision the compaction was applied at.
+    pub async fn compact(&self, request: CompactionRequest) -> Result<i64, NodeError> {
+        let response = self.write(LeaderCall::Compaction(request)).await?;
+        pick(response, |r| match r {
+            Response::Compaction(compaction) => Some(compaction),
+            _ => None,
+        })
+        .map(|(_, revision)| revision)
+    }
+}

@@ -1,0 +1,129 @@
+//! Maintenance (etcd's Maintenance service and the HTTP endpoints): status, alarms, hashes, the
+//! store as a snapshot, health and metrics.
+
+use super::leader::LeaderCall;
+use super::{ETCD_API_VERSION, Node, NodeError};
+use crate::pb::cairnpb::raft_response::Response;
+use crate::pb::etcdserverpb::{AlarmMember, AlarmRequest, StatusResponse, alarm_request::AlarmAction};
+
+impl Node {
+    /// Gets, raises or disarms alarms; answers with the alarms in force.
+    pub async fn alarm(&self, request: AlarmRequest) -> Result<Vec<AlarmMember>, NodeError> {
+        if request.action == AlarmAction::Get as i32 {
+            return Ok(self.raft.read(|m| m.app.alarm_members()));
+        }
+        let response = self.write(LeaderCall::Alarm(request)).await?;
+        match response.response {
+            Some(Response::Alarm(alarm)) => Ok(alarm.alarms),
+            _ => Err(NodeError::Internal("unexpected state machine answer".into())),
+        }
+    }
+
+    /// This member's status, as etcd's Status reports it (header not set).
+    pub fn status(&self) -> (StatusResponse, i64) {
+        let metrics = self.raft.metrics();
+        let (revision, db_size, alarms) = self.raft.read(|m| {
+            (
+                m.app.mvcc.revision(),
+                m.app.mvcc.footprint() as i64,
+                m.app.alarm_members(),
+            )
+        });
+        let errors = alarms
+            .iter()
+            .map(|a| format!("memberID:{} alarm:{:?} ", a.member_id, a.alarm()))
+            .collect();
+        let status = StatusResponse {
+            header: None,
+            version: ETCD_API_VERSION.into(),
+            db_size,
+            leader: metrics.current_leader.unwrap_or(0),
+            raft_index: metrics.last_log_index.unwrap_or(0),
+            raft_term: metrics.current_term,
+            raft_applied_index: metrics.last_applied.map_or(0, |l| l.index),
+            errors,
+            db_size_in_use: db_size,
+            is_learner: self.raft.is_learner(),
+            storage_version: ETCD_API_VERSION.into(),
+            db_size_quota: self.config.quota_bytes as i64,
+        };
+        (status, revision)
+    }
+
+    /// The hash of the key space at `revision` (0: the latest), the revision hashed and the
+    /// compacted revision.
+    pub fn hash_kv(&self, revision: i64) -> Result<(u32, i64, i64), NodeError> {
+        let hashed = self.raft.read(|m| {
+            m.app
+                .mvcc
+                .hash_kv(revision)
+                .map(|(hash, at)| (hash, at, m.app.mvcc.compacted_revision()))
+        })?;
+        Ok(hashed)
+    }
+
+    /// The whole applied state, encoded, and the revision it holds.
+    pub fn snapshot_state(&self) -> Result<(Vec<u8>, i64), NodeError> {
+        self.raft
+            .read(|m| postcard::to_stdvec(m).map(|bytes| (bytes, m.app.mvcc.revision())))
+            .map_err(|e| NodeError::Internal(e.to_string()))
+    }
+
+    /// Hands leadership to `target` (etcd's MoveLeader); must run on the leader.
+    pub async fn move_leader(&self, target: u64) -> Result<(), NodeError> {
+        if !self.raft.is_leader() {
+            return Err(NodeError::NotLeader);
+        }
+        let metrics = self.raft.metrics();
+        if target == self.member_id {
+            return Ok(());
+        }
+        if !metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == target)
+        {
+            return Err(NodeError::BadLeaderTransferee);
+        }
+        let raft = self.raft.raft();
+        raft.trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        raft.wait(Some(super::REQUEST_TIMEOUT))
+            .metrics(|m| m.current_leader == Some(target), "leader transfer")
+            .await
+            .map_err(|_| NodeError::Timeout)?;
+        Ok(())
+    }
+
+    /// Healthy means: no alarm, a leader, and a linearizable read that succeeds. The error is the
+    /// reason, in etcd's words.
+    pub async fn health(&self) -> Result<(), String> {
+        let alarms = self.raft.read(|m| m.app.alarm_members());
+        if let Some(alarm) = alarms.first() {
+            return Err(format!("ALARM {:?}", alarm.alarm()));
+        }
+        if self.raft.leader_id().is_none() {
+            return Err("RAFT NO LEADER".into());
+        }
+        self.linearizable_barrier()
+            .await
+            .map_err(|e| format!("QUORUM READ FAILED: {e}"))
+    }
+
+    /// The member's metrics in Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let raft = self.raft.metrics();
+        let snapshot = crate::metrics::Snapshot {
+            has_leader: raft.current_leader.is_some(),
+            is_leader: raft.state == openraft::ServerState::Leader,
+            db_size_bytes: self.raft.read(|m| m.app.mvcc.footprint()),
+            applied_index: raft.last_applied.map_or(0, |l| l.index),
+            committed_index: raft.local_committed.map_or(0, |l| l.index),
+            term: raft.current_term,
+        };
+        self.metrics.render(&snapshot)
+    }
+}

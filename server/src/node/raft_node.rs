@@ -1,0 +1,103 @@
+//! Driving Raft (etcd's raftNode): the openraft instance, who leads, proposing and confirming
+//! reads on this member, and the shared state machine that applied entries land in. Knows
+//! nothing of clients or of forwarding.
+
+use std::time::Duration;
+
+use openraft::async_runtime::WatchReceiver;
+use openraft::{RaftMetrics, ReadPolicy, ServerState};
+
+use super::NodeError;
+use crate::TypeConfig;
+use crate::pb::cairnpb::{RaftRequest, RaftResponse};
+use crate::store::{Machine, SharedMachine, StateMachine};
+
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+pub struct RaftNode {
+    raft: Raft,
+    machine: SharedMachine,
+    /// How long a proposal or read may wait for Raft.
+    timeout: Duration,
+}
+
+impl RaftNode {
+    pub fn new(raft: Raft, machine: SharedMachine, timeout: Duration) -> RaftNode {
+        RaftNode {
+            raft,
+            machine,
+            timeout,
+        }
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn metrics(&self) -> RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    pub fn leader_id(&self) -> Option<u64> {
+        self.metrics().current_leader
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.metrics().state == ServerState::Leader
+    }
+
+    pub fn is_learner(&self) -> bool {
+        self.metrics().state == ServerState::Learner
+    }
+
+    /// Reads the applied state. Callers keep the closure short: apply waits for it.
+    pub fn read<T>(&self, read: impl FnOnce(&Machine) -> T) -> T {
+        read(&self.machine.read().expect("state machine lock poisoned"))
+    }
+
+    /// The first peer URL of `member` in the current membership.
+    pub fn peer_url_of(&self, member: u64) -> Option<String> {
+        self.metrics()
+            .membership_config
+            .membership()
+            .get_node(&member)
+            .and_then(|n| n.peer_urls.first().cloned())
+    }
+
+    /// Commits `request` on this member, which must lead; `NotLeader` otherwise.
+    pub async fn propose(&self, request: RaftRequest) -> Result<RaftResponse, NodeError> {
+        use openraft::error::ClientWriteError;
+        match tokio::time::timeout(self.timeout, self.raft.client_write(request)).await {
+            Err(_) => Err(NodeError::Timeout),
+            Ok(Ok(written)) => Ok(written.data),
+            Ok(Err(error)) => match error.into_api_error() {
+                Some(ClientWriteError::ForwardToLeader(_)) => Err(NodeError::NotLeader),
+                Some(_) => Err(NodeError::LeaderChanged),
+                None => Err(NodeError::Stopped),
+            },
+        }
+    }
+
+    /// The leader's read index: leadership confirmed with a quorum, and applied here.
+    pub async fn read_index(&self) -> Result<u64, NodeError> {
+        match tokio::time::timeout(self.timeout, self.raft.ensure_linearizable(ReadPolicy::ReadIndex)).await {
+            Err(_) => Err(NodeError::Timeout),
+            Ok(Ok(read)) => Ok(read.index()),
+            Ok(Err(error)) => match error.into_api_error() {
+                Some(openraft::error::LinearizableReadError::ForwardToLeader(_)) => Err(NodeError::NotLeader),
+                Some(_) => Err(NodeError::Timeout),
+                None => Err(NodeError::Stopped),
+            },
+        }
+    }
+
+    /// Waits until this member has applied the log through `index`.
+    pub async fn applied(&self, index: u64) -> Result<(), NodeError> {
+        self.raft
+            .wait(Some(self.timeout))
+            .applied_index_at_least(Some(index), "linearizable read")
+            .await
+            .map(|_| ())
+            .map_err(|_| NodeError::Timeout)
+    }
+}
