@@ -1,5 +1,6 @@
-//! Snapshot files: the serialized state machine with its Raft metadata, written atomically (temp
-//! file, fsync, rename, fsync of the directory) and checksummed, newest one kept.
+//! Snapshot files: the serialized state machine with its Raft metadata, opening with the file's
+//! format version, written atomically (temp file, fsync, rename, fsync of the directory) and
+//! checksummed, newest one kept.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -8,6 +9,12 @@ use std::path::{Path, PathBuf};
 use crate::SnapshotMeta;
 
 const SUFFIX: &str = ".snap";
+
+/// Every snapshot file this build writes opens with this magic and the format version, as a u32.
+const MAGIC: &[u8; 8] = b"CAIRNSNP";
+/// The snapshot format this build writes. Version 1 is the first release's: no header, the
+/// metadata length first. Both are read; what follows is the same.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 
 /// A snapshot as stored: Raft metadata plus the state machine bytes.
 pub struct SnapshotFile {
@@ -31,6 +38,8 @@ pub fn save(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     {
         let mut file = File::create(&tmp)?;
+        file.write_all(MAGIC)?;
+        file.write_all(&SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
         file.write_all(&(meta_bytes.len() as u64).to_le_bytes())?;
         file.write_all(&meta_bytes)?;
         file.write_all(data)?;
@@ -83,6 +92,26 @@ pub fn load_latest(dir: &Path) -> io::Result<Option<SnapshotFile>> {
             format!("snapshot {}: {what}", path.display()),
         )
     };
+    let start = if bytes.starts_with(MAGIC) {
+        let version = bytes
+            .get(MAGIC.len()..MAGIC.len() + 4)
+            .map(|v| u32::from_le_bytes(v.try_into().expect("four bytes")))
+            .ok_or_else(|| corrupt("truncated header"))?;
+        match version {
+            2 => MAGIC.len() + 4,
+            v if v > SNAPSHOT_FORMAT_VERSION => {
+                return Err(corrupt(&format!(
+                    "format version {v} is newer than this cairn reads (versions 1 to \
+                     {SNAPSHOT_FORMAT_VERSION}); start the member with the cairn release that wrote it, or a \
+                     newer one"
+                )));
+            }
+            v => return Err(corrupt(&format!("unknown format version {v}"))),
+        }
+    } else {
+        0
+    };
+    let bytes = &bytes[start..];
     if bytes.len() < 12 {
         return Err(corrupt("truncated"));
     }
@@ -103,4 +132,53 @@ pub fn load_latest(dir: &Path) -> io::Result<Option<SnapshotFile>> {
         meta,
         data: data.to_vec(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{LogId, StoredMembership};
+
+    fn meta(index: u64) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(LogId {
+                leader_id: openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 },
+                index,
+            }),
+            last_membership: StoredMembership::default(),
+        }
+    }
+
+    #[test]
+    fn files_open_with_their_format_version_and_first_release_files_still_load() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &meta(5), b"state").unwrap();
+        let written = fs::read(dir.path().join(file_name(&meta(5)))).unwrap();
+        assert_eq!(&written[..8], MAGIC);
+        assert_eq!(written[8..12], SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        let loaded = load_latest(dir.path()).unwrap().unwrap();
+        assert_eq!((loaded.meta, loaded.data), (meta(5), b"state".to_vec()));
+        // The same snapshot as the first release laid it out: no header.
+        let legacy = dir.path().join(file_name(&meta(6)));
+        fs::write(&legacy, &written[12..]).unwrap();
+        let loaded = load_latest(dir.path()).unwrap().unwrap();
+        assert_eq!(loaded.data, b"state".to_vec());
+    }
+
+    #[test]
+    fn a_file_from_a_newer_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &meta(5), b"state").unwrap();
+        let path = dir.path().join(file_name(&meta(5)));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+        fs::write(&path, &bytes).unwrap();
+        let error = load_latest(dir.path()).err().expect("a newer format is refused");
+        assert!(
+            error
+                .to_string()
+                .contains("format version 3 is newer than this cairn reads"),
+            "{error}"
+        );
+    }
 }

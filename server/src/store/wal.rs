@@ -1,6 +1,7 @@
-//! The write-ahead log on disk: checksummed records in numbered segment files. One writer thread
-//! batches whatever is queued, writes it, fsyncs once and only then reports the batch durable
-//! (group commit). Replay stops at a torn tail left by a crash and refuses real corruption.
+//! The write-ahead log on disk: checksummed records in numbered segment files, each opening with
+//! its format version. One writer thread batches whatever is queued, writes it, fsyncs once and
+//! only then reports the batch durable (group commit). Replay stops at a torn tail left by a crash,
+//! refuses real corruption, and refuses a segment written in a format newer than this build reads.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
@@ -11,6 +12,29 @@ use std::time::Instant;
 /// Segments roll over at this size; whole segments are deleted once every entry in them is purged.
 const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 const FRAME_HEADER: usize = 8;
+
+/// Every segment this build writes opens with this magic and the format version, as a u32.
+const SEGMENT_MAGIC: &[u8; 8] = b"CAIRNWAL";
+const SEGMENT_HEADER: usize = SEGMENT_MAGIC.len() + 4;
+/// The segment format this build writes. Version 1 is the first release's: segments with no
+/// header, records from the first byte. Both are read; the records inside are the same.
+pub const WAL_FORMAT_VERSION: u32 = 2;
+
+fn segment_header() -> [u8; SEGMENT_HEADER] {
+    let mut header = [0; SEGMENT_HEADER];
+    header[..SEGMENT_MAGIC.len()].copy_from_slice(SEGMENT_MAGIC);
+    header[SEGMENT_MAGIC.len()..].copy_from_slice(&WAL_FORMAT_VERSION.to_le_bytes());
+    header
+}
+
+/// Creates segment `path` with its header, durably.
+fn create_segment(path: &Path) -> io::Result<BufWriter<File>> {
+    let mut file = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    file.write_all(&segment_header())?;
+    file.flush()?;
+    file.get_ref().sync_data()?;
+    Ok(file)
+}
 
 /// A record to persist: its encoded bytes and, for entry records, the highest log index it holds.
 pub struct Record {
@@ -87,6 +111,42 @@ pub enum WalError {
          refusing to start rather than lose acknowledged writes"
     )]
     Corrupt { path: PathBuf, offset: u64 },
+    #[error(
+        "write-ahead log {path} is in format version {version}, newer than this cairn reads (versions 1 to \
+         {WAL_FORMAT_VERSION}); start the member with the cairn release that wrote it, or a newer one"
+    )]
+    NewerFormat { path: PathBuf, version: u32 },
+    #[error("write-ahead log {path} has an unknown format version {version}")]
+    UnknownFormat { path: PathBuf, version: u32 },
+}
+
+/// Whether `data` is a segment cut short while its header was being written.
+fn torn_header(data: &[u8]) -> bool {
+    !data.is_empty() && data.len() < SEGMENT_HEADER && SEGMENT_MAGIC.starts_with(&data[..data.len().min(8)])
+}
+
+/// Where the records of a segment begin, after checking its format version.
+fn records_start(path: &Path, data: &[u8]) -> Result<usize, WalError> {
+    if !data.starts_with(SEGMENT_MAGIC) {
+        // Version 1: no header.
+        return Ok(0);
+    }
+    let version = u32::from_le_bytes(
+        data[SEGMENT_MAGIC.len()..SEGMENT_HEADER]
+            .try_into()
+            .expect("header length checked"),
+    );
+    match version {
+        2 => Ok(SEGMENT_HEADER),
+        v if v > WAL_FORMAT_VERSION => Err(WalError::NewerFormat {
+            path: path.to_owned(),
+            version,
+        }),
+        _ => Err(WalError::UnknownFormat {
+            path: path.to_owned(),
+            version,
+        }),
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
@@ -141,7 +201,15 @@ impl Wal {
             File::open(&path)
                 .and_then(|mut f| f.read_to_end(&mut data))
                 .map_err(io_at(&path))?;
-            let mut offset = 0;
+            let is_last = position + 1 == seqs.len();
+            if is_last && torn_header(&data) {
+                // Created by a crash before it held anything: start it over as empty.
+                data.clear();
+                let file = OpenOptions::new().write(true).open(&path).map_err(io_at(&path))?;
+                file.set_len(0).map_err(io_at(&path))?;
+                file.sync_all().map_err(io_at(&path))?;
+            }
+            let mut offset = records_start(&path, &data)?;
             let mut max_index = None;
             while offset < data.len() {
                 match parse_frame(&data, offset) {
@@ -154,7 +222,6 @@ impl Wal {
                 }
             }
             if offset < data.len() {
-                let is_last = position + 1 == seqs.len();
                 if !is_last || tail_has_valid_frame(&data, offset) {
                     return Err(WalError::Corrupt {
                         path,
@@ -171,7 +238,7 @@ impl Wal {
         }
         let next_seq = seqs.last().map_or(0, |s| s + 1);
         let path = segment_path(dir, next_seq);
-        let file = File::create(&path).map_err(io_at(&path))?;
+        let file = create_segment(&path).map_err(io_at(&path))?;
         sync_dir(dir).map_err(io_at(dir))?;
         segments.push(Segment {
             seq: next_seq,
@@ -179,8 +246,8 @@ impl Wal {
         });
         let writer = Writer {
             dir: dir.to_owned(),
-            file: BufWriter::with_capacity(1 << 20, file),
-            size: 0,
+            file,
+            size: SEGMENT_HEADER as u64,
             segments,
             preamble: Vec::new(),
             purged_through: None,
@@ -306,7 +373,7 @@ impl Writer {
         if self.size >= SEGMENT_BYTES {
             let seq = self.segments.last().map_or(0, |s| s.seq + 1);
             let path = segment_path(&self.dir, seq);
-            let mut file = BufWriter::with_capacity(1 << 20, File::create(&path)?);
+            let mut file = create_segment(&path)?;
             for record in &self.preamble {
                 file.write_all(&frame(record))?;
             }
@@ -334,5 +401,76 @@ impl Writer {
             sync_dir(&self.dir)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Result<(Wal, Replayed), WalError> {
+        Wal::open(dir, |_| None, Box::new(|_| {}))
+    }
+
+    #[test]
+    fn segments_open_with_their_format_version_and_replay_across_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        // A first-release segment: records from the first byte.
+        let mut legacy = frame(b"old");
+        legacy.extend(frame(b"older"));
+        fs::write(segment_path(dir.path(), 0), &legacy).unwrap();
+        let (wal, replayed) = open(dir.path()).unwrap();
+        assert_eq!(replayed.records, vec![b"old".to_vec(), b"older".to_vec()]);
+        futures::executor::block_on(wal.write_durable(Record {
+            payload: b"new".to_vec(),
+            max_index: None,
+            purged_through: None,
+        }))
+        .unwrap();
+        drop(wal);
+        let written = fs::read(segment_path(dir.path(), 1)).unwrap();
+        assert_eq!(&written[..SEGMENT_HEADER], &segment_header());
+        let (_, replayed) = open(dir.path()).unwrap();
+        assert_eq!(
+            replayed.records,
+            vec![b"old".to_vec(), b"older".to_vec(), b"new".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_segment_from_a_newer_format_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut newer = SEGMENT_MAGIC.to_vec();
+        newer.extend(9u32.to_le_bytes());
+        newer.extend(frame(b"from the future"));
+        let path = segment_path(dir.path(), 0);
+        fs::write(&path, &newer).unwrap();
+        let error = open(dir.path()).err().expect("a newer format is refused");
+        assert!(
+            matches!(error, WalError::NewerFormat { version: 9, .. }),
+            "{error}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("format version 9, newer than this cairn reads"),
+            "{error}"
+        );
+        // Nothing was changed or appended.
+        assert_eq!(fs::read(&path).unwrap(), newer);
+        assert_eq!(list_segments(dir.path()).unwrap(), vec![0]);
+    }
+
+    #[test]
+    fn a_segment_cut_short_inside_its_header_holds_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(segment_path(dir.path(), 0), frame(b"kept")).unwrap();
+        fs::write(segment_path(dir.path(), 1), &SEGMENT_MAGIC[..5]).unwrap();
+        let (wal, replayed) = open(dir.path()).unwrap();
+        assert_eq!(replayed.records, vec![b"kept".to_vec()]);
+        drop(wal);
+        // Once a newer segment follows it, the repaired one still reads as empty.
+        let (_, replayed) = open(dir.path()).unwrap();
+        assert_eq!(replayed.records, vec![b"kept".to_vec()]);
     }
 }
