@@ -1,106 +1,104 @@
-//! The operator's metrics in Prometheus text format: whether this replica leads, reconciles, their
-//! errors by a bounded kind, their durations, and membership steps taken by kind.
+//! The operator's metrics in Prometheus text format (the `prometheus` crate): whether this replica
+//! leads, reconciles, their errors by a bounded kind, their durations, and membership steps taken
+//! by kind.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
 use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Upper bounds of the reconcile duration histogram, in seconds.
 const BUCKETS: [f64; 10] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-#[derive(Default)]
 pub struct Metrics {
-    inner: Mutex<Counts>,
+    registry: Registry,
+    /// Whether this replica holds the leader lease (and so reconciles).
+    leading: IntGauge,
+    reconciles: IntCounter,
+    /// By error kind; the kinds are a fixed set (`ReconcileError::kind`).
+    errors: IntCounterVec,
+    /// By step kind (`Step::kind`).
+    steps: IntCounterVec,
+    durations: Histogram,
 }
 
-#[derive(Default)]
-struct Counts {
-    /// Whether this replica holds the leader lease (and so reconciles).
-    leading: bool,
-    reconciles: u64,
-    /// By error kind; the kinds are a fixed set (`ReconcileError::kind`).
-    errors: BTreeMap<&'static str, u64>,
-    /// By step kind (`Step::kind`).
-    steps: BTreeMap<&'static str, u64>,
-    buckets: [u64; BUCKETS.len()],
-    duration_sum: f64,
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are distinct");
+    metric
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        let leading = IntGauge::new(
+            "cairn_operator_leader",
+            "Whether this replica leads (1) or stands by (0).",
+        )
+        .expect("valid metric");
+        let reconciles =
+            IntCounter::new("cairn_operator_reconciles_total", "Reconciles run.").expect("valid metric");
+        let errors = IntCounterVec::new(
+            Opts::new(
+                "cairn_operator_reconcile_errors_total",
+                "Reconciles that failed, by kind.",
+            ),
+            &["kind"],
+        )
+        .expect("valid metric");
+        let steps = IntCounterVec::new(
+            Opts::new(
+                "cairn_operator_membership_steps_total",
+                "Membership steps taken, by kind.",
+            ),
+            &["step"],
+        )
+        .expect("valid metric");
+        let durations = Histogram::with_opts(
+            HistogramOpts::new(
+                "cairn_operator_reconcile_duration_seconds",
+                "How long reconciles take.",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        Metrics {
+            leading: registered(&registry, leading),
+            reconciles: registered(&registry, reconciles),
+            errors: registered(&registry, errors),
+            steps: registered(&registry, steps),
+            durations: registered(&registry, durations),
+            registry,
+        }
+    }
 }
 
 impl Metrics {
     pub fn reconciled(&self, took: Duration, error: Option<&'static str>) {
-        let mut counts = self.lock();
-        counts.reconciles += 1;
+        self.reconciles.inc();
         if let Some(kind) = error {
-            *counts.errors.entry(kind).or_default() += 1;
+            self.errors.with_label_values(&[kind]).inc();
         }
-        let seconds = took.as_secs_f64();
-        counts.duration_sum += seconds;
-        for (bucket, bound) in counts.buckets.iter_mut().zip(BUCKETS) {
-            if seconds <= bound {
-                *bucket += 1;
-            }
-        }
+        self.durations.observe(took.as_secs_f64());
     }
 
     pub fn set_leading(&self, leading: bool) {
-        self.lock().leading = leading;
+        self.leading.set(i64::from(leading));
     }
 
     pub fn step_taken(&self, kind: &'static str) {
-        *self.lock().steps.entry(kind).or_default() += 1;
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
-        // A panic while counting leaves numbers that are still worth serving.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.steps.with_label_values(&[kind]).inc();
     }
 
     /// The text `/metrics` serves.
     pub fn render(&self) -> String {
-        let counts = self.lock();
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP cairn_operator_leader Whether this replica leads (1) or stands by (0)."
-        );
-        let _ = writeln!(out, "# TYPE cairn_operator_leader gauge");
-        let _ = writeln!(out, "cairn_operator_leader {}", u8::from(counts.leading));
-        let _ = writeln!(out, "# HELP cairn_operator_reconciles_total Reconciles run.");
-        let _ = writeln!(out, "# TYPE cairn_operator_reconciles_total counter");
-        let _ = writeln!(out, "cairn_operator_reconciles_total {}", counts.reconciles);
-        let _ = writeln!(
-            out,
-            "# HELP cairn_operator_reconcile_errors_total Reconciles that failed, by kind."
-        );
-        let _ = writeln!(out, "# TYPE cairn_operator_reconcile_errors_total counter");
-        for (kind, n) in &counts.errors {
-            let _ = writeln!(
-                out,
-                "cairn_operator_reconcile_errors_total{{kind=\"{kind}\"}} {n}"
-            );
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(%error, "encoding metrics failed");
         }
-        let _ = writeln!(
-            out,
-            "# HELP cairn_operator_membership_steps_total Membership steps taken, by kind."
-        );
-        let _ = writeln!(out, "# TYPE cairn_operator_membership_steps_total counter");
-        for (kind, n) in &counts.steps {
-            let _ = writeln!(
-                out,
-                "cairn_operator_membership_steps_total{{step=\"{kind}\"}} {n}"
-            );
-        }
-        let name = "cairn_operator_reconcile_duration_seconds";
-        let _ = writeln!(out, "# HELP {name} How long reconciles take.");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        for (n, bound) in counts.buckets.iter().zip(BUCKETS) {
-            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
-        }
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {}", counts.reconciles);
-        let _ = writeln!(out, "{name}_sum {}", counts.duration_sum);
-        let _ = writeln!(out, "{name}_count {}", counts.reconciles);
-        out
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 

@@ -269,44 +269,7 @@ fn is_tag(tag: &str) -> bool {
 
 /// A Kubernetes quantity as a whole number of bytes: `1Gi`, `500M`, `2e9`, `1.5Ki`, `4096`.
 pub fn parse_bytes(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    if number.is_empty() || number.matches('.').count() > 1 || number == "." {
-        return Err("expected a number, then an optional suffix such as Mi or G".into());
-    }
-    let multiplier: f64 = match suffix {
-        "" => 1.0,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        s if s.starts_with(['e', 'E']) => {
-            let exponent: i32 = s[1..].parse().map_err(|_| format!("bad exponent {s:?}"))?;
-            10f64.powi(exponent)
-        }
-        "m" => return Err("milli-units are not whole bytes".into()),
-        other => return Err(format!("unknown suffix {other:?}")),
-    };
-    let value: f64 = number.parse().map_err(|_| format!("bad number {number:?}"))?;
-    let bytes = value * multiplier;
-    if bytes.fract() != 0.0 {
-        return Err("not a whole number of bytes".into());
-    }
-    if bytes >= u64::MAX as f64 {
-        return Err("too large".into());
-    }
-    Ok(bytes as u64)
+    cairn_quantity::parse_bytes(text).map_err(|e| e.reason)
 }
 
 #[cfg(test)]

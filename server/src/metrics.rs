@@ -1,29 +1,33 @@
-//! Server metrics in Prometheus text format, named after etcd's where the meaning is the same so
-//! existing dashboards and `etcdctl check datascale` work.
+//! Server metrics in Prometheus text format (the `prometheus` crate), named after etcd's where the
+//! meaning is the same so existing dashboards and `etcdctl check datascale` work.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
 
 /// Upper bounds of the WAL fsync histogram, in seconds (etcd's buckets).
 const FSYNC_BUCKETS: [f64; 14] = [
     0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192,
 ];
 
-#[derive(Default)]
 pub struct Metrics {
-    leader_changes: AtomicU64,
-    proposals_committed: AtomicU64,
-    proposals_failed: AtomicU64,
-    proposals_pending: AtomicI64,
-    fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len()],
-    fsync_count: AtomicU64,
-    fsync_sum_micros: AtomicU64,
-    /// Handled gRPC requests by (path, code): both come from fixed sets (the served methods and
+    registry: Registry,
+    leader_changes: IntCounter,
+    proposals_committed: IntCounter,
+    proposals_failed: IntCounter,
+    proposals_pending: IntGauge,
+    wal_fsync: Histogram,
+    /// Handled gRPC requests by method and code: both come from fixed sets (the served methods and
     /// gRPC's codes), so the label cardinality is bounded.
-    grpc: Mutex<BTreeMap<(String, &'static str), u64>>,
+    grpc_handled: IntCounterVec,
+    has_leader: IntGauge,
+    is_leader: IntGauge,
+    applied_index: IntGauge,
+    committed_index: IntGauge,
+    term: IntGauge,
+    db_size_bytes: IntGauge,
 }
 
 /// Point-in-time figures the node supplies when metrics are rendered.
@@ -36,154 +40,140 @@ pub struct Snapshot {
     pub term: u64,
 }
 
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("metric names are distinct");
+    metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    registered(registry, IntCounter::new(name, help).expect("valid metric"))
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    registered(registry, IntGauge::new(name, help).expect("valid metric"))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new();
+        // Memory, CPU and file descriptors of this process, as every Prometheus client reports them.
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("metric names are distinct");
+        let wal_fsync = Histogram::with_opts(
+            HistogramOpts::new(
+                "etcd_disk_wal_fsync_duration_seconds",
+                "Latency of write-ahead log fsyncs.",
+            )
+            .buckets(FSYNC_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        let grpc_handled = IntCounterVec::new(
+            Opts::new(
+                "grpc_server_handled_total",
+                "gRPC requests handled, by method and code.",
+            ),
+            &["grpc_method", "grpc_code"],
+        )
+        .expect("valid metric");
+        Metrics {
+            leader_changes: counter(
+                &registry,
+                "etcd_server_leader_changes_seen_total",
+                "Leader changes seen.",
+            ),
+            proposals_committed: counter(
+                &registry,
+                "etcd_server_proposals_committed_total",
+                "Proposals committed and applied.",
+            ),
+            proposals_failed: counter(
+                &registry,
+                "etcd_server_proposals_failed_total",
+                "Proposals that failed.",
+            ),
+            proposals_pending: gauge(
+                &registry,
+                "etcd_server_proposals_pending",
+                "Proposals waiting for commit.",
+            ),
+            wal_fsync: registered(&registry, wal_fsync),
+            grpc_handled: registered(&registry, grpc_handled),
+            has_leader: gauge(
+                &registry,
+                "etcd_server_has_leader",
+                "Whether a leader exists (1) or not (0).",
+            ),
+            is_leader: gauge(
+                &registry,
+                "etcd_server_is_leader",
+                "Whether this member leads (1) or not (0).",
+            ),
+            applied_index: gauge(
+                &registry,
+                "etcd_server_proposals_applied_total",
+                "Index of the last applied entry.",
+            ),
+            committed_index: gauge(
+                &registry,
+                "etcd_server_committed_index",
+                "Index of the last committed entry.",
+            ),
+            term: gauge(&registry, "etcd_server_term", "Current Raft term."),
+            db_size_bytes: gauge(
+                &registry,
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Bytes held by the key space, history included.",
+            ),
+            registry,
+        }
+    }
+}
+
 impl Metrics {
     pub fn leader_changed(&self) {
-        self.leader_changes.fetch_add(1, Ordering::Relaxed);
+        self.leader_changes.inc();
     }
 
     pub fn proposal_pending(&self, delta: i64) {
-        self.proposals_pending.fetch_add(delta, Ordering::Relaxed);
+        self.proposals_pending.add(delta);
     }
 
     pub fn proposal_done(&self, ok: bool) {
-        let counter = if ok {
-            &self.proposals_committed
+        if ok {
+            self.proposals_committed.inc();
         } else {
-            &self.proposals_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            self.proposals_failed.inc();
+        }
     }
 
     pub fn observe_wal_fsync(&self, took: Duration) {
-        let seconds = took.as_secs_f64();
-        for (bound, bucket) in FSYNC_BUCKETS.iter().zip(&self.fsync_buckets) {
-            if seconds <= *bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.fsync_count.fetch_add(1, Ordering::Relaxed);
-        self.fsync_sum_micros
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.wal_fsync.observe(took.as_secs_f64());
     }
 
     pub fn grpc_handled(&self, method: &str, code: tonic::Code) {
-        let code = grpc_code_name(code);
-        let mut grpc = self.grpc.lock().expect("metrics lock poisoned");
-        match grpc.get_mut(&(method.to_owned(), code)) {
-            Some(count) => *count += 1,
-            None => {
-                grpc.insert((method.to_owned(), code), 1);
-            }
-        }
+        self.grpc_handled
+            .with_label_values(&[method, grpc_code_name(code)])
+            .inc();
     }
 
     pub fn render(&self, now: &Snapshot) -> String {
-        let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, value: f64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
-        };
-        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
-        };
-        gauge(
-            &mut out,
-            "etcd_server_has_leader",
-            "Whether a leader exists (1) or not (0).",
-            f64::from(u8::from(now.has_leader)),
-        );
-        gauge(
-            &mut out,
-            "etcd_server_is_leader",
-            "Whether this member leads (1) or not (0).",
-            f64::from(u8::from(now.is_leader)),
-        );
-        counter(
-            &mut out,
-            "etcd_server_leader_changes_seen_total",
-            "Leader changes seen.",
-            self.leader_changes.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "etcd_server_proposals_committed_total",
-            "Proposals committed and applied.",
-            self.proposals_committed.load(Ordering::Relaxed),
-        );
-        counter(
-            &mut out,
-            "etcd_server_proposals_failed_total",
-            "Proposals that failed.",
-            self.proposals_failed.load(Ordering::Relaxed),
-        );
-        gauge(
-            &mut out,
-            "etcd_server_proposals_pending",
-            "Proposals waiting for commit.",
-            self.proposals_pending.load(Ordering::Relaxed) as f64,
-        );
-        gauge(
-            &mut out,
-            "etcd_server_proposals_applied_total",
-            "Index of the last applied entry.",
-            now.applied_index as f64,
-        );
-        gauge(
-            &mut out,
-            "etcd_server_committed_index",
-            "Index of the last committed entry.",
-            now.committed_index as f64,
-        );
-        gauge(
-            &mut out,
-            "etcd_server_term",
-            "Current Raft term.",
-            now.term as f64,
-        );
-        gauge(
-            &mut out,
-            "etcd_mvcc_db_total_size_in_bytes",
-            "Bytes held by the key space, history included.",
-            now.db_size_bytes as f64,
-        );
-        let name = "etcd_disk_wal_fsync_duration_seconds";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Latency of write-ahead log fsyncs.\n# TYPE {name} histogram"
-        );
-        for (bound, bucket) in FSYNC_BUCKETS.iter().zip(&self.fsync_buckets) {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
+        let as_gauge = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        self.has_leader.set(i64::from(now.has_leader));
+        self.is_leader.set(i64::from(now.is_leader));
+        self.applied_index.set(as_gauge(now.applied_index));
+        self.committed_index.set(as_gauge(now.committed_index));
+        self.term.set(as_gauge(now.term));
+        self.db_size_bytes.set(as_gauge(now.db_size_bytes));
+        let mut out = Vec::new();
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::warn!(%error, "encoding metrics failed");
         }
-        let count = self.fsync_count.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum {}",
-            self.fsync_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
-        let _ = writeln!(out, "{name}_count {count}");
-        let name = "grpc_server_handled_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} gRPC requests handled, by method and code.\n# TYPE {name} counter"
-        );
-        for ((method, code), value) in self.grpc.lock().expect("metrics lock poisoned").iter() {
-            let _ = writeln!(
-                out,
-                "{name}{{grpc_method=\"{method}\",grpc_code=\"{code}\"}} {value}"
-            );
-        }
-        let rss = resident_memory_bytes();
-        gauge(
-            &mut out,
-            "process_resident_memory_bytes",
-            "Resident memory size in bytes.",
-            rss as f64,
-        );
-        out
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 
@@ -210,10 +200,49 @@ fn grpc_code_name(code: tonic::Code) -> &'static str {
     }
 }
 
-fn resident_memory_bytes() -> u64 {
-    // /proc/self/statm: size resident ... in pages.
-    std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
-        .map_or(0, |pages| pages * 4096)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_render_under_etcds_names() {
+        let metrics = Metrics::default();
+        metrics.leader_changed();
+        metrics.proposal_done(true);
+        metrics.proposal_done(false);
+        metrics.observe_wal_fsync(Duration::from_millis(3));
+        metrics.grpc_handled("/etcdserverpb.KV/Put", tonic::Code::Ok);
+        let text = metrics.render(&Snapshot {
+            has_leader: true,
+            is_leader: false,
+            db_size_bytes: 4096,
+            applied_index: 12,
+            committed_index: 13,
+            term: 2,
+        });
+        for line in [
+            "# TYPE etcd_server_has_leader gauge",
+            "etcd_server_has_leader 1",
+            "etcd_server_is_leader 0",
+            "# TYPE etcd_server_leader_changes_seen_total counter",
+            "etcd_server_leader_changes_seen_total 1",
+            "etcd_server_proposals_committed_total 1",
+            "etcd_server_proposals_failed_total 1",
+            "etcd_server_proposals_applied_total 12",
+            "etcd_server_committed_index 13",
+            "etcd_server_term 2",
+            "etcd_mvcc_db_total_size_in_bytes 4096",
+            "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.002\"} 0",
+            "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.004\"} 1",
+            "etcd_disk_wal_fsync_duration_seconds_count 1",
+            "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"/etcdserverpb.KV/Put\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("process_resident_memory_bytes ")),
+            "{text}"
+        );
+    }
 }

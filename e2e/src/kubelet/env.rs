@@ -330,35 +330,7 @@ pub fn resource_value(
 
 /// A Kubernetes quantity ("500m", "1Gi", "2e3") as a number.
 pub fn parse_quantity(text: &str) -> Result<f64, EnvError> {
-    let bad = || EnvError::Quantity(text.to_owned());
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(text.len());
-    let (number, suffix) = text.split_at(split);
-    let number: f64 = number.parse().map_err(|_| bad())?;
-    let factor = match suffix {
-        "" => 1.0,
-        "n" => 1e-9,
-        "u" => 1e-6,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        "Ki" => 1024.0,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        exponent if exponent.starts_with(['e', 'E']) => {
-            10f64.powi(exponent[1..].parse::<i32>().map_err(|_| bad())?)
-        }
-        _ => return Err(bad()),
-    };
-    Ok(number * factor)
+    cairn_quantity::parse(text).map_err(|_| EnvError::Quantity(text.to_owned()))
 }
 
 #[cfg(test)]
