@@ -130,10 +130,12 @@ async fn corruption_before_valid_records_refuses_to_start() {
     assert!(error.to_string().contains("is corrupt at byte"), "{error}");
 }
 
-/// Offset of the second-to-last frame in a segment, found by walking the frames.
+/// Offset of the second-to-last frame in a segment, found by walking the frames after the
+/// segment's header (magic and format version, 12 bytes).
 fn second_to_last_frame(bytes: &[u8]) -> usize {
+    assert!(bytes.starts_with(b"CAIRNWAL"), "a segment opens with its format header");
     let mut offsets = vec![];
-    let mut offset = 0;
+    let mut offset = 12;
     while offset + 8 <= bytes.len() {
         offsets.push(offset);
         let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
