@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/cairn/peerpb.proto",
     ];
     tonic_prost_build::configure()
+        // Snapshot chunks are slices of one buffer, not copies of it.
+        .bytes(".peerpb.SnapshotChunk.data")
         .build_client(true)
         .build_server(true)
         .compile_protos(&protos, &["proto"])?;

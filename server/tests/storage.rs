@@ -133,7 +133,10 @@ async fn corruption_before_valid_records_refuses_to_start() {
 /// Offset of the second-to-last frame in a segment, found by walking the frames after the
 /// segment's header (magic and format version, 12 bytes).
 fn second_to_last_frame(bytes: &[u8]) -> usize {
-    assert!(bytes.starts_with(b"CAIRNWAL"), "a segment opens with its format header");
+    assert!(
+        bytes.starts_with(b"CAIRNWAL"),
+        "a segment opens with its format header"
+    );
     let mut offsets = vec![];
     let mut offset = 12;
     while offset + 8 <= bytes.len() {

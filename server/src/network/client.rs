@@ -258,16 +258,18 @@ impl PeerClient {
     }
 }
 
-/// A snapshot as the chunks that carry it: metadata in the first, `done` in the last.
+/// A snapshot as the chunks that carry it: metadata in the first, `done` in the last. The chunks
+/// share `data`'s buffer.
 pub fn snapshot_chunks(
     vote: peerpb::Vote,
     meta: peerpb::SnapshotMeta,
     data: Vec<u8>,
 ) -> Vec<peerpb::SnapshotChunk> {
-    let mut chunks: Vec<peerpb::SnapshotChunk> = data
-        .chunks(SNAPSHOT_CHUNK_BYTES)
-        .map(|part| peerpb::SnapshotChunk {
-            data: part.to_vec(),
+    let data = bytes::Bytes::from(data);
+    let mut chunks: Vec<peerpb::SnapshotChunk> = (0..data.len())
+        .step_by(SNAPSHOT_CHUNK_BYTES)
+        .map(|start| peerpb::SnapshotChunk {
+            data: data.slice(start..(start + SNAPSHOT_CHUNK_BYTES).min(data.len())),
             ..Default::default()
         })
         .collect();
@@ -307,5 +309,32 @@ async fn within<R>(
                 reason: status.message().to_owned(),
             },
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_travel_in_bounded_chunks_with_metadata_first_and_done_last() {
+        let data: Vec<u8> = (0..SNAPSHOT_CHUNK_BYTES * 2 + 10).map(|i| i as u8).collect();
+        let chunks = snapshot_chunks(
+            peerpb::Vote::default(),
+            peerpb::SnapshotMeta::default(),
+            data.clone(),
+        );
+        assert_eq!(chunks.len(), 3);
+        assert!(chunks.iter().all(|c| c.data.len() <= SNAPSHOT_CHUNK_BYTES));
+        assert!(chunks[0].meta.is_some() && chunks[1].meta.is_none() && chunks[2].meta.is_none());
+        assert_eq!(
+            chunks.iter().map(|c| c.done).collect::<Vec<_>>(),
+            [false, false, true]
+        );
+        let joined: Vec<u8> = chunks.iter().flat_map(|c| c.data.iter().copied()).collect();
+        assert_eq!(joined, data);
+        let empty = snapshot_chunks(peerpb::Vote::default(), peerpb::SnapshotMeta::default(), vec![]);
+        assert_eq!(empty.len(), 1);
+        assert!(empty[0].done && empty[0].meta.is_some());
     }
 }

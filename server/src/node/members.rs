@@ -92,6 +92,10 @@ impl Node {
 
     /// Adds a member (a learner if `learner`); answers with its new ID.
     pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<u64, NodeError> {
+        let peer_urls = checked_urls(&peer_urls)?;
+        if peer_urls.is_empty() {
+            return Err(NodeError::MemberBadUrls);
+        }
         let request = MemberAddRequest {
             peer_ur_ls: peer_urls,
             is_learner: learner,

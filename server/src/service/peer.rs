@@ -132,7 +132,7 @@ impl Peer for PeerService {
             .ok_or_else(|| Status::invalid_argument("snapshot stream is empty"))??;
         let vote = convert::vote_from(first.vote, "snapshot vote").map_err(malformed)?;
         let meta = convert::snapshot_meta_from(first.meta).map_err(malformed)?;
-        let mut data = first.data;
+        let mut data = first.data.to_vec();
         let mut done = first.done;
         while !done {
             let chunk = chunks
