@@ -79,9 +79,30 @@ fn client_router(node: &Arc<Node>) -> Router {
         .merge(http::router(node.clone()))
 }
 
+/// The client listeners, which a stopping member closes before it stops Raft.
+pub struct ClientListeners {
+    stop: tokio::sync::watch::Sender<bool>,
+    served: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ClientListeners {
+    /// Stops accepting clients and lets requests in flight finish, waiting at most `within` (long
+    /// streams such as lease keep-alives are cut off then).
+    pub async fn close(self, within: std::time::Duration) {
+        self.stop.send_replace(true);
+        let drained = futures::future::join_all(self.served);
+        if tokio::time::timeout(within, drained).await.is_err() {
+            tracing::info!(
+                ?within,
+                "client requests still open after the grace period; closing them"
+            );
+        }
+    }
+}
+
 /// Binds every listener, then serves in the background. Binding first means a port conflict fails
 /// start-up with a clear error instead of a half-started member.
-pub async fn serve(node: Arc<Node>) -> Result<(), ListenError> {
+pub async fn serve(node: Arc<Node>) -> Result<ClientListeners, ListenError> {
     let mut peer_listeners = Vec::new();
     for addr in &node.config.listen_peer {
         peer_listeners.push(bind(*addr).await?);
@@ -94,22 +115,49 @@ pub async fn serve(node: Arc<Node>) -> Result<(), ListenError> {
     for addr in &node.config.listen_metrics {
         metrics_listeners.push(bind(*addr).await?);
     }
-    spawn_all(peer_listeners, crate::service::peer::router(node.clone()), "peer");
-    spawn_all(client_listeners, client_router(&node), "client");
-    spawn_all(metrics_listeners, http::router(node.clone()), "metrics");
-    Ok(())
+    // Peers and scrapers are served until the process ends: Raft needs its peers to the last.
+    let (_, never) = tokio::sync::watch::channel(false);
+    spawn_all(
+        peer_listeners,
+        crate::service::peer::router(node.clone()),
+        "peer",
+        &never,
+    );
+    spawn_all(metrics_listeners, http::router(node.clone()), "metrics", &never);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let served = spawn_all(client_listeners, client_router(&node), "client", &stopping);
+    Ok(ClientListeners { stop, served })
 }
 
-/// Serves `router` on every listener of one kind until the process ends.
-fn spawn_all(listeners: Vec<TcpListener>, router: Router, kind: &'static str) {
-    for listener in listeners {
-        let router = router.clone();
-        tokio::spawn(async move {
-            if let Err(error) = axum::serve(no_delay(listener), router).await {
-                tracing::error!(%error, "{kind} listener stopped");
-            }
-        });
-    }
+/// Serves `router` on every listener of one kind until `stop` turns true or the process ends.
+fn spawn_all(
+    listeners: Vec<TcpListener>,
+    router: Router,
+    kind: &'static str,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    listeners
+        .into_iter()
+        .map(|listener| {
+            let router = router.clone();
+            let mut stop = stop.clone();
+            tokio::spawn(async move {
+                let stopped = async move {
+                    // A dropped sender means "never": only an explicit stop closes the listener.
+                    while stop.changed().await.is_ok() {
+                        if *stop.borrow() {
+                            return;
+                        }
+                    }
+                    std::future::pending::<()>().await;
+                };
+                let served = axum::serve(no_delay(listener), router).with_graceful_shutdown(stopped);
+                if let Err(error) = served.await {
+                    tracing::error!(%error, "{kind} listener stopped");
+                }
+            })
+        })
+        .collect()
 }
 
 /// Counts handled gRPC calls by method and status code (from the grpc-status header, which tonic

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use cairn::config::{Args, LogFormat};
@@ -36,7 +37,7 @@ async fn run() -> anyhow::Result<()> {
         tracing::info!(members = ?config.initial_cluster, "initial cluster found through DNS SRV");
     }
     let node = Node::open(config, Arc::default()).await?;
-    cairn::server::serve(node.clone()).await?;
+    let clients = cairn::server::serve(node.clone()).await?;
     node.bootstrap().await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -44,8 +45,17 @@ async fn run() -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = terminate.recv() => tracing::info!("terminated; stopping"),
     }
-    // Leadership moves on faster when the leader steps down before it goes.
+    // A leader hands over first, so writes go on without an election; the client port then closes
+    // after the requests in flight, which a former leader forwards to the new one.
+    let election = node.config.election_timeout;
+    match node.hand_over_leadership(election * 2).await {
+        Ok(Some(leader)) => tracing::info!(leader = %format!("{leader:x}"), "handed leadership over"),
+        Ok(None) => {}
+        Err(error) => tracing::warn!(%error, "leadership hand-over failed; stopping anyway"),
+    }
+    clients.close(Duration::from_secs(2)).await;
     node.shutdown().await;
+    tracing::info!("member stopped");
     Ok(())
 }
 

@@ -98,6 +98,46 @@ impl Node {
         Ok(())
     }
 
+    /// Before a leader stops, it hands leadership to the voter with the most of its log and waits,
+    /// at most `within`, until that voter leads — so writes go on without waiting for an election
+    /// (etcd's leadership transfer on stop). Answers the new leader, or None when this member does
+    /// not lead or has no other voter.
+    pub async fn hand_over_leadership(&self, within: std::time::Duration) -> Result<Option<u64>, NodeError> {
+        let metrics = self.raft.metrics();
+        if metrics.state != openraft::ServerState::Leader {
+            return Ok(None);
+        }
+        let matched = |id: &u64| {
+            metrics
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map_or(0, |log_id| log_id.index)
+        };
+        let Some(target) = metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != self.member_id)
+            .max_by_key(matched)
+        else {
+            return Ok(None);
+        };
+        let raft = self.raft.raft();
+        raft.trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        raft.wait(Some(within))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != self.member_id),
+                "leader hand-over",
+            )
+            .await
+            .map_err(|_| NodeError::Timeout)?;
+        Ok(self.raft.leader_id())
+    }
+
     /// Healthy means: no alarm, a leader, and a linearizable read that succeeds. The error is the
     /// reason, in etcd's words.
     pub async fn health(&self) -> Result<(), String> {

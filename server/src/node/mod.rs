@@ -175,7 +175,7 @@ impl Node {
         }
     }
 
-    /// Stops Raft; a leader steps down first, so leadership moves on sooner.
+    /// Stops Raft (a leader hands over first: `hand_over_leadership`).
     pub async fn shutdown(&self) {
         if let Err(error) = self.raft.raft().shutdown().await {
             tracing::debug!(%error, "raft shutdown");

@@ -1,0 +1,105 @@
+//! A leader that is asked to stop (SIGTERM, as on every pod deletion and rolling update) hands
+//! leadership over before it exits: another member leads in a higher term while the old process is
+//! still running, and writes sent through the other members all succeed meanwhile.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::{Cluster, etcdctl, ok, wait_or_explain};
+
+fn status(endpoint: &str) -> Option<serde_json::Value> {
+    let out = etcdctl(endpoint, &["endpoint", "status", "-w", "json"]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice::<serde_json::Value>(&out.stdout).ok())
+        .flatten()
+        .map(|s| s[0]["Status"].clone())
+}
+
+#[test]
+fn a_stopping_leader_hands_over_and_no_write_fails() {
+    let mut cluster = Cluster::start(3, "handover");
+    let (leader, leader_id) = cluster.leader();
+    let old_term = status(&cluster.members[leader].endpoint()).unwrap()["raftTerm"]
+        .as_u64()
+        .unwrap();
+    let others: Vec<String> = (0..3)
+        .filter(|i| *i != leader)
+        .map(|i| cluster.members[i].endpoint())
+        .collect();
+
+    // Writes through the two other members, one after another, all through the stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let writer = {
+        let (stop, failures, others) = (stop.clone(), failures.clone(), others.clone());
+        std::thread::spawn(move || {
+            let mut written = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let endpoint = &others[written % 2];
+                let out = etcdctl(endpoint, &["put", &format!("k{written}"), "v"]);
+                if !out.status.success() {
+                    failures
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+                written += 1;
+            }
+            written
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let pid = cluster.members[leader].process.as_ref().unwrap().id();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    // While the old leader is still shutting down, a survivor already leads in a higher term.
+    let new_term = {
+        let mut seen = None;
+        wait_or_explain(
+            "another member leads in a higher term",
+            Duration::from_secs(10),
+            || {
+                seen = others.iter().find_map(|e| {
+                    let s = status(e)?;
+                    let leads = s["leader"].as_u64()? != u64::from_str_radix(&leader_id, 16).ok()?;
+                    let term = s["raftTerm"].as_u64()?;
+                    (leads && s["leader"].as_u64()? != 0 && term > old_term).then_some(term)
+                });
+                seen.is_some()
+            },
+            || cluster.logs(),
+        );
+        seen.unwrap()
+    };
+    let (exit, log) = cluster.members[leader]
+        .wait_exit(Duration::from_secs(15))
+        .expect("the old leader exits");
+    assert!(exit.success(), "{log}");
+    let handed = log
+        .find("handed leadership over")
+        .expect("the hand-over is logged");
+    let stopped = log.find("member stopped").expect("the stop is logged");
+    assert!(handed < stopped, "{log}");
+
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    let failures = failures.lock().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {written} writes failed: {failures:?}",
+        failures.len()
+    );
+    assert!(written > 5, "only {written} writes were made");
+    let last = format!("k{}", written - 1);
+    assert_eq!(ok(&others[0], &["get", &last, "--print-value-only"]), "v\n");
+    assert!(new_term > old_term);
+}
