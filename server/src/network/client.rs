@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -27,6 +28,9 @@ pub enum PeerError {
     Timeout { url: String, after: Duration },
     #[error("peer {url} sent an answer that cannot be used: {reason}")]
     Garbled { url: String, reason: String },
+    /// The peer knows this member was removed from the cluster.
+    #[error("peer {url} says this member was removed from the cluster: {reason}")]
+    Removed { url: String, reason: String },
 }
 
 impl PeerError {
@@ -51,6 +55,8 @@ pub struct PeerClient {
     cluster_id: u64,
     message_limit: usize,
     links: Arc<Mutex<HashMap<String, Link>>>,
+    /// Set once a peer has said this member was removed (as etcd members learn it).
+    removed: Arc<AtomicBool>,
 }
 
 impl PeerClient {
@@ -61,7 +67,13 @@ impl PeerClient {
             cluster_id,
             message_limit,
             links: Arc::default(),
+            removed: Arc::default(),
         }
+    }
+
+    /// Whether a peer has said this member was removed from the cluster.
+    pub fn told_removed(&self) -> bool {
+        self.removed.load(Ordering::SeqCst)
     }
 
     /// The largest message this client sends or accepts.
@@ -118,7 +130,13 @@ impl PeerClient {
         };
         let request = self.stamp(hello, None);
         let mut grpc = self.grpc(link);
-        let reply = within(url, timeout, grpc.hello(request)).await?;
+        let reply = within(url, timeout, grpc.hello(request))
+            .await
+            .inspect_err(|error| {
+                if let PeerError::Removed { .. } = error {
+                    self.removed.store(true, Ordering::SeqCst);
+                }
+            })?;
         if !(MIN_VERSION..=MAX_VERSION).contains(&reply.version) {
             return Err(PeerError::Refused {
                 url: url.into(),
@@ -154,6 +172,9 @@ impl PeerClient {
             send(self.grpc(&link), self.stamp(message, Some(version))),
         )
         .await;
+        if let Err(PeerError::Removed { .. }) = &result {
+            self.removed.store(true, Ordering::SeqCst);
+        }
         if let Err(PeerError::Unreachable { .. } | PeerError::Refused { .. }) = &result {
             // The peer may have restarted with another version: agree again on the next call.
             *link.version.lock().expect("peer version poisoned") = None;
@@ -296,6 +317,10 @@ async fn within<R>(
         }),
         Ok(Ok(reply)) => Ok(reply.into_inner()),
         Ok(Err(status)) => Err(match status.code() {
+            Code::NotFound => PeerError::Removed {
+                url: url.into(),
+                reason: status.message().to_owned(),
+            },
             Code::FailedPrecondition
             | Code::OutOfRange
             | Code::ResourceExhausted

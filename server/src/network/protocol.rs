@@ -43,6 +43,8 @@ pub enum Refusal {
     OtherCluster { local: u64, remote: u64 },
     #[error("peer call without a valid {0} header")]
     MissingHeader(&'static str),
+    #[error("member {member:x} has been removed from the cluster")]
+    Removed { member: u64 },
     #[error(
         "peer protocol version {given} is not spoken here (this member speaks {MIN_VERSION} to {MAX_VERSION})"
     )]
@@ -58,9 +60,15 @@ fn header<T: std::str::FromStr>(headers: &HeaderMap, name: &'static str) -> Resu
 }
 
 /// Checks a call to `path` against this member's cluster: a member of another cluster is refused,
-/// one that has not joined any may only say Hello and ask who is in the cluster, and every call
-/// but Hello names a protocol version this member speaks.
-pub fn admit(path: &str, headers: &HeaderMap, local_cluster: u64) -> Result<Caller, Refusal> {
+/// one that has not joined any may only say Hello and ask who is in the cluster, a member removed
+/// from the cluster only who is in it (which tells it so), and every call but Hello names a
+/// protocol version this member speaks.
+pub fn admit(
+    path: &str,
+    headers: &HeaderMap,
+    local_cluster: u64,
+    removed: impl Fn(u64) -> bool,
+) -> Result<Caller, Refusal> {
     let caller = Caller {
         cluster_id: header(headers, CLUSTER_ID_HEADER)?,
         member_id: header(headers, MEMBER_ID_HEADER)?,
@@ -71,6 +79,11 @@ pub fn admit(path: &str, headers: &HeaderMap, local_cluster: u64) -> Result<Call
         return Err(Refusal::OtherCluster {
             local: local_cluster,
             remote: caller.cluster_id,
+        });
+    }
+    if caller.cluster_id == local_cluster && method != "ClusterInfo" && removed(caller.member_id) {
+        return Err(Refusal::Removed {
+            member: caller.member_id,
         });
     }
     if method != "Hello" {
@@ -133,9 +146,26 @@ mod tests {
         headers
     }
 
+    fn admit_in_7(path: &str, headers: &HeaderMap, local: u64) -> Result<Caller, Refusal> {
+        admit(path, headers, local, |member| member == 66)
+    }
+
+    #[test]
+    fn removed_members_may_only_learn_that_they_were_removed() {
+        assert_eq!(
+            admit_in_7("/peerpb.Peer/PreVote", &headers(7, 66, Some(1)), 7),
+            Err(Refusal::Removed { member: 66 })
+        );
+        assert_eq!(
+            admit_in_7("/peerpb.Peer/Hello", &headers(7, 66, None), 7),
+            Err(Refusal::Removed { member: 66 })
+        );
+        assert!(admit_in_7("/peerpb.Peer/ClusterInfo", &headers(7, 66, Some(1)), 7).is_ok());
+    }
+
     #[test]
     fn members_of_the_cluster_are_admitted_with_a_spoken_version() {
-        let caller = admit("/peerpb.Peer/AppendEntries", &headers(7, 2, Some(1)), 7).unwrap();
+        let caller = admit_in_7("/peerpb.Peer/AppendEntries", &headers(7, 2, Some(1)), 7).unwrap();
         assert_eq!(
             caller,
             Caller {
@@ -144,34 +174,34 @@ mod tests {
             }
         );
         assert_eq!(
-            admit("/peerpb.Peer/AppendEntries", &headers(7, 2, Some(9)), 7),
+            admit_in_7("/peerpb.Peer/AppendEntries", &headers(7, 2, Some(9)), 7),
             Err(Refusal::Version { given: 9 })
         );
         assert_eq!(
-            admit("/peerpb.Peer/Forward", &headers(7, 2, None), 7),
+            admit_in_7("/peerpb.Peer/Forward", &headers(7, 2, None), 7),
             Err(Refusal::MissingHeader(VERSION_HEADER))
         );
-        assert!(admit("/peerpb.Peer/Hello", &headers(7, 2, None), 7).is_ok());
+        assert!(admit_in_7("/peerpb.Peer/Hello", &headers(7, 2, None), 7).is_ok());
     }
 
     #[test]
     fn strangers_may_only_ask_who_is_in_the_cluster() {
-        assert!(admit("/peerpb.Peer/ClusterInfo", &headers(0, 0, Some(1)), 7).is_ok());
-        assert!(admit("/peerpb.Peer/Hello", &headers(0, 0, None), 7).is_ok());
+        assert!(admit_in_7("/peerpb.Peer/ClusterInfo", &headers(0, 0, Some(1)), 7).is_ok());
+        assert!(admit_in_7("/peerpb.Peer/Hello", &headers(0, 0, None), 7).is_ok());
         for method in ["AppendEntries", "Vote", "Forward", "InstallSnapshot"] {
             assert_eq!(
-                admit(&format!("/peerpb.Peer/{method}"), &headers(0, 0, Some(1)), 7),
+                admit_in_7(&format!("/peerpb.Peer/{method}"), &headers(0, 0, Some(1)), 7),
                 Err(Refusal::OtherCluster { local: 7, remote: 0 }),
                 "{method}"
             );
         }
-        let other = admit("/peerpb.Peer/ClusterInfo", &headers(8, 1, Some(1)), 7).unwrap_err();
+        let other = admit_in_7("/peerpb.Peer/ClusterInfo", &headers(8, 1, Some(1)), 7).unwrap_err();
         assert_eq!(
             other.to_string(),
             "cluster ID mismatch: this member belongs to cluster 7, the request came from cluster 8"
         );
         assert_eq!(
-            admit("/peerpb.Peer/Vote", &HeaderMap::new(), 7),
+            admit_in_7("/peerpb.Peer/Vote", &HeaderMap::new(), 7),
             Err(Refusal::MissingHeader(CLUSTER_ID_HEADER))
         );
     }

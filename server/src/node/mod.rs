@@ -42,6 +42,16 @@ pub const ETCD_API_VERSION: &str = "3.5.0";
 /// How long a client request may wait for a leader, a commit or a forwarded answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(7);
 
+/// openraft's election timer bounds for etcd's `--election-timeout` E. openraft holds a follower's
+/// vote for a leader lease of `max` after the last heartbeat and then waits a random timeout in
+/// `[min, max)`, so a follower campaigns after `[max + min, 2 max)` of silence. With `[E/4, 3E/4)`
+/// that is `[E, 1.5E)`, as soon as etcd's followers campaign (`[E, 2E)`), and the lease, during
+/// which followers refuse to vote for anyone else, is 3E/4.
+fn election_timer(election_timeout: Duration) -> (u64, u64) {
+    let election = election_timeout.as_millis() as u64;
+    (election / 4, election * 3 / 4)
+}
+
 /// Everything a member needs to serve its clients and peers.
 pub struct Node {
     pub config: Config,
@@ -78,12 +88,15 @@ impl Node {
         let state_machine =
             StateMachine::open(&snap_dir(&config.data_dir)).map_err(StartError::StateMachine)?;
         let machine = state_machine.shared();
-        let election_ms = config.election_timeout.as_millis() as u64;
+        let (election_timeout_min, election_timeout_max) = election_timer(config.election_timeout);
         let raft_config = openraft::Config {
             cluster_name: format!("cairn-{:x}", identity.cluster_id),
             heartbeat_interval: config.heartbeat.as_millis() as u64,
-            election_timeout_min: election_ms,
-            election_timeout_max: election_ms * 2,
+            election_timeout_min,
+            election_timeout_max,
+            // A member that was cut off asks first whether it could win, so coming back never
+            // raises the term under a healthy leader (etcd's PreVote).
+            enable_pre_vote: Some(true),
             snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             // Keep some log after a snapshot so briefly lagging members catch up without one.
             max_in_snapshot_log_to_keep: config.snapshot_count.min(5_000),
@@ -217,6 +230,11 @@ impl Node {
         self.raft.applied(index).await
     }
 
+    /// Whether `member` was removed from the cluster for good.
+    pub fn is_removed(&self, member: u64) -> bool {
+        self.raft.read(|m| m.app.removed.contains(&member))
+    }
+
     /// Who is in the cluster, for members joining it.
     pub fn cluster_info(&self) -> ClusterInfo {
         let metrics = self.raft.metrics();
@@ -312,7 +330,8 @@ impl Node {
             if ask_peers {
                 last_asked = Instant::now();
             }
-            if self.raft.read(|m| m.app.removed.contains(&self.member_id))
+            if self.is_removed(self.member_id)
+                || self.peers.told_removed()
                 || (ask_peers && self.removed_according_to_peers().await)
             {
                 let reason = "this member has been permanently removed from the cluster. Exiting.".to_owned();

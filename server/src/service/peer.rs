@@ -36,16 +36,20 @@ pub fn router(node: Arc<Node>) -> Router {
 
 /// Refuses a call from another cluster or in an unknown protocol version before reading its body.
 async fn admit(State(node): State<Arc<Node>>, mut request: HttpRequest, next: Next) -> HttpResponse {
-    match protocol::admit(request.uri().path(), request.headers(), node.cluster_id) {
+    let removed = |member: u64| node.is_removed(member);
+    match protocol::admit(request.uri().path(), request.headers(), node.cluster_id, removed) {
         Ok(caller) => {
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
         Err(refusal) => {
             tracing::warn!(path = request.uri().path(), %refusal, "refused a peer request");
-            Status::failed_precondition(refusal.to_string())
-                .into_http::<axum::body::Body>()
-                .into_response()
+            let status = match refusal {
+                // Tells the caller it is gone for good, as etcd answers a removed member.
+                protocol::Refusal::Removed { .. } => Status::not_found(refusal.to_string()),
+                _ => Status::failed_precondition(refusal.to_string()),
+            };
+            status.into_http::<axum::body::Body>().into_response()
         }
     }
 }
