@@ -71,6 +71,12 @@ impl PeerClient {
         }
     }
 
+    fn note_removal(&self, error: &PeerError) {
+        if let PeerError::Removed { .. } = error {
+            self.removed.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Whether a peer has said this member was removed from the cluster.
     pub fn told_removed(&self) -> bool {
         self.removed.load(Ordering::SeqCst)
@@ -132,11 +138,7 @@ impl PeerClient {
         let mut grpc = self.grpc(link);
         let reply = within(url, timeout, grpc.hello(request))
             .await
-            .inspect_err(|error| {
-                if let PeerError::Removed { .. } = error {
-                    self.removed.store(true, Ordering::SeqCst);
-                }
-            })?;
+            .inspect_err(|error| self.note_removal(error))?;
         if !(MIN_VERSION..=MAX_VERSION).contains(&reply.version) {
             return Err(PeerError::Refused {
                 url: url.into(),
@@ -172,8 +174,8 @@ impl PeerClient {
             send(self.grpc(&link), self.stamp(message, Some(version))),
         )
         .await;
-        if let Err(PeerError::Removed { .. }) = &result {
-            self.removed.store(true, Ordering::SeqCst);
+        if let Err(error) = &result {
+            self.note_removal(error);
         }
         if let Err(PeerError::Unreachable { .. } | PeerError::Refused { .. }) = &result {
             // The peer may have restarted with another version: agree again on the next call.

@@ -218,7 +218,7 @@ impl Node {
             cluster_id: self.cluster_id,
             member_id: self.member_id,
             revision,
-            raft_term: self.raft.metrics().current_term,
+            raft_term: self.raft.term(),
         }
     }
 

@@ -38,16 +38,25 @@ impl RaftNode {
         self.raft.metrics().borrow_watched().clone()
     }
 
+    /// Reads one figure of Raft's metrics without copying them (the hot paths ask on every request).
+    fn peek<T>(&self, read: impl FnOnce(&RaftMetrics<TypeConfig>) -> T) -> T {
+        read(&self.raft.metrics().borrow_watched())
+    }
+
     pub fn leader_id(&self) -> Option<u64> {
-        self.metrics().current_leader
+        self.peek(|m| m.current_leader)
+    }
+
+    pub fn term(&self) -> u64 {
+        self.peek(|m| m.current_term)
     }
 
     pub fn is_leader(&self) -> bool {
-        self.metrics().state == ServerState::Leader
+        self.peek(|m| m.state == ServerState::Leader)
     }
 
     pub fn is_learner(&self) -> bool {
-        self.metrics().state == ServerState::Learner
+        self.peek(|m| m.state == ServerState::Learner)
     }
 
     /// Reads the applied state. Callers keep the closure short: apply waits for it.
@@ -57,11 +66,12 @@ impl RaftNode {
 
     /// The first peer URL of `member` in the current membership.
     pub fn peer_url_of(&self, member: u64) -> Option<String> {
-        self.metrics()
-            .membership_config
-            .membership()
-            .get_node(&member)
-            .and_then(|n| n.peer_urls.first().cloned())
+        self.peek(|m| {
+            m.membership_config
+                .membership()
+                .get_node(&member)
+                .and_then(|n| n.peer_urls.first().cloned())
+        })
     }
 
     /// Commits `request` on this member, which must lead; `NotLeader` otherwise.
