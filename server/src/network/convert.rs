@@ -122,14 +122,15 @@ fn membership_from(membership: Option<peerpb::Membership>, field: &str) -> Resul
     Membership::new(configs, nodes).map_err(|e| Malformed(format!("{field}: {e}")))
 }
 
-fn entry_to(entry: &Entry) -> peerpb::Entry {
+/// Moves an entry into its message: a leader sends each entry once, so its payload is not copied.
+fn entry_to(entry: Entry) -> peerpb::Entry {
     use peerpb::entry::Payload;
     peerpb::Entry {
         log_id: log_id_to(Some(&entry.log_id)),
-        payload: Some(match &entry.payload {
+        payload: Some(match entry.payload {
             EntryPayload::Blank => Payload::Blank(peerpb::Blank {}),
-            EntryPayload::Normal(request) => Payload::Normal(request.clone()),
-            EntryPayload::Membership(membership) => Payload::Membership(membership_to(membership)),
+            EntryPayload::Normal(request) => Payload::Normal(request),
+            EntryPayload::Membership(membership) => Payload::Membership(membership_to(&membership)),
         }),
     }
 }
@@ -147,17 +148,12 @@ fn entry_from(entry: peerpb::Entry) -> Result<Entry, Malformed> {
     Ok(Entry { log_id, payload })
 }
 
-/// The encoded size of one entry on the wire, for batching under the message limit.
-pub fn entry_size(entry: &Entry) -> usize {
-    prost::Message::encoded_len(&entry_to(entry))
-}
-
-pub fn append_request_to(rpc: &AppendEntriesRequest<TypeConfig>) -> peerpb::AppendEntriesRequest {
+pub fn append_request_to(rpc: AppendEntriesRequest<TypeConfig>) -> peerpb::AppendEntriesRequest {
     peerpb::AppendEntriesRequest {
         vote: Some(vote_to(&rpc.vote)),
         prev_log_id: log_id_to(rpc.prev_log_id.as_ref()),
-        entries: rpc.entries.iter().map(entry_to).collect(),
         leader_commit: log_id_to(rpc.leader_commit.as_ref()),
+        entries: rpc.entries.into_iter().map(entry_to).collect(),
     }
 }
 
@@ -393,7 +389,7 @@ mod tests {
             ],
             leader_commit: None,
         };
-        let back = append_request_from(append_request_to(&rpc)).unwrap();
+        let back = append_request_from(append_request_to(rpc.clone())).unwrap();
         assert_eq!(format!("{back:?}"), format!("{rpc:?}"));
         for response in [
             AppendEntriesResponse::Success,

@@ -15,6 +15,7 @@ use openraft::raft::{
 
 use super::client::{PeerClient, PeerError};
 use super::convert::{self, Malformed};
+use crate::pb::peerpb;
 use crate::{PeerNode, Snapshot, TypeConfig, Vote};
 
 pub struct NetworkFactory {
@@ -61,11 +62,11 @@ fn malformed(error: Malformed) -> RPCError<TypeConfig> {
 
 /// How many of `entries` fit in one message of at most `budget` bytes (always at least one, which
 /// the leader's request size limit keeps under the message limit).
-pub fn entries_within(entries: &[crate::Entry], budget: usize) -> usize {
+pub fn entries_within(entries: &[peerpb::Entry], budget: usize) -> usize {
     let mut used = 0;
     for (taken, entry) in entries.iter().enumerate() {
         // Field tag and length prefix of each entry inside the request.
-        used += convert::entry_size(entry) + 8;
+        used += prost::Message::encoded_len(entry) + 8;
         if used > budget && taken > 0 {
             return taken;
         }
@@ -94,18 +95,17 @@ impl RaftNetworkV2<TypeConfig> for Connection {
 
     async fn append_entries(
         &mut self,
-        mut rpc: AppendEntriesRequest<TypeConfig>,
+        rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         // Leave room for the vote, log IDs and framing around the entries.
         let budget = self.client.message_limit() - (64 << 10);
-        let taken = entries_within(&rpc.entries, budget);
-        let cut_short = taken < rpc.entries.len();
-        if cut_short {
-            rpc.entries.truncate(taken);
-        }
-        let last_sent = rpc.entries.last().map(|e| e.log_id);
-        let message = convert::append_request_to(&rpc);
+        let log_ids: Vec<crate::LogId> = rpc.entries.iter().map(|e| e.log_id).collect();
+        let mut message = convert::append_request_to(rpc);
+        let taken = entries_within(&message.entries, budget);
+        let cut_short = taken < message.entries.len();
+        message.entries.truncate(taken);
+        let last_sent = taken.checked_sub(1).map(|last| log_ids[last]);
         let client = self.client.clone();
         let reply = self
             .send(|url| async move { client.append_entries(&url, option.hard_ttl(), message).await })
@@ -195,8 +195,8 @@ mod tests {
     use crate::pb::etcdserverpb::PutRequest;
     use openraft::EntryPayload;
 
-    fn entry(index: u64, value_bytes: usize) -> crate::Entry {
-        crate::Entry {
+    fn entry(index: u64, value_bytes: usize) -> peerpb::Entry {
+        let entry = crate::Entry {
             log_id: crate::LogId {
                 leader_id: openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 },
                 index,
@@ -208,7 +208,15 @@ mod tests {
                     ..Default::default()
                 })),
             }),
-        }
+        };
+        convert::append_request_to(AppendEntriesRequest {
+            vote: Vote::new(1, 1),
+            prev_log_id: None,
+            entries: vec![entry],
+            leader_commit: None,
+        })
+        .entries
+        .remove(0)
     }
 
     #[test]
