@@ -1,23 +1,13 @@
 //! Key-value requests (etcd's KV service): reads served from this member's store, after a read
 //! index unless serializable; writes checked, then committed through the leader.
 
-use super::leader::LeaderCall;
+use super::leader::{LeaderCall, pick};
 use super::{Node, NodeError};
 use crate::pb::cairnpb::{RaftResponse, raft_response::Response};
 use crate::pb::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, TxnRequest, TxnResponse,
 };
-
-/// The expected kind of answer, with the revision it was applied at.
-fn pick<T>(response: RaftResponse, kind: impl FnOnce(Response) -> Option<T>) -> Result<(T, i64), NodeError> {
-    let revision = response.revision;
-    response
-        .response
-        .and_then(kind)
-        .map(|answer| (answer, revision))
-        .ok_or_else(|| NodeError::Internal("unexpected state machine answer".into()))
-}
 
 impl Node {
     /// Commits a client write through the leader, after the checks every write passes.

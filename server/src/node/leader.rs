@@ -24,6 +24,19 @@ fn different_call() -> NodeError {
     NodeError::Internal("leader answered a different call".into())
 }
 
+/// A write's expected kind of answer, with the revision it was applied at.
+pub(super) fn pick<T>(
+    response: RaftResponse,
+    kind: impl FnOnce(raft_response::Response) -> Option<T>,
+) -> Result<(T, i64), NodeError> {
+    let revision = response.revision;
+    response
+        .response
+        .and_then(kind)
+        .map(|answer| (answer, revision))
+        .ok_or_else(|| NodeError::Internal("unexpected state machine answer".into()))
+}
+
 impl Answer {
     /// A write's answer; a refusal of the store becomes its error.
     pub fn applied(self) -> Result<RaftResponse, NodeError> {

@@ -1,12 +1,13 @@
-//! Leases (etcd's Lease service) and the lessor, which decides when they run out. Only the leader's clock decides; it proposes the revoke through
-//! the log so every member deletes the lease's keys at the same revision. A new leader gives every
-//! lease a full TTL again (as etcd does without checkpointing).
+//! Leases (etcd's Lease service) and the lessor, which decides when they run out. Only the leader's
+//! clock decides; it proposes the revoke through the log so every member deletes the lease's keys at
+//! the same revision. A new leader gives every lease a full TTL again (as etcd does without
+//! checkpointing).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::leader::LeaderCall;
+use super::leader::{LeaderCall, pick};
 use super::{Node, NodeError};
 use crate::pb::cairnpb::{RaftRequest, raft_request, raft_response::Response};
 use crate::pb::etcdserverpb::{
@@ -49,20 +50,20 @@ impl Node {
         request: LeaseGrantRequest,
     ) -> Result<(LeaseGrantResponse, i64), NodeError> {
         let response = self.write(LeaderCall::LeaseGrant(request)).await?;
-        let revision = response.revision;
-        match response.response {
-            Some(Response::LeaseGrant(grant)) => Ok((grant, revision)),
-            _ => Err(NodeError::Internal("unexpected state machine answer".into())),
-        }
+        pick(response, |r| match r {
+            Response::LeaseGrant(grant) => Some(grant),
+            _ => None,
+        })
     }
 
     /// Revokes a lease and deletes its keys; answers with the revision of the revoke.
     pub async fn lease_revoke(&self, request: LeaseRevokeRequest) -> Result<i64, NodeError> {
         let response = self.write(LeaderCall::LeaseRevoke(request)).await?;
-        match response.response {
-            Some(Response::LeaseRevoke(_)) => Ok(response.revision),
-            _ => Err(NodeError::Internal("unexpected state machine answer".into())),
-        }
+        pick(response, |r| match r {
+            Response::LeaseRevoke(revoke) => Some(revoke),
+            _ => None,
+        })
+        .map(|(_, revision)| revision)
     }
 
     /// Renews a lease by the leader's clock: the renewed TTL, or 0 if the lease does not exist.

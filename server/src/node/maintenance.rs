@@ -1,7 +1,7 @@
 //! Maintenance (etcd's Maintenance service and the HTTP endpoints): status, alarms, hashes, the
 //! store as a snapshot, health and metrics.
 
-use super::leader::LeaderCall;
+use super::leader::{LeaderCall, pick};
 use super::{ETCD_API_VERSION, Node, NodeError};
 use crate::pb::cairnpb::raft_response::Response;
 use crate::pb::etcdserverpb::{AlarmMember, AlarmRequest, StatusResponse, alarm_request::AlarmAction};
@@ -13,10 +13,11 @@ impl Node {
             return Ok(self.raft.read(|m| m.app.alarm_members()));
         }
         let response = self.write(LeaderCall::Alarm(request)).await?;
-        match response.response {
-            Some(Response::Alarm(alarm)) => Ok(alarm.alarms),
-            _ => Err(NodeError::Internal("unexpected state machine answer".into())),
-        }
+        pick(response, |r| match r {
+            Response::Alarm(alarm) => Some(alarm.alarms),
+            _ => None,
+        })
+        .map(|(alarms, _)| alarms)
     }
 
     /// This member's status, as etcd's Status reports it (header not set).
@@ -86,16 +87,11 @@ impl Node {
         {
             return Err(NodeError::BadLeaderTransferee);
         }
-        let raft = self.raft.raft();
-        raft.trigger()
-            .transfer_leader(target)
+        self.raft
+            .transfer_leadership(target, super::REQUEST_TIMEOUT, |m| {
+                m.current_leader == Some(target)
+            })
             .await
-            .map_err(|_| NodeError::Stopped)?;
-        raft.wait(Some(super::REQUEST_TIMEOUT))
-            .metrics(|m| m.current_leader == Some(target), "leader transfer")
-            .await
-            .map_err(|_| NodeError::Timeout)?;
-        Ok(())
     }
 
     /// Before a leader stops, it hands leadership to the voter with the most of its log and waits,
@@ -123,18 +119,10 @@ impl Node {
         else {
             return Ok(None);
         };
-        let raft = self.raft.raft();
-        raft.trigger()
-            .transfer_leader(target)
-            .await
-            .map_err(|_| NodeError::Stopped)?;
-        raft.wait(Some(within))
-            .metrics(
-                |m| m.current_leader.is_some_and(|l| l != self.member_id),
-                "leader hand-over",
-            )
-            .await
-            .map_err(|_| NodeError::Timeout)?;
+        let me = self.member_id;
+        self.raft
+            .transfer_leadership(target, within, move |m| m.current_leader.is_some_and(|l| l != me))
+            .await?;
         Ok(self.raft.leader_id())
     }
 

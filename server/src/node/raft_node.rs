@@ -101,6 +101,26 @@ impl RaftNode {
         }
     }
 
+    /// Asks `target` to take over leadership, then waits at most `within` until `done` holds.
+    pub async fn transfer_leadership(
+        &self,
+        target: u64,
+        within: Duration,
+        done: impl Fn(&RaftMetrics<TypeConfig>) -> bool + Send,
+    ) -> Result<(), NodeError> {
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|_| NodeError::Stopped)?;
+        self.raft
+            .wait(Some(within))
+            .metrics(done, "leader transfer")
+            .await
+            .map(|_| ())
+            .map_err(|_| NodeError::Timeout)
+    }
+
     /// Waits until this member has applied the log through `index`.
     pub async fn applied(&self, index: u64) -> Result<(), NodeError> {
         self.raft
