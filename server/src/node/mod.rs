@@ -230,9 +230,11 @@ impl Node {
         self.raft.applied(index).await
     }
 
-    /// Whether `member` was removed from the cluster for good.
+    /// Whether `member` was removed from the cluster for good. Asked on every peer call: a member of
+    /// the current membership is answered from Raft's metrics, without waiting for the state
+    /// machine's lock (which apply holds), since a removed ID never comes back.
     pub fn is_removed(&self, member: u64) -> bool {
-        self.raft.read(|m| m.app.removed.contains(&member))
+        !self.raft.is_member(member) && self.raft.read(|m| m.app.removed.contains(&member))
     }
 
     /// Who is in the cluster, for members joining it.

@@ -64,6 +64,11 @@ impl RaftNode {
         read(&self.machine.read().expect("state machine lock poisoned"))
     }
 
+    /// Whether `member` is in the current membership, voter or learner.
+    pub fn is_member(&self, member: u64) -> bool {
+        self.peek(|m| m.membership_config.membership().get_node(&member).is_some())
+    }
+
     /// The first peer URL of `member` in the current membership.
     pub fn peer_url_of(&self, member: u64) -> Option<String> {
         self.peek(|m| {
