@@ -128,6 +128,14 @@ pub struct Args {
     /// Largest number of operations in one transaction.
     #[arg(long, env = "CAIRN_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// How often watchers that ask for progress notifications hear the revision they are synced
+    /// to (a duration such as 10m or 500ms; at least 100ms).
+    #[arg(
+        long,
+        env = "CAIRN_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m"
+    )]
+    pub experimental_watch_progress_notify_interval: String,
     /// Extra comma-separated URLs serving /metrics and the health endpoints over plain HTTP.
     #[arg(long, env = "CAIRN_LISTEN_METRICS_URLS", default_value = "")]
     pub listen_metrics_urls: String,
@@ -186,6 +194,12 @@ pub enum ConfigError {
         mode: &'static str,
         expected: &'static str,
     },
+    #[error("--{flag} {value:?} is not valid: {reason}")]
+    Duration {
+        flag: &'static str,
+        value: String,
+        reason: String,
+    },
     #[error("cannot read --config-file {path}: {reason}")]
     ConfigFile { path: PathBuf, reason: String },
 }
@@ -221,6 +235,7 @@ pub struct Config {
     pub quota_bytes: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    pub watch_progress_interval: Duration,
     pub listen_metrics: Vec<SocketAddr>,
     pub log_level: String,
     pub log_format: LogFormat,
@@ -266,6 +281,20 @@ pub fn parse_retention(mode: CompactionMode, value: &str) -> Result<Option<AutoC
             }
         }
     }
+}
+
+/// Reads the watch progress interval: a duration of at least 100ms (etcd's floor).
+fn parse_progress_interval(value: &str) -> Result<Duration, ConfigError> {
+    let bad = |reason: String| ConfigError::Duration {
+        flag: "experimental-watch-progress-notify-interval",
+        value: value.to_owned(),
+        reason,
+    };
+    let interval = crate::duration::parse_duration(value).map_err(bad)?;
+    if interval < Duration::from_millis(100) {
+        return Err(bad("must be at least 100ms".into()));
+    }
+    Ok(interval)
 }
 
 /// Checks a URL is `http://host:port` and normalizes it (no trailing slash).
@@ -442,6 +471,8 @@ impl Args {
             }
         }
         let auto_compaction = parse_retention(self.auto_compaction_mode, &self.auto_compaction_retention)?;
+        let watch_progress_interval =
+            parse_progress_interval(&self.experimental_watch_progress_notify_interval)?;
         let listen_metrics = if self.listen_metrics_urls.is_empty() {
             vec![]
         } else {
@@ -471,6 +502,7 @@ impl Args {
             },
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            watch_progress_interval,
             listen_metrics,
             log_level: self.log_level,
             log_format: self.log_format,
@@ -584,6 +616,21 @@ mod tests {
             .validate()
             .unwrap_err();
         assert!(error.to_string().contains("--listen-client-urls"), "{error}");
+        for bad in ["50ms", "soon", ""] {
+            let error = args(&["--experimental-watch-progress-notify-interval", bad])
+                .validate()
+                .unwrap_err();
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("--experimental-watch-progress-notify-interval"),
+                "{error}"
+            );
+        }
+        let config = args(&["--experimental-watch-progress-notify-interval", "1s"])
+            .validate()
+            .unwrap();
+        assert_eq!(config.watch_progress_interval, Duration::from_secs(1));
         let error = args(&["--election-timeout", "300"]).validate().unwrap_err();
         assert!(error.to_string().contains("at least 5 times"), "{error}");
         let error = parse_initial_cluster("a=http://h:1,oops").unwrap_err();

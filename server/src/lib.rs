@@ -12,6 +12,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod watch;
 
 use serde::{Deserialize, Serialize};
 

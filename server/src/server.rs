@@ -15,10 +15,12 @@ use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::service::cluster::ClusterService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
 use crate::service::maintenance::MaintenanceService;
+use crate::service::watch::WatchService;
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr}: {source}")]
@@ -70,6 +72,9 @@ fn client_router(node: &Arc<Node>) -> Router {
                 MaintenanceServer::new(MaintenanceService { node: node.clone() })
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(usize::MAX),
+            )
+            .add_service(
+                WatchServer::new(WatchService { node: node.clone() }).max_decoding_message_size(limit),
             )
             .add_service(health_service);
     let metrics = node.clone();

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 
-use cairn::store::{LogStore, StateMachine, snap_dir, wal_dir};
+use cairn::store::{LogStore, StateMachine, Unobserved, snap_dir, wal_dir};
 use cairn::{Entry, TypeConfig, Vote};
 use openraft::RaftLogReader;
 use openraft::StorageError;
@@ -19,7 +19,7 @@ async fn open_stores(dir: &std::path::Path) -> (LogStore, StateMachine) {
     let log = LogStore::open(&wal_dir(dir), no_metrics())
         .await
         .expect("open log store");
-    let sm = StateMachine::open(&snap_dir(dir)).expect("open state machine");
+    let sm = StateMachine::open(&snap_dir(dir), std::sync::Arc::new(Unobserved)).expect("open state machine");
     (log, sm)
 }
 

@@ -5,6 +5,7 @@ use std::ops::Bound;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::history::ChangeIndex;
 use crate::pb::mvccpb::KeyValue;
 
 /// One revision of one key: its content, or the fact that it was deleted at `mod_revision`.
@@ -25,7 +26,7 @@ pub struct Stored {
 }
 
 impl Record {
-    fn mod_revision(&self) -> i64 {
+    pub fn mod_revision(&self) -> i64 {
         match self {
             Record::Live(stored) => stored.mod_revision,
             Record::Tombstone { mod_revision } => *mod_revision,
@@ -128,10 +129,33 @@ impl<'a> KeyRange<'a> {
 /// A persistent map: a clone shares all of its nodes with the original and costs O(1), so a
 /// snapshot can be taken under a short lock and written out while writes go on.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(from = "StoredKeySpace")]
 pub struct KeySpace {
     keys: imbl::OrdMap<Bytes, Vec<Record>>,
     /// Bytes held by all records, live and historic.
     footprint: u64,
+    /// Which keys changed at each revision: derived from `keys`, so it is rebuilt on load rather
+    /// than written into snapshots.
+    #[serde(skip)]
+    changes: ChangeIndex,
+}
+
+/// The key space as snapshots hold it (the same fields, in the same order, without the index).
+#[derive(Deserialize)]
+struct StoredKeySpace {
+    keys: imbl::OrdMap<Bytes, Vec<Record>>,
+    footprint: u64,
+}
+
+impl From<StoredKeySpace> for KeySpace {
+    fn from(stored: StoredKeySpace) -> Self {
+        let changes = ChangeIndex::rebuild(&stored.keys);
+        KeySpace {
+            keys: stored.keys,
+            footprint: stored.footprint,
+            changes,
+        }
+    }
 }
 
 impl KeySpace {
@@ -155,24 +179,46 @@ impl KeySpace {
 
     /// Records a new version of `key` at `revision`.
     pub fn put(&mut self, key: &[u8], stored: Stored) {
-        let record = Record::Live(stored);
-        self.footprint += record.footprint(key);
-        self.keys
-            .entry(Bytes::copy_from_slice(key))
-            .or_default()
-            .push(record);
+        self.push(key, Record::Live(stored));
     }
 
     /// Records the deletion of `key` at `revision`.
     pub fn delete(&mut self, key: &[u8], revision: i64) {
-        let record = Record::Tombstone {
-            mod_revision: revision,
-        };
+        self.push(
+            key,
+            Record::Tombstone {
+                mod_revision: revision,
+            },
+        );
+    }
+
+    fn push(&mut self, key: &[u8], record: Record) {
         self.footprint += record.footprint(key);
-        self.keys
-            .entry(Bytes::copy_from_slice(key))
-            .or_default()
-            .push(record);
+        let revision = record.mod_revision();
+        // The index shares the map's copy of the key.
+        let key = match self.keys.get_key_value(key) {
+            Some((existing, _)) => existing.clone(),
+            None => Bytes::copy_from_slice(key),
+        };
+        self.keys.entry(key.clone()).or_default().push(record);
+        self.changes.record(revision, key);
+    }
+
+    /// The record `key` got at exactly `revision`, with the version it replaced (if it was live).
+    pub fn change_at(&self, key: &[u8], revision: i64) -> Option<(&Record, Option<&Stored>)> {
+        let history = self.keys.get(key)?;
+        let at = history.partition_point(|r| r.mod_revision() < revision);
+        let record = history.get(at).filter(|r| r.mod_revision() == revision)?;
+        let previous = match at.checked_sub(1).map(|i| &history[i]) {
+            Some(Record::Live(stored)) => Some(stored),
+            _ => None,
+        };
+        Some((record, previous))
+    }
+
+    /// The change index: which keys changed at which revision.
+    pub fn changes(&self) -> &ChangeIndex {
+        &self.changes
     }
 
     /// Drops history that no read at or after `revision` can see.
@@ -203,6 +249,7 @@ impl KeySpace {
             }
         }
         self.footprint -= freed;
+        self.changes.compact(revision);
     }
 
     pub fn footprint(&self) -> u64 {

@@ -3,6 +3,7 @@
 //! state, so it can sit behind the Raft log.
 
 mod error;
+mod history;
 mod keyspace;
 mod lease;
 mod txn;
@@ -11,7 +12,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use error::MvccError;
-pub use keyspace::{KeyRange, prefix_end};
+pub use history::{ChangeIndex, Event, HistoryRead, RevisionEvents};
+pub use keyspace::{KeyRange, Stored, prefix_end};
 pub use lease::{Lease, MAX_LEASE_TTL};
 pub use txn::{TxnCheckError, check_txn};
 
@@ -20,7 +22,7 @@ use crate::pb::etcdserverpb::{
     ResponseHeader, range_request::SortOrder, range_request::SortTarget,
 };
 use crate::pb::mvccpb::KeyValue;
-use keyspace::{KeySpace, Stored};
+use keyspace::KeySpace;
 use lease::LeaseTable;
 
 /// The store: the key space plus the revision counters and the lease table.

@@ -13,6 +13,7 @@ mod maintenance;
 mod members;
 mod raft_node;
 mod validate;
+mod watches;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,8 +34,10 @@ use crate::network::{ClusterInfo, PeerClient, protocol};
 use crate::pb::cairnpb::MemberAttributes;
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::store::{LogStore, StateMachine, snap_dir, wal_dir};
+use crate::watch::Feed;
 use leader::LeaderCall;
 use raft_node::{Raft, RaftNode};
+use watches::FeedObserver;
 
 /// The etcd API version Cairn speaks, reported by Status and /version.
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -64,6 +67,8 @@ pub struct Node {
     /// Set to a reason when this member must stop (removed from the cluster, Raft failed).
     fatal: watch::Sender<Option<String>>,
     metrics: Arc<crate::metrics::Metrics>,
+    /// Applied revisions, as watchers receive them.
+    feed: Arc<Feed>,
 }
 
 impl Node {
@@ -85,8 +90,10 @@ impl Node {
             Box::new(move |d| fsync_metrics.observe_wal_fsync(d)),
         )
         .await?;
+        let feed = Arc::new(Feed::default());
         let state_machine =
-            StateMachine::open(&snap_dir(&config.data_dir)).map_err(StartError::StateMachine)?;
+            StateMachine::open(&snap_dir(&config.data_dir), Arc::new(FeedObserver(feed.clone())))
+                .map_err(StartError::StateMachine)?;
         let machine = state_machine.shared();
         let (election_timeout_min, election_timeout_max) = election_timer(config.election_timeout);
         let raft_config = openraft::Config {
@@ -128,6 +135,7 @@ impl Node {
             peers,
             fatal,
             metrics,
+            feed,
         });
         tracing::info!(
             name = %node.config.name,

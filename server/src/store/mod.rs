@@ -7,7 +7,7 @@ mod state_machine;
 pub mod wal;
 
 pub use log_store::{LogStore, LogStoreError};
-pub use state_machine::{Machine, SharedMachine, StateMachine};
+pub use state_machine::{Machine, RevisionObserver, SharedMachine, StateMachine, Unobserved};
 
 /// Where the storage layer keeps its files inside `--data-dir`.
 pub fn wal_dir(data_dir: &std::path::Path) -> std::path::PathBuf {

@@ -11,6 +11,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::snapshot;
+use crate::mvcc::Mvcc;
 use crate::pb::cairnpb::RaftResponse;
 use crate::state::AppState;
 use crate::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
@@ -26,10 +27,28 @@ pub struct Machine {
 /// Readers (the client API) and the Raft apply loop share the machine through this handle.
 pub type SharedMachine = Arc<RwLock<Machine>>;
 
+/// Told of every move of the store's revision, with the write lock still held, so it sees each
+/// revision once and in order (watchers are fed this way).
+pub trait RevisionObserver: Send + Sync + 'static {
+    /// Revisions `(before, mvcc.revision()]` were just applied.
+    fn advanced(&self, mvcc: &Mvcc, before: i64);
+    /// The whole state was replaced: loaded at start, or installed from a leader's snapshot.
+    fn replaced(&self, mvcc: &Mvcc);
+}
+
 #[derive(Clone)]
 pub struct StateMachine {
     machine: SharedMachine,
     snap_dir: PathBuf,
+    observer: Arc<dyn RevisionObserver>,
+}
+
+/// An observer for state machines nobody watches (storage tests).
+pub struct Unobserved;
+
+impl RevisionObserver for Unobserved {
+    fn advanced(&self, _: &Mvcc, _: i64) {}
+    fn replaced(&self, _: &Mvcc) {}
 }
 
 fn read(machine: &SharedMachine) -> std::sync::RwLockReadGuard<'_, Machine> {
@@ -46,14 +65,16 @@ fn invalid(error: impl std::fmt::Display) -> io::Error {
 
 impl StateMachine {
     /// Opens the state machine at the newest snapshot in `snap_dir`; Raft re-applies the log after it.
-    pub fn open(snap_dir: &Path) -> io::Result<StateMachine> {
-        let machine = match snapshot::load_latest(snap_dir)? {
+    pub fn open(snap_dir: &Path, observer: Arc<dyn RevisionObserver>) -> io::Result<StateMachine> {
+        let machine: Machine = match snapshot::load_latest(snap_dir)? {
             Some(file) => postcard::from_bytes(&file.data).map_err(invalid)?,
             None => Machine::default(),
         };
+        observer.replaced(&machine.app.mvcc);
         Ok(StateMachine {
             machine: Arc::new(RwLock::new(machine)),
             snap_dir: snap_dir.to_owned(),
+            observer,
         })
     }
 
@@ -104,7 +125,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut machine = write(&self.machine);
                 machine.last_applied = Some(entry.log_id);
                 match entry.payload {
-                    EntryPayload::Normal(request) => machine.app.apply(&request),
+                    EntryPayload::Normal(request) => {
+                        let before = machine.app.mvcc.revision();
+                        let response = machine.app.apply(&request);
+                        if machine.app.mvcc.revision() != before {
+                            self.observer.advanced(&machine.app.mvcc, before);
+                        }
+                        response
+                    }
                     EntryPayload::Membership(membership) => {
                         // A member that leaves the membership is removed for good, on every member
                         // at the same entry.
@@ -156,7 +184,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         })
         .await
         .map_err(io::Error::other)??;
-        *write(&self.machine) = installed;
+        let mut machine = write(&self.machine);
+        *machine = installed;
+        self.observer.replaced(&machine.app.mvcc);
+        drop(machine);
         tracing::info!(last_log_id = ?meta.last_log_id, "snapshot installed");
         Ok(())
     }

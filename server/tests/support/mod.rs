@@ -361,3 +361,173 @@ pub fn ctl_ok(endpoints: &str, args: &[&str]) -> String {
     );
     String::from_utf8(out.stdout).unwrap()
 }
+
+/// A single-member etcd (Debian's etcd-server) on loopback, for tests that hold Cairn's answers
+/// against etcd's own.
+pub struct Etcd {
+    pub client_url: String,
+    _dir: TempDir,
+    process: Child,
+}
+
+impl Etcd {
+    pub fn start() -> Etcd {
+        let etcd = "/usr/bin/etcd";
+        assert!(
+            Path::new(etcd).exists(),
+            "etcd not found: install Debian's etcd-server package (apt-get install etcd-server)"
+        );
+        let dir = TempDir::new().unwrap();
+        let client_url = format!("http://127.0.0.1:{}", free_port());
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let process = Command::new(etcd)
+            .arg("--name=etcd")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=etcd={peer_url}"))
+            .env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start etcd");
+        let etcd = Etcd {
+            client_url,
+            _dir: dir,
+            process,
+        };
+        wait_until("etcd to answer", Duration::from_secs(30), || {
+            etcdctl(&etcd.endpoint(), &["endpoint", "health"])
+                .status
+                .success()
+        });
+        etcd
+    }
+
+    pub fn endpoint(&self) -> String {
+        self.client_url.trim_start_matches("http://").to_owned()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+/// Runs etcdctl until it has printed `lines` lines on stdout (or `within` passed), then stops it;
+/// for commands that run until stopped, such as `watch`. Returns stdout, stderr and whether it
+/// exited by itself (with its code).
+pub fn etcdctl_until(
+    endpoints: &str,
+    args: &[&str],
+    input: &str,
+    lines: usize,
+    within: Duration,
+) -> (String, String, Option<i32>) {
+    run_until(
+        Command::new(etcdctl_path()),
+        endpoints,
+        args,
+        input,
+        lines,
+        within,
+    )
+}
+
+/// As `etcdctl_until`, for the workspace's cairnctl.
+pub fn cairnctl_until(
+    endpoints: &str,
+    args: &[&str],
+    input: &str,
+    lines: usize,
+    within: Duration,
+) -> (String, String, Option<i32>) {
+    run_until(
+        Command::new(env!("CARGO_BIN_EXE_cairnctl")),
+        endpoints,
+        args,
+        input,
+        lines,
+        within,
+    )
+}
+
+fn run_until(
+    mut command: Command,
+    endpoints: &str,
+    args: &[&str],
+    input: &str,
+    lines: usize,
+    within: Duration,
+) -> (String, String, Option<i32>) {
+    use std::io::{Read, Write};
+    let mut child = command
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    // Input is written, and stdin kept open until the end, from a thread of its own.
+    let mut stdin = child.stdin.take().unwrap();
+    let input = input.to_owned();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        for line in input.split_inclusive('\n') {
+            if let Some(pause) = line.strip_prefix("#sleep ") {
+                std::thread::sleep(Duration::from_millis(pause.trim().parse().unwrap()));
+                continue;
+            }
+            let _ = stdin.write_all(line.as_bytes());
+        }
+        let _ = done_rx.recv_timeout(Duration::from_secs(120));
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let (out_tx, out_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 || out_tx.send(buffer[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + within;
+    let mut out = Vec::new();
+    let mut exited = None;
+    loop {
+        while let Ok(chunk) = out_rx.try_recv() {
+            out.extend(chunk);
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            while let Ok(chunk) = out_rx.recv_timeout(Duration::from_millis(200)) {
+                out.extend(chunk);
+            }
+            exited = status.code();
+            break;
+        }
+        if out.iter().filter(|b| **b == b'\n').count() >= lines || Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            while let Ok(chunk) = out_rx.recv_timeout(Duration::from_millis(100)) {
+                out.extend(chunk);
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = done_tx.send(());
+    let _ = writer.join();
+    let mut err = String::new();
+    if let Some(mut stderr) = child.stderr.take() {
+        let _ = stderr.read_to_string(&mut err);
+    }
+    (String::from_utf8_lossy(&out).into_owned(), err, exited)
+}

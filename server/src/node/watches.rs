@@ -1,0 +1,90 @@
+//! Watch on this member: every member serves watchers from its own applied state (followers too),
+//! through the feed the state machine fills and the store's history behind it.
+
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use super::{Node, NodeError};
+use crate::mvcc::{Mvcc, MvccError};
+use crate::pb::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
+use crate::store::RevisionObserver;
+use crate::watch::{self, Backend, Batch, Ended, Feed};
+
+/// Connects the state machine's revision changes to the watch feed.
+pub(super) struct FeedObserver(pub Arc<Feed>);
+
+impl RevisionObserver for FeedObserver {
+    fn advanced(&self, mvcc: &Mvcc, before: i64) {
+        self.0.advanced(mvcc, before);
+    }
+
+    fn replaced(&self, mvcc: &Mvcc) {
+        self.0.replaced(mvcc);
+    }
+}
+
+impl Backend for Node {
+    fn feed(&self) -> &Feed {
+        &self.feed
+    }
+
+    fn history(&self, from: i64, budget: usize) -> Result<Batch, i64> {
+        self.raft.read(|m| {
+            let mvcc = &m.app.mvcc;
+            match mvcc.history(from, budget) {
+                Ok(read) => Ok(Batch {
+                    revisions: read.revisions.into_iter().map(Arc::new).collect(),
+                    through: read.through,
+                }),
+                Err(MvccError::Compacted) => Err(mvcc.compacted_revision()),
+                Err(_) => Ok(Batch {
+                    revisions: Vec::new(),
+                    through: from - 1,
+                }),
+            }
+        })
+    }
+
+    fn compacted(&self) -> i64 {
+        self.raft.read(|m| m.app.mvcc.compacted_revision())
+    }
+
+    fn header(&self, revision: i64) -> ResponseHeader {
+        Node::header(self, revision)
+    }
+
+    fn has_leader(&self) -> bool {
+        self.raft.leader_id().is_some()
+    }
+}
+
+impl Node {
+    /// Opens a watch stream. With `require_leader` (the client's `hasleader`), a member without a
+    /// leader refuses it, and ends it when it stays without one.
+    pub fn watch<R>(
+        self: &Arc<Self>,
+        requests: R,
+        require_leader: bool,
+    ) -> Result<mpsc::Receiver<Result<WatchResponse, Ended>>, NodeError>
+    where
+        R: Stream<Item = WatchRequest> + Send + Unpin + 'static,
+    {
+        // etcd serves no streams on learners.
+        if self.raft.is_learner() {
+            return Err(NodeError::NotSupportedForLearner);
+        }
+        if require_leader && !self.has_leader() {
+            return Err(NodeError::NoLeader);
+        }
+        let settings = watch::Settings {
+            fragment_limit: self.config.max_request_bytes + 512 * 1024,
+            progress_interval: self.config.watch_progress_interval,
+            require_leader,
+            election_timeout: self.config.election_timeout,
+        };
+        let backend: Arc<dyn Backend> = self.clone();
+        Ok(watch::open(backend, requests, settings))
+    }
+}
