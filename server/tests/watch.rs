@@ -138,3 +138,136 @@ fn every_member_serves_watches_from_its_own_state() {
     );
     assert_eq!(out, expected);
 }
+
+/// Resident memory of a process: now, and the peak since it started (kB).
+fn resident_kb(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Watchers whose clients stop reading must not grow the member's memory: while they are stalled,
+/// 100,000 puts happen; the member's peak resident memory stays under a bound far below what
+/// buffering their events would take, and afterwards each watcher receives every event, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_watchers_cost_bounded_memory_and_miss_nothing() {
+    use cairn::pb::etcdserverpb::kv_client::KvClient;
+    use cairn::pb::etcdserverpb::watch_client::WatchClient;
+    use cairn::pb::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, watch_request};
+    use futures::StreamExt;
+
+    const STREAMS: usize = 8;
+    const WATCHERS_PER_STREAM: usize = 4;
+    const PUTS: usize = 100_000;
+    const WRITERS: usize = 32;
+    const VALUE: usize = 256;
+    // Buffering these events for every watcher would take STREAMS * WATCHERS * PUTS * ~300 bytes,
+    // about 960 MB; the member's whole footprint must stay under this.
+    const BOUND_MB: u64 = 300;
+
+    let cluster = Cluster::start(1, "watch-memory");
+    let member = &cluster.members[0];
+    let pid = member.process.as_ref().unwrap().id();
+    let url = member.client_url.clone();
+
+    // Stalled streams, each on a connection of its own, created and then never read.
+    let mut stalled = Vec::new();
+    for _ in 0..STREAMS {
+        let mut client = WatchClient::connect(url.clone()).await.unwrap();
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..WATCHERS_PER_STREAM {
+            sender
+                .send(WatchRequest {
+                    request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                        key: b"load/".to_vec(),
+                        range_end: b"load0".to_vec(),
+                        ..Default::default()
+                    })),
+                })
+                .unwrap();
+        }
+        let requests =
+            futures::stream::unfold(receiver, |mut r| async move { r.recv().await.map(|m| (m, r)) });
+        let mut responses = client.watch(requests).await.unwrap().into_inner();
+        // Read the created answers only.
+        for _ in 0..WATCHERS_PER_STREAM {
+            let created = responses.next().await.unwrap().unwrap();
+            assert!(created.created);
+        }
+        stalled.push((client, sender, responses));
+    }
+    let (_, start_peak) = resident_kb(pid);
+
+    let mut writers = Vec::new();
+    for w in 0..WRITERS {
+        let url = url.clone();
+        writers.push(tokio::spawn(async move {
+            let mut kv = KvClient::connect(url).await.unwrap();
+            for i in (w..PUTS).step_by(WRITERS) {
+                kv.put(PutRequest {
+                    key: format!("load/{i:06}").into_bytes(),
+                    value: vec![b'x'; VALUE],
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let (rss, peak) = resident_kb(pid);
+    eprintln!(
+        "member memory with {} stalled watchers: peak {} MB before the puts, {} MB after {PUTS} puts (now {} MB)",
+        STREAMS * WATCHERS_PER_STREAM,
+        start_peak / 1024,
+        peak / 1024,
+        rss / 1024
+    );
+    assert!(
+        peak / 1024 < BOUND_MB,
+        "peak resident memory {} MB is over {BOUND_MB} MB",
+        peak / 1024
+    );
+
+    // Now every watcher reads: each sees all PUTS events, revisions strictly increasing.
+    let mut readers = Vec::new();
+    for (client, sender, mut responses) in stalled {
+        readers.push(tokio::spawn(async move {
+            let _keep = (client, sender);
+            let mut seen = vec![Vec::new(); WATCHERS_PER_STREAM];
+            let mut done = 0;
+            while done < WATCHERS_PER_STREAM {
+                let response = tokio::time::timeout(Duration::from_secs(60), responses.next())
+                    .await
+                    .expect("events keep coming")
+                    .unwrap()
+                    .unwrap();
+                let revisions = &mut seen[response.watch_id as usize % WATCHERS_PER_STREAM];
+                for event in response.events {
+                    revisions.push(event.kv.unwrap().mod_revision);
+                }
+                if !response.canceled && revisions.len() == PUTS {
+                    done += 1;
+                }
+            }
+            seen
+        }));
+    }
+    for reader in readers {
+        for revisions in reader.await.unwrap() {
+            assert_eq!(revisions.len(), PUTS);
+            assert!(
+                revisions.windows(2).all(|w| w[1] == w[0] + 1),
+                "in order, no gaps, no repeats"
+            );
+        }
+    }
+}
