@@ -22,6 +22,10 @@ use crate::pb::peerpb::peer_client::PeerClient as GrpcPeerClient;
 pub enum PeerError {
     #[error("peer {url} is unreachable: {reason}")]
     Unreachable { url: String, reason: String },
+    /// The call never left this member: the peer could not be connected to (or would not agree on
+    /// a protocol), so sending it again cannot repeat it.
+    #[error("peer {url} could not be reached; the call was not sent: {reason}")]
+    NotDelivered { url: String, reason: String },
     #[error("peer {url} refused the call: {reason}")]
     Refused { url: String, reason: String },
     #[error("peer {url} timed out after {after:?}")]
@@ -34,6 +38,18 @@ pub enum PeerError {
 }
 
 impl PeerError {
+    /// A failure before the call itself was sent (while agreeing on the protocol).
+    fn undelivered(self) -> PeerError {
+        match self {
+            PeerError::Unreachable { url, reason } => PeerError::NotDelivered { url, reason },
+            PeerError::Timeout { url, after } => PeerError::NotDelivered {
+                url,
+                reason: format!("no answer to hello within {after:?}"),
+            },
+            other => other,
+        }
+    }
+
     fn garbled(url: &str, error: Malformed) -> PeerError {
         PeerError::Garbled {
             url: url.into(),
@@ -166,7 +182,10 @@ impl PeerClient {
     {
         let link = self.link(url)?;
         let started = tokio::time::Instant::now();
-        let version = self.agreed_version(url, &link, timeout).await?;
+        let version = self
+            .agreed_version(url, &link, timeout)
+            .await
+            .map_err(PeerError::undelivered)?;
         let left = timeout.saturating_sub(started.elapsed());
         let result = within(
             url,
@@ -177,7 +196,10 @@ impl PeerClient {
         if let Err(error) = &result {
             self.note_removal(error);
         }
-        if let Err(PeerError::Unreachable { .. } | PeerError::Refused { .. }) = &result {
+        if let Err(
+            PeerError::Unreachable { .. } | PeerError::NotDelivered { .. } | PeerError::Refused { .. },
+        ) = &result
+        {
             // The peer may have restarted with another version: agree again on the next call.
             *link.version.lock().expect("peer version poisoned") = None;
         }
@@ -307,6 +329,20 @@ pub fn snapshot_chunks(
     chunks
 }
 
+/// Whether the call failed because no connection could be made: then it was never sent.
+fn connection_refused(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = error.source();
+    }
+    false
+}
+
 async fn within<R>(
     url: &str,
     timeout: Duration,
@@ -319,6 +355,10 @@ async fn within<R>(
         }),
         Ok(Ok(reply)) => Ok(reply.into_inner()),
         Ok(Err(status)) => Err(match status.code() {
+            _ if connection_refused(&status) => PeerError::NotDelivered {
+                url: url.into(),
+                reason: status.message().to_owned(),
+            },
             Code::NotFound => PeerError::Removed {
                 url: url.into(),
                 reason: status.message().to_owned(),
@@ -342,6 +382,29 @@ async fn within<R>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A call to a port nobody listens on was never sent, whether it failed saying hello or, with a
+    /// version already agreed, on the call itself; forwarding relies on this to retry safely.
+    #[tokio::test]
+    async fn calls_to_a_closed_port_are_known_undelivered() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = PeerClient::new(1, 2, 1 << 20);
+        let call = || client.forward(&url, Duration::from_secs(2), peerpb::ForwardRequest::default());
+        assert!(
+            matches!(call().await, Err(PeerError::NotDelivered { .. })),
+            "{:?}",
+            call().await
+        );
+        let link = client.link(&url).unwrap();
+        *link.version.lock().unwrap() = Some(MAX_VERSION);
+        let error = call().await.unwrap_err();
+        assert!(matches!(error, PeerError::NotDelivered { .. }), "{error:?}");
+    }
 
     #[test]
     fn snapshots_travel_in_bounded_chunks_with_metadata_first_and_done_last() {

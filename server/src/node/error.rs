@@ -13,6 +13,9 @@ pub enum NodeError {
     LeaderChanged,
     #[error("etcdserver: request timed out")]
     Timeout,
+    /// A forwarded write whose leader failed before answering: it may or may not have committed.
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
     #[error("etcdserver: server stopped")]
     Stopped,
     #[error("etcdserver: not leader")]
@@ -60,6 +63,7 @@ impl NodeError {
             NodeError::NoLeader => (Kind::NoLeader, 0, String::new()),
             NodeError::LeaderChanged => (Kind::LeaderChanged, 0, String::new()),
             NodeError::Timeout => (Kind::Timeout, 0, String::new()),
+            NodeError::TimeoutDueToLeaderFail => (Kind::TimeoutDueToLeaderFail, 0, String::new()),
             NodeError::Stopped => (Kind::Stopped, 0, String::new()),
             NodeError::NotLeader => (Kind::NotLeader, 0, String::new()),
             NodeError::Mvcc(error) => (Kind::Store, error.code(), String::new()),
@@ -91,6 +95,7 @@ impl NodeError {
             Kind::NoLeader => NodeError::NoLeader,
             Kind::LeaderChanged => NodeError::LeaderChanged,
             Kind::Timeout => NodeError::Timeout,
+            Kind::TimeoutDueToLeaderFail => NodeError::TimeoutDueToLeaderFail,
             Kind::Stopped => NodeError::Stopped,
             Kind::NotLeader => NodeError::NotLeader,
             Kind::Store => MvccError::from_code(error.code).map_or_else(
@@ -125,6 +130,7 @@ mod tests {
             NodeError::NoLeader,
             NodeError::LeaderChanged,
             NodeError::Timeout,
+            NodeError::TimeoutDueToLeaderFail,
             NodeError::Stopped,
             NodeError::NotLeader,
             NodeError::Mvcc(MvccError::NoSpace),

@@ -75,6 +75,14 @@ impl Answer {
     }
 }
 
+/// Whether serving `call` twice has the effect of serving it once.
+fn repeatable(call: &LeaderCall) -> bool {
+    matches!(
+        call,
+        Call::ReadIndex(_) | Call::LeaseTimeToLive(_) | Call::LeaseKeepAlive(_)
+    )
+}
+
 impl Node {
     /// Serves `call` on the leader, this member or another, waiting for one to exist. A forwarded
     /// call whose outcome is unknown (timed out) is never sent again.
@@ -112,7 +120,18 @@ impl Node {
                     }
                     Ok(ForwardReply { reply: None }) => return Err(different_call()),
                     Err(PeerError::Timeout { .. }) => return Err(NodeError::Timeout),
-                    Err(error) => tracing::debug!(%error, "forwarding to the leader failed; retrying"),
+                    Err(error @ PeerError::NotDelivered { .. }) => {
+                        tracing::debug!(%error, "the leader could not be reached; retrying")
+                    }
+                    // The leader may have committed the call before failing: a write sent again
+                    // could be applied twice, so only reads are retried.
+                    Err(error) if repeatable(&call) => {
+                        tracing::debug!(%error, "forwarding to the leader failed; retrying")
+                    }
+                    Err(error) => {
+                        tracing::debug!(%error, "the leader failed while serving a forwarded call");
+                        return Err(NodeError::TimeoutDueToLeaderFail);
+                    }
                 }
             }
             if Instant::now() >= deadline {

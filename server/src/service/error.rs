@@ -20,9 +20,11 @@ pub fn mvcc_status(error: MvccError) -> Status {
 pub fn node_status(error: NodeError) -> Status {
     let code = match &error {
         NodeError::Mvcc(inner) => return mvcc_status(*inner),
-        NodeError::NoLeader | NodeError::LeaderChanged | NodeError::Timeout | NodeError::Stopped => {
-            Code::Unavailable
-        }
+        NodeError::NoLeader
+        | NodeError::LeaderChanged
+        | NodeError::Timeout
+        | NodeError::TimeoutDueToLeaderFail
+        | NodeError::Stopped => Code::Unavailable,
         NodeError::NotLeader
         | NodeError::MemberExists
         | NodeError::PeerUrlExists
