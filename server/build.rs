@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcd/api/mvccpb/kv.proto",
         "proto/etcd/api/authpb/auth.proto",
         "proto/etcd/api/etcdserverpb/rpc.proto",
+        "proto/etcd/api/v3lockpb/v3lock.proto",
+        "proto/etcd/api/v3electionpb/v3election.proto",
         "proto/cairn/cairnpb.proto",
         "proto/cairn/peerpb.proto",
     ];

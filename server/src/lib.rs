@@ -8,6 +8,7 @@ pub mod mvcc;
 pub mod network;
 pub mod node;
 pub mod pb;
+pub mod recipes;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -1,6 +1,6 @@
-//! Generated protobuf code: the etcd v3 API (`etcdserverpb`, `mvccpb`, `authpb`) and Cairn's internal
-//! messages (`cairnpb`: log entries) and the peer plane (`peerpb`), plus serde for the two internal
-//! messages that travel inside Raft entries.
+//! Generated protobuf code: the etcd v3 API (`etcdserverpb`, `mvccpb`, `authpb`, `v3lockpb`,
+//! `v3electionpb`), Cairn's internal messages (`cairnpb`: log entries) and the peer plane
+//! (`peerpb`), plus serde for the two internal messages that travel inside Raft entries.
 
 #![allow(clippy::all, clippy::pedantic, missing_docs)]
 
@@ -12,6 +12,12 @@ pub mod authpb {
 }
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
+}
+pub mod v3lockpb {
+    tonic::include_proto!("v3lockpb");
+}
+pub mod v3electionpb {
+    tonic::include_proto!("v3electionpb");
 }
 pub mod peerpb {
     tonic::include_proto!("peerpb");

@@ -16,9 +16,13 @@ use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
 use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
+use crate::pb::v3electionpb::election_server::ElectionServer;
+use crate::pb::v3lockpb::lock_server::LockServer;
 use crate::service::cluster::ClusterService;
+use crate::service::election::ElectionService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
+use crate::service::lock::LockService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
 
@@ -75,6 +79,10 @@ fn client_router(node: &Arc<Node>) -> Router {
             )
             .add_service(
                 WatchServer::new(WatchService { node: node.clone() }).max_decoding_message_size(limit),
+            )
+            .add_service(LockServer::new(LockService { node: node.clone() }).max_decoding_message_size(limit))
+            .add_service(
+                ElectionServer::new(ElectionService { node: node.clone() }).max_decoding_message_size(limit),
             )
             .add_service(health_service);
     let metrics = node.clone();

@@ -4,6 +4,7 @@ use tonic::{Code, Status};
 
 use crate::mvcc::MvccError;
 use crate::node::NodeError;
+use crate::recipes::RecipeError;
 
 pub fn mvcc_status(error: MvccError) -> Status {
     let code = match error {
@@ -40,4 +41,14 @@ pub fn node_status(error: NodeError) -> Status {
         NodeError::Internal(_) => Code::Unknown,
     };
     Status::new(code, error.to_string())
+}
+
+/// Recipe refusals are plain errors in etcd (gRPC code Unknown, etcd's text); store and node
+/// errors keep their own mapping.
+pub fn recipe_status(error: RecipeError) -> Status {
+    match error {
+        RecipeError::Node(error) => node_status(error),
+        RecipeError::Compacted => mvcc_status(MvccError::Compacted),
+        other => Status::new(Code::Unknown, other.to_string()),
+    }
 }
