@@ -14,7 +14,7 @@ use cairn::pb::v3electionpb::{CampaignRequest, LeaderRequest, ProclaimRequest, R
 use cairn::pb::v3lockpb::lock_client::LockClient;
 use cairn::pb::v3lockpb::{LockRequest, UnlockRequest};
 use futures::StreamExt;
-use support::{Cluster, etcdctl_path, etcdctl_until};
+use support::{Cluster, etcdctl_path, etcdctl_until, ok};
 
 fn spawn_etcdctl(endpoint: &str, args: &[&str], stdout: Stdio) -> std::process::Child {
     Command::new(etcdctl_path())
@@ -280,4 +280,100 @@ async fn the_election_service_campaigns_proclaims_observes_and_resigns() {
         seen.push(String::from_utf8(response.kv.unwrap().value).unwrap());
     }
     assert_eq!(seen, ["one", "one, again", "two"]);
+}
+
+/// cairnctl's lock and elect go through the Lock and Election services and print what etcdctl
+/// prints; they exclude and follow etcdctl's own holders and candidates.
+#[test]
+fn cairnctl_lock_and_elect_work_with_etcdctl() {
+    let cluster = Cluster::start(1, "cairnctl-recipes");
+    let endpoint = cluster.members[0].endpoint();
+    let dir = tempfile::TempDir::new().unwrap();
+    let journal = dir.path().join("journal");
+    let script = |who: &str| {
+        format!(
+            "echo start {who} $ETCD_LOCK_KEY >> {0}; sleep 0.4; echo end {who} >> {0}",
+            journal.display()
+        )
+    };
+    let cairnctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+            .arg(format!("--endpoints={endpoint}"))
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start cairnctl")
+    };
+    let ours = cairnctl(&["lock", "mixed", "--", "sh", "-c", &script("cairnctl")]);
+    let theirs = spawn_etcdctl(
+        &endpoint,
+        &["lock", "mixed", "--", "sh", "-c", &script("etcdctl")],
+        Stdio::null(),
+    );
+    for mut holder in [ours, theirs] {
+        assert!(holder.wait().unwrap().success());
+    }
+    let lines: Vec<String> = std::fs::read_to_string(&journal)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    for pair in lines.chunks(2) {
+        let mut start = pair[0].split_whitespace();
+        let (who, key) = (start.nth(1).unwrap(), start.next().unwrap_or(""));
+        assert!(key.starts_with("mixed/"), "ETCD_LOCK_KEY is set: {lines:?}");
+        assert_eq!(pair[1], format!("end {who}"), "holders overlapped: {lines:?}");
+    }
+
+    // An election: cairnctl observes, etcdctl leads, cairnctl takes over when etcdctl resigns.
+    let observer_endpoint = endpoint.clone();
+    let observer = std::thread::spawn(move || {
+        support::cairnctl_until(
+            &observer_endpoint,
+            &["elect", "-l", "seat"],
+            "",
+            4,
+            Duration::from_secs(20),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let mut first = spawn_etcdctl(&endpoint, &["elect", "seat", "etcdctl"], Stdio::null());
+    std::thread::sleep(Duration::from_millis(800));
+    let mut second = cairnctl(&["elect", "seat", "cairnctl"]);
+    std::thread::sleep(Duration::from_millis(800));
+    Command::new("kill")
+        .args(["-INT", &first.id().to_string()])
+        .status()
+        .unwrap();
+    let _ = first.wait();
+    let mut elected = String::new();
+    {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(second.stdout.take().unwrap());
+        out.read_line(&mut elected).unwrap();
+        out.read_line(&mut elected).unwrap();
+    }
+    let (observed, err, _) = observer.join().unwrap();
+    Command::new("kill")
+        .args(["-INT", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(
+        second.wait().unwrap().success(),
+        "cairnctl elect resigns cleanly when interrupted"
+    );
+    let lines: Vec<&str> = observed.lines().collect();
+    assert_eq!(lines.len(), 4, "observer printed {observed:?} ({err})");
+    assert_eq!((lines[1], lines[3]), ("etcdctl", "cairnctl"));
+    assert_eq!(
+        elected,
+        format!("{}\ncairnctl\n", lines[2]),
+        "the new leader prints its key and value"
+    );
+    assert!(
+        ok(&endpoint, &["get", "seat", "--prefix"]).is_empty(),
+        "nothing left behind"
+    );
 }

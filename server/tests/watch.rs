@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Cluster, Etcd, etcdctl_stdin, etcdctl_until, ok};
+use support::{Cluster, Etcd, cairnctl_until, etcdctl_stdin, etcdctl_until, ok};
 
 /// The same writes on any etcd v3 server give the same revisions: puts, a transaction, a range
 /// delete, and a lease whose revocation deletes its key.
@@ -24,12 +24,22 @@ fn write_history(endpoint: &str) {
     ok(endpoint, &["put", "e", "last"]);
 }
 
-/// What etcdctl prints for a set of watch commands against one server.
-fn watch_transcript(endpoint: &str) -> Vec<(String, String, String, Option<i32>)> {
+/// Which client runs the watch commands.
+#[derive(Clone, Copy)]
+enum Client {
+    Etcdctl,
+    Cairnctl,
+}
+
+/// What a client prints for a set of watch commands against one server.
+fn watch_transcript(endpoint: &str, client: Client) -> Vec<(String, String, String, Option<i32>)> {
     let within = Duration::from_secs(10);
     let mut transcript = Vec::new();
     let mut record = |name: &str, args: &[&str], input: &str, lines: usize| {
-        let (out, err, code) = etcdctl_until(endpoint, args, input, lines, within);
+        let (out, err, code) = match client {
+            Client::Etcdctl => etcdctl_until(endpoint, args, input, lines, within),
+            Client::Cairnctl => cairnctl_until(endpoint, args, input, lines, within),
+        };
         transcript.push((name.to_owned(), out, err, code));
     };
     // Every event since revision 1, with previous values.
@@ -76,8 +86,8 @@ fn etcdctl_watch_prints_on_cairn_what_it_prints_on_etcd() {
     let etcd = Etcd::start();
     write_history(&cairn.endpoints());
     write_history(&etcd.endpoint());
-    let ours = watch_transcript(&cairn.endpoints());
-    let theirs = watch_transcript(&etcd.endpoint());
+    let ours = watch_transcript(&cairn.endpoints(), Client::Etcdctl);
+    let theirs = watch_transcript(&etcd.endpoint(), Client::Etcdctl);
     for (cairn, etcd) in ours.iter().zip(&theirs) {
         assert_eq!(
             cairn, etcd,
@@ -94,6 +104,24 @@ fn etcdctl_watch_prints_on_cairn_what_it_prints_on_etcd() {
         "{}",
         ours[5].2
     );
+}
+
+/// cairnctl's watch prints what etcdctl's prints, byte for byte, standard error included.
+#[test]
+fn cairnctl_watch_prints_what_etcdctl_prints() {
+    let first = Cluster::start(1, "watch-cairnctl-a");
+    let second = Cluster::start(1, "watch-cairnctl-b");
+    write_history(&first.endpoints());
+    write_history(&second.endpoints());
+    let etcdctl = watch_transcript(&first.endpoints(), Client::Etcdctl);
+    let cairnctl = watch_transcript(&second.endpoints(), Client::Cairnctl);
+    for (theirs, ours) in etcdctl.iter().zip(&cairnctl) {
+        assert_eq!(
+            ours, theirs,
+            "cairnctl {} differs (left: cairnctl, right: etcdctl)",
+            ours.0
+        );
+    }
 }
 
 #[test]

@@ -73,6 +73,79 @@ pub enum Command {
     /// Manages snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Watches events stream on keys or prefixes.
+    Watch(WatchArgs),
+    /// Acquires a named lock.
+    Lock(LockArgs),
+    /// Observes and participates in leader election.
+    Elect(ElectArgs),
+    /// Makes a mirror at the destination etcd cluster.
+    MakeMirror(MirrorArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// The key, or prefix with --prefix.
+    pub key: Option<String>,
+    /// End of the watched range [key, range_end).
+    pub range_end: Option<String>,
+    /// Watch on a prefix if prefix is set.
+    #[arg(long)]
+    pub prefix: bool,
+    /// Revision to start watching.
+    #[arg(long, default_value_t = 0)]
+    pub rev: i64,
+    /// Get the previous key-value pair before the event happens.
+    #[arg(long)]
+    pub prev_kv: bool,
+    /// Get periodic watch progress notifications from the server.
+    #[arg(long)]
+    pub progress_notify: bool,
+    /// Interactive mode: read `watch ...` and `progress` lines from stdin.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// A command to run for every event, with ETCD_WATCH_* variables describing it.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LockArgs {
+    pub name: String,
+    /// Seconds the session lease lives without keep-alives.
+    #[arg(long, default_value_t = 60)]
+    pub ttl: i64,
+    /// A command to run while holding the lock, with ETCD_LOCK_KEY and ETCD_LOCK_REV set.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ElectArgs {
+    pub name: String,
+    /// The value to campaign with.
+    pub proposal: Option<String>,
+    /// Observe the election instead of campaigning.
+    #[arg(short, long)]
+    pub listen: bool,
+    /// Seconds the session lease lives without keep-alives.
+    #[arg(long, default_value_t = 60)]
+    pub ttl: i64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MirrorArgs {
+    /// The destination cluster's endpoint.
+    pub destination: String,
+    /// Key-value prefix to mirror.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Destination prefix to mirror a prefix to a different prefix in the destination cluster.
+    #[arg(long)]
+    pub dest_prefix: Option<String>,
+    /// Mirror key-values to the root of the destination cluster.
+    #[arg(long)]
+    pub no_dest_prefix: bool,
 }
 
 #[derive(Debug, Clone, Args)]

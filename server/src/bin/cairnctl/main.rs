@@ -1,12 +1,15 @@
 //! `cairnctl`: etcdctl's verbs for Cairn (and any etcd v3 server), built on the `etcd-client` crate.
 
 mod cli;
+mod concurrency;
 mod endpoint;
 mod kv;
 mod lease;
 mod member;
+mod mirror;
 mod output;
 mod txn;
+mod watch;
 
 use std::process::ExitCode;
 
@@ -57,6 +60,37 @@ pub async fn connect(endpoints: &[String], global: &Global) -> anyhow::Result<Cl
     Client::connect(endpoints, Some(options))
         .await
         .map_err(|e| anyhow::anyhow!("cannot use endpoints {}: {}", endpoints.join(","), describe(&e)))
+}
+
+/// An error that ends cairnctl with one of etcdctl's exit codes rather than 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Exit {
+    pub fn invalid_input(message: &str) -> Exit {
+        Exit {
+            code: 3,
+            message: message.to_owned(),
+        }
+    }
+
+    pub fn interrupted(message: &str) -> Exit {
+        Exit {
+            code: 5,
+            message: message.to_owned(),
+        }
+    }
+
+    pub fn bad_args(message: &str) -> Exit {
+        Exit {
+            code: 128,
+            message: message.to_owned(),
+        }
+    }
 }
 
 /// Why a request failed: the server said no (its message is etcd's exact text, which scripts
@@ -112,6 +146,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoint(command) => endpoint::run(&mut session, command).await,
         Command::MoveLeader(args) => endpoint::move_leader(&mut session, args).await,
         Command::Snapshot(command) => endpoint::snapshot(&mut session, command).await,
+        Command::Watch(args) => watch::run(&mut session, args).await,
+        Command::Lock(args) => concurrency::lock(&mut session, args).await,
+        Command::Elect(args) => concurrency::elect(&mut session, args).await,
+        Command::MakeMirror(args) => mirror::run(&mut session, args).await,
     };
     outcome.map_err(|error| match error.downcast_ref::<RpcError>() {
         Some(RpcError::Unreachable(why)) => anyhow::anyhow!("cannot reach {endpoints}: {why}"),
@@ -132,7 +170,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("Error: {error:#}");
-            ExitCode::FAILURE
+            match error.downcast_ref::<Exit>() {
+                Some(exit) => ExitCode::from(exit.code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

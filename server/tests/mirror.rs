@@ -1,0 +1,80 @@
+//! make-mirror from one Cairn cluster to another, with etcdctl 3.4 and with cairnctl: the copy at
+//! one revision, then every later put and delete, under the prefix the user chose.
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::{Cluster, etcdctl_path, ok, wait_until};
+
+fn keys_and_values(endpoint: &str, prefix: &str) -> String {
+    ok(endpoint, &["get", prefix, "--prefix"])
+}
+
+/// Writes, starts the mirror, writes and deletes more, and waits for the destination to match.
+fn mirrors(start: impl FnOnce(&str, &str) -> Child, source_prefix: &str, dest_prefix: &str) {
+    let source = Cluster::start(1, "mirror-source");
+    let destination = Cluster::start(1, "mirror-destination");
+    let (from, to) = (source.endpoints(), destination.endpoints());
+    for i in 0..30 {
+        ok(
+            &from,
+            &["put", &format!("{source_prefix}{i:02}"), &format!("v{i}")],
+        );
+    }
+    ok(&from, &["put", "elsewhere", "not mirrored"]);
+    let mut mirror = start(&from, &to);
+    for i in 25..35 {
+        ok(
+            &from,
+            &["put", &format!("{source_prefix}{i:02}"), &format!("w{i}")],
+        );
+    }
+    ok(&from, &["del", &format!("{source_prefix}0"), "--prefix"]);
+    let expected = keys_and_values(&from, source_prefix).replace(source_prefix, dest_prefix);
+    assert!(expected.contains(&format!("{dest_prefix}34\nw34\n")));
+    wait_until(
+        "the destination to match the source",
+        Duration::from_secs(20),
+        || keys_and_values(&to, dest_prefix) == expected,
+    );
+    assert!(ok(&to, &["get", "elsewhere"]).is_empty());
+    let _ = mirror.kill();
+    let _ = mirror.wait();
+}
+
+#[test]
+fn etcdctl_make_mirror_copies_and_follows_a_cairn_cluster() {
+    mirrors(
+        |from, to| {
+            Command::new(etcdctl_path())
+                .env("ETCDCTL_API", "3")
+                .arg(format!("--endpoints={from}"))
+                .args(["make-mirror", "--prefix=m/", to])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        "m/",
+        "m/",
+    );
+}
+
+#[test]
+fn cairnctl_make_mirror_moves_keys_to_another_prefix() {
+    mirrors(
+        |from, to| {
+            Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+                .arg(format!("--endpoints={from}"))
+                .args(["make-mirror", "--prefix=m/", "--dest-prefix=copy/", to])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        },
+        "m/",
+        "copy/",
+    );
+}
