@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod mvcc;

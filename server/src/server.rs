@@ -90,6 +90,7 @@ fn client_router(node: &Arc<Node>) -> Router {
         .into_axum_router()
         .layer(GrpcMetricsLayer { node: metrics })
         .merge(http::router(node.clone()))
+        .merge(crate::gateway::router(node.clone()))
 }
 
 /// The client listeners, which a stopping member closes before it stops Raft.
