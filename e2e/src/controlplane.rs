@@ -1,4 +1,4 @@
-//! The real control plane on loopback: etcd (Debian's etcd-server), kube-apiserver with TLS, a
+//! The real control plane on loopback: its store (Debian's etcd-server, or a Cairn member), kube-apiserver with TLS, a
 //! static admin token and RBAC, then kube-controller-manager with the controllers Cairn relies on.
 //! Each runs as a child process with its log in the sandbox directory.
 
@@ -20,6 +20,8 @@ pub enum ControlPlaneError {
     MissingKubernetes { binary: &'static str, dir: PathBuf },
     #[error("{0} not found: install Debian's etcd-server (apt-get install etcd-server)")]
     MissingEtcd(PathBuf),
+    #[error("{0} not found: build the workspace (cargo build --workspace) to run the sandbox on Cairn")]
+    MissingCairn(PathBuf),
     #[error("cannot start {what}: {source}")]
     Spawn {
         what: &'static str,
@@ -61,9 +63,36 @@ impl Default for Ports {
     }
 }
 
+/// What stores the API objects: Debian's etcd, or a Cairn member (Kubernetes on Cairn).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Store {
+    #[default]
+    Etcd,
+    Cairn,
+}
+
+impl Store {
+    /// `CAIRN_SANDBOX_STORE` (etcd or cairn), etcd when unset or unknown.
+    pub fn from_env() -> Store {
+        match std::env::var("CAIRN_SANDBOX_STORE").as_deref() {
+            Ok("cairn") => Store::Cairn,
+            _ => Store::Etcd,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Store::Etcd => "etcd",
+            Store::Cairn => "cairn",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Binaries {
-    pub etcd: PathBuf,
+    pub store: Store,
+    /// The store's server: /usr/bin/etcd, or the workspace's `cairn`.
+    pub store_server: PathBuf,
     pub apiserver: PathBuf,
     pub controller_manager: PathBuf,
 }
@@ -77,7 +106,9 @@ impl Binaries {
         cache_dir().join("k8s-1.20.2/bin")
     }
 
-    pub fn locate() -> Result<Binaries, ControlPlaneError> {
+    /// Finds the control plane's binaries; Cairn's server is the workspace's `cairn`, in
+    /// `workspace_bin` (the target directory that holds the sandbox binary).
+    pub fn locate(store: Store, workspace_bin: &Path) -> Result<Binaries, ControlPlaneError> {
         let dir = Binaries::kubernetes_dir();
         let find = |binary: &'static str| {
             let path = dir.join(binary);
@@ -90,12 +121,19 @@ impl Binaries {
                 })
             }
         };
-        let etcd = PathBuf::from("/usr/bin/etcd");
-        if !etcd.is_file() {
-            return Err(ControlPlaneError::MissingEtcd(etcd));
+        let store_server = match store {
+            Store::Etcd => PathBuf::from("/usr/bin/etcd"),
+            Store::Cairn => workspace_bin.join("cairn"),
+        };
+        if !store_server.is_file() {
+            return Err(match store {
+                Store::Etcd => ControlPlaneError::MissingEtcd(store_server),
+                Store::Cairn => ControlPlaneError::MissingCairn(store_server),
+            });
         }
         Ok(Binaries {
-            etcd,
+            store,
+            store_server,
             apiserver: find("kube-apiserver")?,
             controller_manager: find("kube-controller-manager")?,
         })
@@ -143,22 +181,27 @@ impl ControlPlane {
             ports,
         };
 
-        progress("starting etcd");
-        let etcd_dir = dir.join("etcd");
-        let _ = std::fs::remove_dir_all(&etcd_dir);
+        let store = binaries.store.name();
+        progress(&format!("starting the store ({store})"));
+        let store_dir = dir.join(store);
+        let _ = std::fs::remove_dir_all(&store_dir);
         let client = format!("http://127.0.0.1:{}", ports.etcd_client);
         let peer = format!("http://127.0.0.1:{}", ports.etcd_peer);
-        let mut etcd = Command::new(&binaries.etcd);
-        etcd.arg("--name=sandbox")
-            .arg(format!("--data-dir={}", etcd_dir.display()))
+        let mut server = Command::new(&binaries.store_server);
+        server
+            .arg("--name=sandbox")
+            .arg(format!("--data-dir={}", store_dir.display()))
             .arg(format!("--listen-client-urls={client}"))
             .arg(format!("--advertise-client-urls={client}"))
             .arg(format!("--listen-peer-urls={peer}"))
             .arg(format!("--initial-advertise-peer-urls={peer}"))
-            .arg(format!("--initial-cluster=sandbox={peer}"))
+            .arg(format!("--initial-cluster=sandbox={peer}"));
+        if binaries.store == Store::Etcd {
             // The sandbox's API objects are thrown away with it; fsync would only slow tests down.
-            .arg("--unsafe-no-fsync");
-        plane.spawn("etcd", etcd, dir)?;
+            // (Cairn always syncs: it has no way to be told otherwise.)
+            server.arg("--unsafe-no-fsync");
+        }
+        plane.spawn(store, server, dir)?;
 
         progress("starting kube-apiserver");
         let mut apiserver = Command::new(&binaries.apiserver);

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 
-use crate::controlplane::{Binaries, ControlPlane, ControlPlaneError, Ports, cache_dir, tail};
+use crate::controlplane::{Binaries, ControlPlane, ControlPlaneError, Ports, Store, cache_dir, tail};
 use crate::dns::{ClusterDns, DnsError};
 use crate::kubelet::images::ImageMap;
 use crate::kubelet::pod::SPEC_SUFFIX;
@@ -67,6 +67,8 @@ pub struct Sandbox {
     /// Run in the caller's private network namespace and give pods' connections their own source
     /// addresses (nftables), so fault tests can cut links between pods (`crate::faults`).
     pub private_network: bool,
+    /// What kube-apiserver stores the API objects in.
+    pub store: Store,
 }
 
 pub const DEFAULT_POD_OCTET: u8 = 10;
@@ -84,6 +86,7 @@ impl Default for Sandbox {
             images: Vec::new(),
             crds: None,
             private_network: false,
+            store: Store::from_env(),
         }
     }
 }
@@ -104,6 +107,7 @@ impl Sandbox {
             images: Vec::new(),
             crds: None,
             private_network: false,
+            store: Store::from_env(),
         }
     }
 
@@ -164,7 +168,8 @@ impl Sandbox {
         }
         self.down()?;
         self.check_network()?;
-        build_missing(report)?;
+        let workspace_bin = supervisor.parent().unwrap_or(Path::new("."));
+        build_missing(self.store, workspace_bin, report)?;
         std::fs::create_dir_all(&self.dir).map_err(self.io(&self.dir))?;
         std::fs::write(self.progress_file(), "").map_err(self.io(&self.progress_file()))?;
         let log = std::fs::File::create(self.log()).map_err(self.io(&self.log()))?;
@@ -185,6 +190,7 @@ impl Sandbox {
         if self.private_network {
             command.arg("--private-network");
         }
+        command.arg(format!("--store={}", self.store.name()));
         let child = command
             .stdin(Stdio::null())
             .stdout(log)
@@ -305,7 +311,8 @@ impl Sandbox {
         runtime: &tokio::runtime::Runtime,
         say: &dyn Fn(&str),
     ) -> Result<ControlPlane, SandboxError> {
-        let binaries = Binaries::locate()?;
+        let me = std::env::current_exe().map_err(self.io(Path::new("/proc/self/exe")))?;
+        let binaries = Binaries::locate(self.store, me.parent().unwrap_or(Path::new(".")))?;
         let mut plane = ControlPlane::start(&self.dir, self.ports, &binaries, say)?;
         if let Some(dir) = &self.crds {
             say(&format!("installing the CRDs in {}", dir.display()));
@@ -460,8 +467,8 @@ pub async fn client(kubeconfig: &Path) -> Result<kube::Client, SandboxError> {
 
 /// On a fresh machine the control plane is not built yet: build it with the project's script,
 /// whose progress lines pass through `report`. Etcd missing is reported, not installed.
-fn build_missing(report: &dyn Fn(&str)) -> Result<(), SandboxError> {
-    match Binaries::locate() {
+fn build_missing(store: Store, workspace_bin: &Path, report: &dyn Fn(&str)) -> Result<(), SandboxError> {
+    match Binaries::locate(store, workspace_bin) {
         Err(ControlPlaneError::MissingKubernetes { .. }) => {}
         Err(other) => return Err(other.into()),
         Ok(_) => return Ok(()),
@@ -497,7 +504,7 @@ fn build_missing(report: &dyn Fn(&str)) -> Result<(), SandboxError> {
             tail: String::new(),
         });
     }
-    Binaries::locate()?;
+    Binaries::locate(store, workspace_bin)?;
     Ok(())
 }
 

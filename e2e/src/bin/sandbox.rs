@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{Context, bail};
-use cairn_e2e::controlplane::Ports;
+use cairn_e2e::controlplane::{Ports, Store};
 use cairn_e2e::podexec::{ContainerSpec, exec_in_pod};
 use cairn_e2e::sandbox::{DEFAULT_POD_OCTET, Sandbox};
 use clap::{Parser, Subcommand};
@@ -40,6 +40,16 @@ struct Cli {
     /// with nftables.
     #[arg(long, global = true)]
     private_network: bool,
+    /// What stores the API objects: Debian's etcd, or a Cairn member (the `cairn` built beside
+    /// this program).
+    #[arg(
+        long,
+        global = true,
+        env = "CAIRN_SANDBOX_STORE",
+        value_enum,
+        default_value = "etcd"
+    )]
+    store: Store,
     #[command(subcommand)]
     command: Action,
 }
@@ -107,6 +117,7 @@ fn main() -> anyhow::Result<()> {
     sandbox.images = cli.images;
     sandbox.crds = cli.crds;
     sandbox.private_network = cli.private_network;
+    sandbox.store = cli.store;
     match cli.command {
         Action::Up => {
             let me = std::env::current_exe().context("cannot find the sandbox binary itself")?;
