@@ -7,7 +7,9 @@ a shared host falls on both. Prints medians per workload and the Cairn/etcd rati
     apt-get install etcd-server          # provides /usr/bin/etcd (3.4)
     bench/compare.py --rounds 5
 
-Ratios above 1.0 mean Cairn is faster (ops/s) or slower (p99, where lower is better).
+Ratios above 1.0 mean Cairn is faster (ops/s) or slower (p50 and p99, where lower is better). For
+the watch workloads ops/s counts events received and the latencies are put→event; `--only watch`
+runs just those.
 """
 
 import argparse
@@ -25,18 +27,25 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
 
-# name, cairn-bench arguments; the bar for Cairn is on the first four.
+# name, cairn-bench arguments, requests per run (None: --total); the bar for Cairn is on the first
+# four, and on the watch workloads: put→event p50 no worse than etcd's, fan-out events/s at least
+# etcd's.
 WORKLOADS = [
     ("put, 64 clients", ["--clients", "64", "--conns", "8", "put", "--key-size", "8", "--val-size", "256",
-                         "--key-space-size", "100000"]),
+                         "--key-space-size", "100000"], None),
     ("put, 256 clients", ["--clients", "256", "--conns", "32", "put", "--key-size", "8", "--val-size", "256",
-                          "--key-space-size", "100000"]),
+                          "--key-space-size", "100000"], None),
     ("range linearizable, 64 clients", ["--clients", "64", "--conns", "8", "range", "bench-key",
-                                        "--consistency", "l"]),
+                                        "--consistency", "l"], None),
     ("range serializable, 64 clients", ["--clients", "64", "--conns", "8", "range", "bench-key",
-                                        "--consistency", "s"]),
+                                        "--consistency", "s"], None),
     ("txn-put, 64 clients", ["--clients", "64", "--conns", "8", "txn-put", "--txn-ops", "4", "--val-size", "256",
-                             "--key-space-size", "100000"]),
+                             "--key-space-size", "100000"], None),
+    # 1,000 puts at 200/s, each timed from its sending to the watcher's event.
+    ("watch put->event, 1 watcher", ["watch-latency", "--put-rate", "200"], 1000),
+    # 1,000 watchers of one prefix on 10 streams, 16 writers, 1,000 puts: 1,000,000 events.
+    ("watch fan-out, 1000 watchers", ["--clients", "16", "--conns", "4", "watch-fanout", "--watchers", "1000",
+                                      "--streams", "10"], 1000),
 ]
 
 
@@ -113,7 +122,11 @@ def main():
     parser.add_argument("--total", type=int, default=20000, help="requests per run")
     parser.add_argument("--etcd", default="/usr/bin/etcd")
     parser.add_argument("--results", help="also write every run as JSON to this file")
+    parser.add_argument("--only", help="run only the workloads whose name contains this text")
     options = parser.parse_args()
+    global WORKLOADS
+    if options.only:
+        WORKLOADS = [w for w in WORKLOADS if options.only in w[0]]
     for binary in (os.path.join(RELEASE, "cairn"), os.path.join(RELEASE, "cairn-bench"), options.etcd):
         if not os.access(binary, os.X_OK):
             sys.exit(f"{binary} is missing: build with `cargo build --release` / install etcd-server")
@@ -130,10 +143,10 @@ def main():
             bench(cluster.endpoints, ["--clients", "8", "put", "--val-size", "256"], 500)  # warm-up
             put_range_key(cluster.endpoints)
         for round_number in range(options.rounds):
-            for name, args in WORKLOADS:
+            for name, args, total in WORKLOADS:
                 order = clusters if round_number % 2 == 0 else list(reversed(clusters))
                 for cluster in order:
-                    report = bench(cluster.endpoints, args, options.total)
+                    report = bench(cluster.endpoints, args, total or options.total)
                     report.update(system=cluster.system, name=name, round=round_number)
                     runs.append(report)
                     print(f"round {round_number + 1}/{options.rounds} {name:32} {cluster.system:6} "
@@ -150,15 +163,16 @@ def main():
     print(f"\nMedians of {options.rounds} interleaved rounds, {options.total} requests per run "
           f"({os.cpu_count()} CPUs, both clusters on this host):\n")
     print(f"{'workload':32} {'cairn ops/s':>12} {'etcd ops/s':>11} {'ratio':>6}   "
-          f"{'cairn p99':>10} {'etcd p99':>9} {'ratio':>6}")
-    for name, _ in WORKLOADS:
+          f"{'cairn p50':>10} {'etcd p50':>9} {'ratio':>6}   {'cairn p99':>10} {'etcd p99':>9} {'ratio':>6}")
+    for name, _, _ in WORKLOADS:
         medians = {}
         for system in ("cairn", "etcd"):
             mine = [r for r in runs if r["name"] == name and r["system"] == system]
-            medians[system] = (statistics.median(r["ops_per_second"] for r in mine),
-                               statistics.median(r["p99_ms"] for r in mine))
-        (c_ops, c_p99), (e_ops, e_p99) = medians["cairn"], medians["etcd"]
+            medians[system] = tuple(statistics.median(r[field] for r in mine)
+                                    for field in ("ops_per_second", "p50_ms", "p99_ms"))
+        (c_ops, c_p50, c_p99), (e_ops, e_p50, e_p99) = medians["cairn"], medians["etcd"]
         print(f"{name:32} {c_ops:12.0f} {e_ops:11.0f} {c_ops / e_ops:6.2f}   "
+              f"{c_p50:8.2f}ms {e_p50:7.2f}ms {c_p50 / e_p50:6.2f}   "
               f"{c_p99:8.2f}ms {e_p99:7.2f}ms {c_p99 / e_p99:6.2f}")
 
 

@@ -28,6 +28,9 @@ pub struct Metrics {
     committed_index: IntGauge,
     term: IntGauge,
     db_size_bytes: IntGauge,
+    watch_streams: IntGauge,
+    watchers: IntGauge,
+    watch_history_reads: IntCounter,
 }
 
 /// Point-in-time figures the node supplies when metrics are rendered.
@@ -38,6 +41,10 @@ pub struct Snapshot {
     pub applied_index: u64,
     pub committed_index: u64,
     pub term: u64,
+    pub watch_streams: i64,
+    pub watchers: i64,
+    /// Catch-ups of watchers served from the store's history since start.
+    pub watch_history_reads: u64,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -129,6 +136,21 @@ impl Default for Metrics {
                 "etcd_mvcc_db_total_size_in_bytes",
                 "Bytes held by the key space, history included.",
             ),
+            watch_streams: gauge(
+                &registry,
+                "etcd_debugging_mvcc_watch_stream_total",
+                "Open watch streams.",
+            ),
+            watchers: gauge(
+                &registry,
+                "etcd_debugging_mvcc_watcher_total",
+                "Watchers on all watch streams.",
+            ),
+            watch_history_reads: counter(
+                &registry,
+                "cairn_watch_history_reads_total",
+                "Times a watcher behind the newest revisions caught up from the store's history.",
+            ),
             registry,
         }
     }
@@ -169,6 +191,12 @@ impl Metrics {
         self.committed_index.set(as_gauge(now.committed_index));
         self.term.set(as_gauge(now.term));
         self.db_size_bytes.set(as_gauge(now.db_size_bytes));
+        self.watch_streams.set(now.watch_streams);
+        self.watchers.set(now.watchers);
+        let reads = now
+            .watch_history_reads
+            .saturating_sub(self.watch_history_reads.get());
+        self.watch_history_reads.inc_by(reads);
         let mut out = Vec::new();
         if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::warn!(%error, "encoding metrics failed");
@@ -219,10 +247,16 @@ mod tests {
             applied_index: 12,
             committed_index: 13,
             term: 2,
+            watch_streams: 2,
+            watchers: 5,
+            watch_history_reads: 3,
         });
         for line in [
             "# TYPE etcd_server_has_leader gauge",
             "etcd_server_has_leader 1",
+            "etcd_debugging_mvcc_watch_stream_total 2",
+            "etcd_debugging_mvcc_watcher_total 5",
+            "cairn_watch_history_reads_total 3",
             "etcd_server_is_leader 0",
             "# TYPE etcd_server_leader_changes_seen_total counter",
             "etcd_server_leader_changes_seen_total 1",

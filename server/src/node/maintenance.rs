@@ -1,6 +1,8 @@
 //! Maintenance (etcd's Maintenance service and the HTTP endpoints): status, alarms, hashes, the
 //! store as a snapshot, health and metrics.
 
+use std::sync::atomic::Ordering;
+
 use super::leader::{LeaderCall, pick};
 use super::{ETCD_API_VERSION, Node, NodeError};
 use crate::pb::cairnpb::raft_response::Response;
@@ -151,6 +153,9 @@ impl Node {
             applied_index: raft.last_applied.map_or(0, |l| l.index),
             committed_index: raft.local_committed.map_or(0, |l| l.index),
             term: raft.current_term,
+            watch_streams: self.feed.counts().streams.load(Ordering::Relaxed),
+            watchers: self.feed.counts().watchers.load(Ordering::Relaxed),
+            watch_history_reads: self.feed.counts().history_reads.load(Ordering::Relaxed),
         };
         self.metrics.render(&snapshot)
     }

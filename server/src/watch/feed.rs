@@ -2,6 +2,7 @@
 //! watcher, and a signal that wakes watchers when the store's revision moves.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -16,6 +17,16 @@ const RECENT_BYTES: usize = 32 << 20;
 pub struct Feed {
     recent: RwLock<Recent>,
     revision: watch::Sender<i64>,
+    counts: Counts,
+}
+
+/// How many streams and watchers the member serves, and how often a watcher caught up from the
+/// store's history because the feed no longer held what it needed (for the metrics).
+#[derive(Default)]
+pub struct Counts {
+    pub streams: AtomicI64,
+    pub watchers: AtomicI64,
+    pub history_reads: AtomicU64,
 }
 
 struct Recent {
@@ -34,6 +45,7 @@ impl Default for Feed {
                 bytes: 0,
             }),
             revision: watch::channel(1).0,
+            counts: Counts::default(),
         }
     }
 }
@@ -82,6 +94,10 @@ impl Feed {
 
     pub fn subscribe(&self) -> watch::Receiver<i64> {
         self.revision.subscribe()
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
     }
 
     /// Revisions from `from` on, about `budget` bytes at most (always at least one revision), or

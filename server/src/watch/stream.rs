@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -81,6 +82,9 @@ async fn run<R>(
 {
     let mut revision = backend.feed().subscribe();
     let mut current = *revision.borrow_and_update();
+    let counts = backend.clone();
+    counts.feed().counts().streams.fetch_add(1, Ordering::Relaxed);
+    let _gone = Gone(counts);
     let mut stream = WatchStream {
         backend,
         watchers: BTreeMap::new(),
@@ -131,7 +135,50 @@ async fn run<R>(
     }
 }
 
+/// Takes a closed stream and its watchers off the counts.
+struct Gone(Arc<dyn Backend>);
+
+impl Drop for Gone {
+    fn drop(&mut self) {
+        self.0.feed().counts().streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for WatchStream {
+    fn drop(&mut self) {
+        let watchers = self.watchers.len() as i64;
+        self.backend
+            .feed()
+            .counts()
+            .watchers
+            .fetch_sub(watchers, Ordering::Relaxed);
+    }
+}
+
 impl WatchStream {
+    /// Adds a watcher, counting it.
+    fn insert(&mut self, watcher: Watcher) {
+        self.backend
+            .feed()
+            .counts()
+            .watchers
+            .fetch_add(1, Ordering::Relaxed);
+        self.watchers.insert(watcher.id, watcher);
+    }
+
+    /// Removes a watcher, counting it; whether it was there.
+    fn remove(&mut self, id: i64) -> bool {
+        let removed = self.watchers.remove(&id).is_some();
+        if removed {
+            self.backend
+                .feed()
+                .counts()
+                .watchers
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
     fn has_work(&self, current: i64) -> bool {
         !self.outbox.is_empty()
             || self.watchers.values().any(|w| !w.synced(current))
@@ -184,7 +231,7 @@ impl WatchStream {
                             self.outbox.push_back(canceled);
                             return;
                         }
-                        self.watchers.insert(id, watcher);
+                        self.insert(watcher);
                     }
                     Err(error) => {
                         response.watch_id = NO_WATCH_ID;
@@ -195,7 +242,7 @@ impl WatchStream {
                 self.outbox.push_back(response);
             }
             // Canceling a watcher the stream does not have is not answered (as in etcd).
-            Some(RequestUnion::CancelRequest(cancel)) if self.watchers.remove(&cancel.watch_id).is_some() => {
+            Some(RequestUnion::CancelRequest(cancel)) if self.remove(cancel.watch_id) => {
                 let mut response = self.respond(cancel.watch_id, current);
                 response.canceled = true;
                 self.outbox.push_back(response);
@@ -254,12 +301,16 @@ impl WatchStream {
         let next = self.watchers.get(&id)?.next;
         let batch: Result<Batch, i64> = match self.backend.feed().read(next, RESPONSE_BUDGET) {
             Some(batch) => Ok(batch),
-            None => self.backend.history(next, RESPONSE_BUDGET),
+            None => {
+                let counts = self.backend.feed().counts();
+                counts.history_reads.fetch_add(1, Ordering::Relaxed);
+                self.backend.history(next, RESPONSE_BUDGET)
+            }
         };
         let batch = match batch {
             Ok(batch) => batch,
             Err(compacted) => {
-                self.watchers.remove(&id);
+                self.remove(id);
                 let mut response = self.respond(id, current);
                 response.canceled = true;
                 response.compact_revision = compacted;

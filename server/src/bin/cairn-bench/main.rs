@@ -4,6 +4,7 @@
 //! printed as text, or as one JSON line with `--json` for scripts.
 
 mod stats;
+mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -47,6 +48,11 @@ enum Workload {
     Range(RangeArgs),
     /// Transactions of --txn-ops puts each.
     TxnPut(TxnPutArgs),
+    /// Put→event latency for one watcher, puts at --put-rate (--total puts).
+    WatchLatency(watch::LatencyArgs),
+    /// Events per second delivered to --watchers watchers of one prefix while --clients writers
+    /// make --total puts.
+    WatchFanout(watch::FanoutArgs),
 }
 
 #[derive(Debug, Args)]
@@ -182,6 +188,9 @@ impl Request {
                     ops: args.txn_ops,
                 },
             ),
+            Workload::WatchLatency(_) | Workload::WatchFanout(_) => {
+                bail!("watch workloads are not request loops")
+            }
         })
     }
 
@@ -210,6 +219,13 @@ impl Request {
 async fn run(cli: Cli) -> anyhow::Result<stats::Report> {
     if cli.clients == 0 || cli.conns == 0 || cli.endpoints.is_empty() {
         bail!("--clients, --conns and --endpoints must not be zero or empty");
+    }
+    match &cli.workload {
+        Workload::WatchLatency(args) => return watch::latency(&cli.endpoints, cli.total, args).await,
+        Workload::WatchFanout(args) => {
+            return watch::fanout(&cli.endpoints, cli.clients, cli.total, args).await;
+        }
+        _ => {}
     }
     let (name, request) = Request::from_workload(&cli.workload)?;
     let mut conns = Vec::new();
