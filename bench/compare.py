@@ -41,6 +41,8 @@ WORKLOADS = [
                                         "--consistency", "s"], None),
     ("txn-put, 64 clients", ["--clients", "64", "--conns", "8", "txn-put", "--txn-ops", "4", "--val-size", "256",
                              "--key-space-size", "100000"], None),
+    ("put, 1 client", ["--clients", "1", "--conns", "1", "put", "--key-size", "8", "--val-size", "32",
+                       "--key-space-size", "100000"], 2000),
     # 1,000 puts at 200/s, each timed from its sending to the watcher's event.
     ("watch put->event, 1 watcher", ["watch-latency", "--put-rate", "200"], 1000),
     # 1,000 watchers of one prefix on 10 streams, 16 writers, 1,000 puts: 1,000,000 events.

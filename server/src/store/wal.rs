@@ -306,6 +306,10 @@ impl Writer {
             batch.extend(jobs.try_iter());
             let mut waiting = Vec::new();
             let mut result = Ok(());
+            // A batch of records nobody waits for (the commit point) is written but not synced:
+            // the next write that is waited for syncs it too. Without this every write would pay
+            // a second fsync for the commit point it moves, before the next write could start.
+            let mut must_sync = false;
             for job in batch {
                 match job {
                     Job::SetPreamble(records) => self.preamble = records,
@@ -313,6 +317,8 @@ impl Writer {
                         if result.is_ok() {
                             result = self.append(&record);
                         }
+                        // Segments are deleted after a purge, so the purge must be on disk first.
+                        must_sync |= done.is_some() || record.purged_through.is_some();
                         if let Some(done) = done {
                             waiting.push(done);
                         }
@@ -320,7 +326,7 @@ impl Writer {
                 }
             }
             if result.is_ok() {
-                result = self.sync();
+                result = if must_sync { self.sync() } else { self.flush() };
             }
             let failed = result.as_ref().err().map(|e| e.to_string());
             for done in waiting {
@@ -357,6 +363,11 @@ impl Writer {
             self.purged_through = self.purged_through.max(record.purged_through);
         }
         Ok(())
+    }
+
+    /// Hands what is buffered to the kernel, without waiting for the disk.
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 
     fn sync(&mut self) -> io::Result<()> {

@@ -2,7 +2,7 @@
 //! loop that sends their responses. Responses are made only when the client can take them, so a
 //! client that stops reading holds back its own watchers and nothing is buffered for it.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,6 +20,9 @@ const RESPONSE_BUDGET: usize = 512 * 1024;
 
 /// The watch ID etcd uses for responses that concern no single watcher.
 const NO_WATCH_ID: i64 = -1;
+
+/// Responses sent in one turn of a stream's loop before it looks at its requests again.
+const SENDS_PER_TURN: usize = 64;
 
 /// Election timeouts without a leader after which streams that require one are ended (etcd's
 /// `maxNoLeaderCnt`).
@@ -67,8 +70,10 @@ struct WatchStream {
     outbox: VecDeque<WatchResponse>,
     /// The client asked where the stream stands; answered once every watcher is synced.
     progress_requested: bool,
-    /// Where the last event search stopped, so watchers take turns.
-    cursor: i64,
+    /// Watchers with revisions to see, in the order they take turns; every watcher behind the
+    /// current revision is in it once.
+    behind: VecDeque<i64>,
+    queued: HashSet<i64>,
     fragment_limit: usize,
 }
 
@@ -91,7 +96,8 @@ async fn run<R>(
         next_id: 0,
         outbox: VecDeque::new(),
         progress_requested: false,
-        cursor: -1,
+        behind: VecDeque::new(),
+        queued: HashSet::new(),
         fragment_limit: settings.fragment_limit,
     };
     let start = tokio::time::Instant::now();
@@ -112,9 +118,15 @@ async fn run<R>(
                 None => reading = false,
             },
             permit = out.reserve(), if busy => {
-                let Ok(permit) = permit else { return };
-                if let Some(response) = stream.next_response(current) {
+                let Ok(mut permit) = permit else { return };
+                // While the client keeps up, send what is due without going round the loop.
+                for _ in 0..SENDS_PER_TURN {
+                    let Some(response) = stream.next_response(current) else { break };
                     permit.send(Ok(response));
+                    match out.try_reserve() {
+                        Ok(next) => permit = next,
+                        Err(_) => break,
+                    }
                 }
             }
             changed = revision.changed() => {
@@ -122,6 +134,7 @@ async fn run<R>(
                     return;
                 }
                 current = *revision.borrow_and_update();
+                stream.revision_moved(current);
             }
             _ = progress.tick() => stream.progress_due(current),
             _ = leader_check.tick(), if settings.require_leader => {
@@ -181,8 +194,24 @@ impl WatchStream {
 
     fn has_work(&self, current: i64) -> bool {
         !self.outbox.is_empty()
-            || self.watchers.values().any(|w| !w.synced(current))
+            || !self.behind.is_empty()
             || (self.progress_requested && self.all_synced(current))
+    }
+
+    /// Queues a watcher for its turn unless it is synced or queued already.
+    fn enqueue(&mut self, id: i64, current: i64) {
+        let behind = self.watchers.get(&id).is_some_and(|w| !w.synced(current));
+        if behind && self.queued.insert(id) {
+            self.behind.push_back(id);
+        }
+    }
+
+    /// The store moved on: every watcher that has not seen `current` takes a turn.
+    fn revision_moved(&mut self, current: i64) {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            self.enqueue(id, current);
+        }
     }
 
     fn all_synced(&self, current: i64) -> bool {
@@ -231,7 +260,9 @@ impl WatchStream {
                             self.outbox.push_back(canceled);
                             return;
                         }
+                        let id = watcher.id;
                         self.insert(watcher);
+                        self.enqueue(id, current);
                     }
                     Err(error) => {
                         response.watch_id = NO_WATCH_ID;
@@ -273,8 +304,13 @@ impl WatchStream {
         if let Some(response) = self.outbox.pop_front() {
             return Some(response);
         }
-        if let Some(id) = self.next_behind(current) {
-            return self.catch_up(id, current);
+        while let Some(id) = self.next_behind(current) {
+            let response = self.catch_up(id, current);
+            // A watcher that one batch did not bring up to date goes to the back of the queue.
+            self.enqueue(id, current);
+            if response.is_some() {
+                return response;
+            }
         }
         if self.progress_requested && self.all_synced(current) {
             self.progress_requested = false;
@@ -283,16 +319,15 @@ impl WatchStream {
         None
     }
 
-    /// The next watcher (after the last one served) that has revisions to see.
+    /// The next watcher whose turn it is and that still has revisions to see.
     fn next_behind(&mut self, current: i64) -> Option<i64> {
-        let after = self.watchers.range(self.cursor + 1..);
-        let before = self.watchers.range(..=self.cursor);
-        let id = after
-            .chain(before)
-            .find(|(_, w)| !w.synced(current))
-            .map(|(id, _)| *id)?;
-        self.cursor = id;
-        Some(id)
+        while let Some(id) = self.behind.pop_front() {
+            self.queued.remove(&id);
+            if self.watchers.get(&id).is_some_and(|w| !w.synced(current)) {
+                return Some(id);
+            }
+        }
+        None
     }
 
     /// Moves one watcher forward by one batch of history: its events, if any concern it, or its
