@@ -147,11 +147,11 @@ mod tests {
     use crate::mvcc::{RevisionEvents, Stored};
     use crate::pb::mvccpb::event::EventType;
 
-    fn create(yaml_like: (&str, &str, i64)) -> WatchCreateRequest {
+    fn create((key, range_end, start_revision): (&str, &str, i64)) -> WatchCreateRequest {
         WatchCreateRequest {
-            key: yaml_like.0.into(),
-            range_end: yaml_like.1.into(),
-            start_revision: yaml_like.2,
+            key: key.into(),
+            range_end: range_end.into(),
+            start_revision,
             ..Default::default()
         }
     }
