@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{etcdctl, wait_until};
+use support::{copy_dir, etcdctl, wait_until};
 
 /// The tests of the crate that exercise etcd's Auth API, which Cairn does not serve yet (its
 /// security work adds it); they are run, and their failures reported, but not held against Cairn.
@@ -64,19 +64,6 @@ fn crate_source() -> PathBuf {
         .unwrap()
         .to_owned();
     Path::new(&manifest).parent().unwrap().to_owned()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
 }
 
 struct Suite {

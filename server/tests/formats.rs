@@ -7,21 +7,8 @@ mod support;
 use std::path::Path;
 use std::time::Duration;
 
-use support::{Member, etcdctl, ok, wait_or_explain};
+use support::{Member, copy_dir, etcdctl, ok, wait_or_explain};
 use tempfile::TempDir;
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
 
 /// A member on a copy of the first release's data dir (member "fixture", token "fixture-v1").
 fn fixture_member(root: &TempDir) -> Member {

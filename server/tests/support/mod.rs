@@ -531,3 +531,17 @@ fn run_until(
     }
     (String::from_utf8_lossy(&out).into_owned(), err, exited)
 }
+
+/// Copies a directory tree (test fixtures, crate sources).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

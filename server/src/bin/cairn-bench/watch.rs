@@ -73,6 +73,19 @@ impl SendTimes {
         self.sent[sequence].store(self.start.elapsed().as_nanos() as u64, Ordering::Release);
     }
 
+    /// Adds each event's time since its put was sent.
+    fn record(&self, run: u64, response: &etcd_client::WatchResponse, latencies: &mut Vec<Duration>) {
+        for event in response.events() {
+            if let Some(latency) = event
+                .kv()
+                .and_then(|kv| sequence_of(run, kv.key()))
+                .and_then(|s| self.since_sent(s))
+            {
+                latencies.push(latency);
+            }
+        }
+    }
+
     fn since_sent(&self, sequence: usize) -> Option<Duration> {
         let sent = self.sent.get(sequence)?.load(Ordering::Acquire);
         let now = self.start.elapsed().as_nanos() as u64;
@@ -119,15 +132,7 @@ pub async fn latency(endpoints: &[String], total: usize, args: &LatencyArgs) -> 
             .await
             .context("no event for 30 s")??
             .context("the watch ended")?;
-        for event in response.events() {
-            if let Some(latency) = event
-                .kv()
-                .and_then(|kv| sequence_of(run, kv.key()))
-                .and_then(|s| times.since_sent(s))
-            {
-                latencies.push(latency);
-            }
-        }
+        times.record(run, &response, &mut latencies);
     }
     writer.await.context("the writer panicked")??;
     let elapsed = times.start.elapsed();
@@ -177,15 +182,7 @@ pub async fn fanout(
                     .await
                     .context("no event for 60 s")??
                     .context("the watch ended")?;
-                for event in response.events() {
-                    if let Some(latency) = event
-                        .kv()
-                        .and_then(|kv| sequence_of(run, kv.key()))
-                        .and_then(|s| times.since_sent(s))
-                    {
-                        latencies.push(latency);
-                    }
-                }
+                times.record(run, &response, &mut latencies);
             }
             Ok::<Vec<Duration>, anyhow::Error>(latencies)
         }));
