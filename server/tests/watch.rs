@@ -220,8 +220,7 @@ async fn stalled_watchers_cost_bounded_memory_and_miss_nothing() {
                 })
                 .unwrap();
         }
-        let requests =
-            futures::stream::unfold(receiver, |mut r| async move { r.recv().await.map(|m| (m, r)) });
+        let requests = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver);
         let mut responses = client.watch(requests).await.unwrap().into_inner();
         // Read the created answers only.
         for _ in 0..WATCHERS_PER_STREAM {

@@ -111,8 +111,7 @@ async fn watch(
             continue;
         };
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-        let requests =
-            futures::stream::unfold(receiver, |mut r| async move { r.recv().await.map(|m| (m, r)) });
+        let requests = tokio_stream::wrappers::UnboundedReceiverStream::new(receiver);
         sender
             .send(WatchRequest {
                 request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {

@@ -13,7 +13,7 @@ use serde_json::json;
 use tonic::Status;
 
 use super::{decode, error, http_status, streamed};
-use crate::node::{Node, NodeError};
+use crate::node::Node;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, WatchRequest};
 use crate::pb::v3electionpb::LeaderRequest;
@@ -21,7 +21,6 @@ use crate::pb::v3electionpb::election_server::Election;
 use crate::service::election::ElectionService;
 use crate::service::error::node_status;
 use crate::service::maintenance::MaintenanceService;
-use crate::watch::Ended;
 
 /// The JSON objects of a request body, decoded as each is complete; a malformed one ends it.
 fn objects<T: DeserializeOwned + Send + 'static>(
@@ -82,23 +81,11 @@ where
     streamed(Body::from_stream(messages.map(line)))
 }
 
-fn receiver_stream<T: Send + 'static>(
-    receiver: tokio::sync::mpsc::Receiver<T>,
-) -> impl Stream<Item = T> + Send {
-    futures::stream::unfold(receiver, |mut receiver| async move {
-        receiver.recv().await.map(|item| (item, receiver))
-    })
-}
-
 /// `/v3/watch`: watch requests in the body, as many as the client sends; events as they happen.
 pub async fn watch(State(node): State<Arc<Node>>, body: Body) -> Response {
     let requests = objects::<WatchRequest>(body);
     match node.watch(requests, false) {
-        Ok(responses) => lines(receiver_stream(responses).map(|item| {
-            item.map_err(|ended| match ended {
-                Ended::NoLeader => node_status(NodeError::NoLeader),
-            })
-        })),
+        Ok(responses) => lines(responses.map(|item| item.map_err(node_status))),
         Err(e) => error(&node_status(e)),
     }
 }

@@ -3,14 +3,24 @@
 
 use std::sync::Arc;
 
-use futures::Stream;
-use tokio::sync::mpsc;
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Node, NodeError};
-use crate::mvcc::{Mvcc, MvccError};
+use crate::mvcc::Mvcc;
 use crate::pb::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
 use crate::store::RevisionObserver;
 use crate::watch::{self, Backend, Batch, Ended, Feed};
+
+/// A watch stream's answers, with the member's reasons for ending one as node errors.
+pub type WatchResponses = futures::stream::Map<
+    ReceiverStream<Result<WatchResponse, Ended>>,
+    fn(Result<WatchResponse, Ended>) -> Result<WatchResponse, NodeError>,
+>;
+
+fn ended_by_member(item: Result<WatchResponse, Ended>) -> Result<WatchResponse, NodeError> {
+    item.map_err(|Ended::NoLeader| NodeError::NoLeader)
+}
 
 /// Connects the state machine's revision changes to the watch feed.
 pub(super) struct FeedObserver(pub Arc<Feed>);
@@ -33,17 +43,13 @@ impl Backend for Node {
     fn history(&self, from: i64, budget: usize) -> Result<Batch, i64> {
         self.raft.read(|m| {
             let mvcc = &m.app.mvcc;
-            match mvcc.history(from, budget) {
-                Ok(read) => Ok(Batch {
+            mvcc.history(from, budget)
+                .map(|read| Batch {
                     revisions: read.revisions.into_iter().map(Arc::new).collect(),
                     through: read.through,
-                }),
-                Err(MvccError::Compacted) => Err(mvcc.compacted_revision()),
-                Err(_) => Ok(Batch {
-                    revisions: Vec::new(),
-                    through: from - 1,
-                }),
-            }
+                })
+                // The history refuses only reads from before the last compaction.
+                .map_err(|_| mvcc.compacted_revision())
         })
     }
 
@@ -63,11 +69,7 @@ impl Backend for Node {
 impl Node {
     /// Opens a watch stream. With `require_leader` (the client's `hasleader`), a member without a
     /// leader refuses it, and ends it when it stays without one.
-    pub fn watch<R>(
-        self: &Arc<Self>,
-        requests: R,
-        require_leader: bool,
-    ) -> Result<mpsc::Receiver<Result<WatchResponse, Ended>>, NodeError>
+    pub fn watch<R>(self: &Arc<Self>, requests: R, require_leader: bool) -> Result<WatchResponses, NodeError>
     where
         R: Stream<Item = WatchRequest> + Send + Unpin + 'static,
     {
@@ -85,6 +87,6 @@ impl Node {
             election_timeout: self.config.election_timeout,
         };
         let backend: Arc<dyn Backend> = self.clone();
-        Ok(watch::open(backend, requests, settings))
+        Ok(watch::open(backend, requests, settings).map(ended_by_member))
     }
 }

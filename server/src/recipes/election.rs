@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::lock::{Abandon, absent, op, session_lease};
 use super::wait::{edge_key, wait_deletes, watch_key};
@@ -137,7 +138,7 @@ pub async fn leader(node: &Node, request: LeaderRequest) -> Result<LeaderRespons
 pub fn observe(
     node: &Arc<Node>,
     request: LeaderRequest,
-) -> mpsc::Receiver<Result<LeaderResponse, RecipeError>> {
+) -> ReceiverStream<Result<LeaderResponse, RecipeError>> {
     let (out, responses) = mpsc::channel(4);
     let node = node.clone();
     tokio::spawn(async move {
@@ -149,7 +150,7 @@ pub fn observe(
             }
         }
     });
-    responses
+    ReceiverStream::new(responses)
 }
 
 async fn follow(

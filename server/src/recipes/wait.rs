@@ -90,10 +90,8 @@ pub fn watch_key(
     // The request side stays open: closing it would not end the watch, but keeping it is clearer.
     let requests = futures::stream::iter([create]).chain(futures::stream::pending());
     let responses = node.watch(Box::pin(requests), false)?;
-    Ok(futures::stream::unfold(responses, |mut responses| async move {
-        responses.recv().await.map(|item| (item, responses))
-    })
-    .map(|item| item.map_err(|_| RecipeError::Node(crate::node::NodeError::NoLeader)))
-    // The first answer says the watcher was created.
-    .filter(|item| futures::future::ready(!matches!(item, Ok(r) if r.created))))
+    Ok(responses
+        .map(|item| item.map_err(RecipeError::Node))
+        // The first answer says the watcher was created.
+        .filter(|item| futures::future::ready(!matches!(item, Ok(r) if r.created))))
 }

@@ -55,11 +55,8 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let responses = recipes::observe(&self.node, request.into_inner());
-        let responses = futures::stream::unfold(responses, |mut responses| async move {
-            responses.recv().await.map(|item| (item, responses))
-        })
-        .map(|item| item.map_err(recipe_status));
+        let responses =
+            recipes::observe(&self.node, request.into_inner()).map(|item| item.map_err(recipe_status));
         Ok(Response::new(Box::pin(responses)))
     }
 

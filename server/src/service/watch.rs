@@ -7,10 +7,9 @@ use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::error::node_status;
-use crate::node::{Node, NodeError};
+use crate::node::Node;
 use crate::pb::etcdserverpb::watch_server::Watch;
 use crate::pb::etcdserverpb::{WatchRequest, WatchResponse};
-use crate::watch::Ended;
 
 /// gRPC metadata with which a client asks to be refused (rather than kept waiting) when the member
 /// has no leader.
@@ -41,14 +40,8 @@ impl Watch for WatchService {
             .node
             .watch(Box::pin(requests), require_leader)
             .map_err(node_status)?;
-        let responses = futures::stream::unfold(responses, |mut responses| async move {
-            responses.recv().await.map(|item| (item, responses))
-        })
-        .map(|item| {
-            item.map_err(|ended| match ended {
-                Ended::NoLeader => node_status(NodeError::NoLeader),
-            })
-        });
-        Ok(Response::new(Box::pin(responses)))
+        Ok(Response::new(Box::pin(
+            responses.map(|item| item.map_err(node_status)),
+        )))
     }
 }

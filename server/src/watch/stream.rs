@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::watcher::{CreateError, Watcher, fragments};
 use super::{Backend, Batch};
@@ -46,19 +47,19 @@ pub struct Settings {
     pub election_timeout: Duration,
 }
 
-/// Serves one watch stream: reads `requests` and answers on the returned channel until the client
-/// goes away.
+/// Serves one watch stream: reads `requests` and yields the answers until the client goes away
+/// (drops the answers).
 pub fn open<R>(
     backend: Arc<dyn Backend>,
     requests: R,
     settings: Settings,
-) -> mpsc::Receiver<Result<WatchResponse, Ended>>
+) -> ReceiverStream<Result<WatchResponse, Ended>>
 where
     R: Stream<Item = WatchRequest> + Send + Unpin + 'static,
 {
     let (out, responses) = mpsc::channel(4);
     tokio::spawn(run(backend, requests, settings, out));
-    responses
+    ReceiverStream::new(responses)
 }
 
 struct WatchStream {
