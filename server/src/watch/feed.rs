@@ -2,7 +2,7 @@
 //! watcher, and a signal that wakes watchers when the store's revision moves.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
@@ -50,12 +50,29 @@ impl Default for Feed {
     }
 }
 
+impl Recent {
+    /// Forgets every revision held; the feed starts again at `next`.
+    fn restart(&mut self, next: i64) {
+        self.revisions.clear();
+        self.bytes = 0;
+        self.first = next;
+    }
+}
+
 impl Feed {
     /// Revisions `(before, mvcc.revision()]` were applied. Called under the store's write lock, so
     /// revisions arrive whole and in order.
     pub fn advanced(&self, mvcc: &Mvcc, before: i64) {
         {
             let mut recent = self.recent.write().expect("watch feed lock poisoned");
+            // With no stream open nobody reads the feed: writes skip computing events. A stream
+            // opened meanwhile finds the feed starting after its watchers and reads the history.
+            if self.counts.streams.load(Ordering::Relaxed) == 0 {
+                recent.restart(mvcc.revision() + 1);
+                drop(recent);
+                self.revision.send_replace(mvcc.revision());
+                return;
+            }
             if recent.revisions.is_empty() {
                 recent.first = before + 1;
             }
@@ -78,12 +95,10 @@ impl Feed {
     /// The whole store was replaced (at start, or by a snapshot from the leader): what the feed held
     /// may not be history any more.
     pub fn replaced(&self, mvcc: &Mvcc) {
-        {
-            let mut recent = self.recent.write().expect("watch feed lock poisoned");
-            recent.revisions.clear();
-            recent.bytes = 0;
-            recent.first = mvcc.revision() + 1;
-        }
+        self.recent
+            .write()
+            .expect("watch feed lock poisoned")
+            .restart(mvcc.revision() + 1);
         self.revision.send_replace(mvcc.revision());
     }
 
@@ -144,6 +159,7 @@ mod tests {
     fn keeps_the_newest_revisions_in_order_and_forgets_the_oldest() {
         let mut store = Mvcc::default();
         let feed = Feed::default();
+        feed.counts().streams.store(1, Ordering::Relaxed);
         feed.replaced(&store);
         for i in 0..RECENT_REVISIONS + 10 {
             let before = store.revision();
@@ -176,6 +192,7 @@ mod tests {
     fn a_replaced_store_empties_the_feed() {
         let mut store = Mvcc::default();
         let feed = Feed::default();
+        feed.counts().streams.store(1, Ordering::Relaxed);
         let before = store.revision();
         put(&mut store, "a");
         feed.advanced(&store, before);
@@ -184,5 +201,28 @@ mod tests {
         feed.replaced(&store);
         assert!(feed.read(2, usize::MAX).is_none());
         assert_eq!(feed.revision(), 3);
+    }
+
+    #[test]
+    fn without_streams_writes_compute_no_events_and_a_later_stream_reads_the_history() {
+        let mut store = Mvcc::default();
+        let feed = Feed::default();
+        feed.replaced(&store);
+        let before = store.revision();
+        put(&mut store, "a");
+        feed.advanced(&store, before);
+        assert_eq!(feed.revision(), 2);
+        assert!(
+            feed.read(2, usize::MAX).is_none(),
+            "revision 2 is left to the history"
+        );
+        feed.counts().streams.store(1, Ordering::Relaxed);
+        put(&mut store, "b");
+        feed.advanced(&store, 2);
+        let batch = feed.read(3, usize::MAX).unwrap();
+        assert_eq!(
+            batch.revisions.iter().map(|r| r.revision).collect::<Vec<_>>(),
+            [3]
+        );
     }
 }
