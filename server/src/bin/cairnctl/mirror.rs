@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use cairn::mvcc::prefix_end;
 use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions};
 
 use crate::cli::MirrorArgs;
@@ -53,17 +54,10 @@ pub async fn run(session: &mut Session, args: MirrorArgs) -> anyhow::Result<()> 
     let (mut from, end) = if args.prefix.is_empty() {
         (vec![0u8], vec![0u8])
     } else {
-        let mut end = args.prefix.as_bytes().to_vec();
-        while let Some(last) = end.pop() {
-            if last < 0xff {
-                end.push(last + 1);
-                break;
-            }
-        }
-        if end.is_empty() {
-            end = vec![0];
-        }
-        (args.prefix.as_bytes().to_vec(), end)
+        (
+            args.prefix.as_bytes().to_vec(),
+            prefix_end(args.prefix.as_bytes()),
+        )
     };
     loop {
         let options = GetOptions::new()

@@ -4,7 +4,7 @@
 use std::io::BufRead;
 
 use clap::Parser;
-use etcd_client::{EventType, WatchOptions, WatchResponse, WatchStream};
+use etcd_client::{Event, EventType, WatchOptions, WatchResponse, WatchStream};
 
 use crate::cli::WatchArgs;
 use crate::output;
@@ -183,11 +183,7 @@ fn print(response: &WatchResponse, command: &[String]) -> anyhow::Result<bool> {
         println!("progress notify: {revision}");
     }
     for event in response.events() {
-        let kind = match event.event_type() {
-            EventType::Put => "PUT",
-            EventType::Delete => "DELETE",
-        };
-        println!("{kind}");
+        println!("{}", kind(event));
         if let Some(previous) = event.prev_kv() {
             output::line(previous.key());
             output::line(previous.value());
@@ -199,15 +195,11 @@ fn print(response: &WatchResponse, command: &[String]) -> anyhow::Result<bool> {
     }
     if let Some((program, arguments)) = command.split_first() {
         for event in response.events() {
-            let kind = match event.event_type() {
-                EventType::Put => "PUT",
-                EventType::Delete => "DELETE",
-            };
             let kv = event.kv();
             let status = std::process::Command::new(program)
                 .args(arguments)
                 .env("ETCD_WATCH_REVISION", revision.to_string())
-                .env("ETCD_WATCH_EVENT_TYPE", go_quote(kind.as_bytes()))
+                .env("ETCD_WATCH_EVENT_TYPE", go_quote(kind(event).as_bytes()))
                 .env("ETCD_WATCH_KEY", go_quote(kv.map_or(&[][..], |kv| kv.key())))
                 .env("ETCD_WATCH_VALUE", go_quote(kv.map_or(&[][..], |kv| kv.value())))
                 .status();
@@ -219,6 +211,14 @@ fn print(response: &WatchResponse, command: &[String]) -> anyhow::Result<bool> {
         }
     }
     Ok(!response.canceled())
+}
+
+/// An event's type as etcd names it.
+fn kind(event: &Event) -> &'static str {
+    match event.event_type() {
+        EventType::Put => "PUT",
+        EventType::Delete => "DELETE",
+    }
 }
 
 /// Bytes as Go's `%q` writes them: a double-quoted string with Go's escapes.
