@@ -27,6 +27,28 @@ fn spawn_etcdctl(endpoint: &str, args: &[&str], stdout: Stdio) -> std::process::
         .expect("start etcdctl")
 }
 
+/// Reads a journal of lock holders' `start <who> [key]` and `end <who>` lines, checks that
+/// `holders` turns were taken one at a time, and returns each turn's holder and key.
+fn turns(journal: &std::path::Path, holders: usize) -> Vec<(String, String)> {
+    let lines: Vec<String> = std::fs::read_to_string(journal)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(lines.len(), 2 * holders, "{lines:?}");
+    lines
+        .chunks(2)
+        .map(|pair| {
+            let mut start = pair[0].split_whitespace();
+            assert_eq!(start.next(), Some("start"), "a holder starts: {lines:?}");
+            let who = start.next().expect("the holder's name").to_owned();
+            let key = start.next().unwrap_or("").to_owned();
+            assert_eq!(pair[1], format!("end {who}"), "holders overlapped: {lines:?}");
+            (who, key)
+        })
+        .collect()
+}
+
 #[test]
 fn etcdctl_lock_holders_take_turns_across_members() {
     let cluster = Cluster::start(3, "lock-etcdctl");
@@ -49,16 +71,7 @@ fn etcdctl_lock_holders_take_turns_across_members() {
     for mut holder in holders {
         assert!(holder.wait().unwrap().success());
     }
-    let lines: Vec<String> = std::fs::read_to_string(&journal)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(lines.len(), 8, "{lines:?}");
-    for pair in lines.chunks(2) {
-        let who = pair[0].strip_prefix("start ").expect("a holder starts");
-        assert_eq!(pair[1], format!("end {who}"), "holders overlapped: {lines:?}");
-    }
+    turns(&journal, 4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,17 +327,8 @@ fn cairnctl_lock_and_elect_work_with_etcdctl() {
     for mut holder in [ours, theirs] {
         assert!(holder.wait().unwrap().success());
     }
-    let lines: Vec<String> = std::fs::read_to_string(&journal)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert_eq!(lines.len(), 4, "{lines:?}");
-    for pair in lines.chunks(2) {
-        let mut start = pair[0].split_whitespace();
-        let (who, key) = (start.nth(1).unwrap(), start.next().unwrap_or(""));
-        assert!(key.starts_with("mixed/"), "ETCD_LOCK_KEY is set: {lines:?}");
-        assert_eq!(pair[1], format!("end {who}"), "holders overlapped: {lines:?}");
+    for (_, key) in turns(&journal, 2) {
+        assert!(key.starts_with("mixed/"), "ETCD_LOCK_KEY is set: {key:?}");
     }
 
     // An election: cairnctl observes, etcdctl leads, cairnctl takes over when etcdctl resigns.
