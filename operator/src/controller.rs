@@ -1,9 +1,11 @@
 //! The reconcile pipeline for one KVCluster: validate the spec once → latch the cluster token →
-//! build the desired objects (`build`) → apply them with server-side apply under one field
-//! manager, in a fixed order → observe the cluster through its own API → write status.
-//! An invalid spec waits for an edit (a condition says why); API errors requeue quickly.
+//! observe everything (the API's objects and the members themselves, one `Observed`) → plan
+//! purely (`plan`) → apply the desired objects with server-side apply under one field manager →
+//! take at most one membership step → write status. Status is written on every pass, failed
+//! ones included. An invalid spec waits for an edit (a condition says why); API errors requeue
+//! quickly.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +21,7 @@ use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
-use crate::build::bootstrap::{bootstrap_config_map, bootstrap_files, initial_members};
+use crate::build::bootstrap::bootstrap_files;
 use crate::build::names::{MEMBER_PODS, Names, cluster_of_member};
 use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
@@ -27,10 +29,11 @@ use crate::build::statefulset::statefulset;
 use crate::build::{FIELD_MANAGER, owner_reference};
 use crate::change;
 use crate::crd::{KVCluster, KVClusterStatus};
-use crate::membership::{Current, Step, next_step, sealed_entries};
+use crate::membership::{ClaimSeen, PodSeen, Step};
 use crate::metrics::Metrics;
 use crate::observe::{ClusterView, observe};
-use crate::status::{Observation, cluster_token, for_invalid_spec, for_valid_spec};
+use crate::plan::{Observed, Plan, plan};
+use crate::status::{Observation, cluster_token, for_failed_pass, for_invalid_spec, for_valid_spec};
 use crate::validate::{ValidSpec, validate};
 
 #[derive(Debug, thiserror::Error)]
@@ -218,25 +221,17 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         .namespace()
         .ok_or(ReconcileError::Incomplete("namespace"))?;
     let uid = cluster.uid().ok_or(ReconcileError::Incomplete("uid"))?;
-    let client = &context.client;
-    let clusters: Api<KVCluster> = Api::namespaced(client.clone(), &namespace);
+    let clusters: Api<KVCluster> = Api::namespaced(context.client.clone(), &namespace);
     let previous = cluster.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let generation = cluster.meta().generation;
 
     let spec = match validate(&name, &namespace, &cluster.spec) {
         Ok(spec) => spec,
         Err(error) => {
             tracing::info!(cluster = %name, %error, "invalid spec; waiting for an edit");
-            let view = Default::default();
-            let seen = Observation {
-                generation: cluster.meta().generation,
-                previous: &previous,
-                view: &view,
-                pods: previous.replicas,
-                change: previous.membership_change.clone(),
-                now,
-            };
-            write_status(&clusters, &name, &for_invalid_spec(&error, &seen)).await?;
+            let status = for_invalid_spec(&error, &unobserved(generation, &previous, now));
+            write_status(&clusters, &name, &status).await?;
             return Ok(Action::await_change());
         }
     };
@@ -255,101 +250,122 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         }
     };
 
-    let names = Names::new(&name, &namespace);
-    let owner = owner_reference(&name, &uid);
-    let configs: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
-    // The members' bootstrap files are written once, for the initial members; membership
-    // changes later edit them one member at a time. The StatefulSet has one pod per file.
-    let files = match configs
-        .get_opt(&names.bootstrap_config_map())
-        .await
-        .map_err(api_error("read the bootstrap ConfigMap"))?
-    {
-        Some(existing) => existing.data.unwrap_or_default(),
-        None if spec.paused => BTreeMap::new(),
-        None => {
-            let map = bootstrap_config_map(&spec, &owner, &initial_members(&spec));
-            apply(&configs, &map).await?;
-            map.data.unwrap_or_default()
+    let observed = match observe_all(&context.client, &spec, &previous).await {
+        Ok(observed) => observed,
+        Err(error) => {
+            let status = for_failed_pass(&error.to_string(), &unobserved(generation, &previous, now));
+            write_status_after_error(&clusters, &name, &status).await;
+            return Err(error);
         }
     };
-    if !spec.paused && !files.is_empty() {
-        apply_members(&context, &spec, &owner, &token, files.len() as i32).await?;
-    }
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let listed = pods
-        .list(&ListParams::default().labels(&names.selector()))
-        .await
-        .map_err(api_error("list the member pods"))?;
-    let claims_api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
-    let claim_list = claims_api
-        .list(&ListParams::default().labels(&names.selector()))
-        .await
-        .map_err(api_error("list the member claims"))?
-        .items;
-    let claims: BTreeSet<String> = claim_list.iter().map(ResourceExt::name_any).collect();
-    let terminating_claims: BTreeSet<String> = claim_list
-        .iter()
-        .filter(|c| c.metadata.deletion_timestamp.is_some())
-        .map(ResourceExt::name_any)
-        .collect();
-    let live_pods: Vec<&Pod> = listed
-        .items
-        .iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect();
-    let addresses: Vec<(String, String)> = live_pods
-        .iter()
-        .filter_map(|p| Some((p.name_any(), p.status.as_ref()?.pod_ip.clone()?)))
-        .collect();
-    let view = observe(&addresses).await;
-
-    let mut change = None;
-    if !spec.paused && !files.is_empty() {
-        let pod_names: BTreeSet<String> = listed.items.iter().map(ResourceExt::name_any).collect();
-        let lost: BTreeSet<String> = live_pods
-            .iter()
-            .filter(|pod| lost_its_data(pod))
-            .map(|pod| pod.name_any())
-            .collect();
-        let current = Current {
-            names: &names,
-            desired: spec.replicas,
-            entries: &files,
-            view: &view,
-            claims: &claims,
-            terminating_claims: &terminating_claims,
-            pods: &pod_names,
-            lost: &lost,
-        };
-        let sealed = sealed_entries(&current);
-        if let Some(sealed) = &sealed {
-            apply(&configs, &bootstrap_files(&spec, &owner, sealed.clone())).await?;
-            tracing::info!(cluster = %name, "the cluster has formed; bootstrap files say existing now");
-        }
-        let entries = sealed.as_ref().unwrap_or(&files);
-        let step = next_step(&Current { entries, ..current });
-        change = take_step(
-            &context, &cluster, &spec, &owner, entries, &view, &addresses, &step,
-        )
-        .await?;
-    }
+    let plan = plan(&spec, &observed);
+    let owner = owner_reference(&name, &uid);
+    let outcome = match apply_plan(&context, &spec, &owner, &token, &observed, &plan).await {
+        Ok(()) => act(&context, &cluster, &spec, &observed, &plan.step).await,
+        Err(error) => Err(error),
+    };
+    let (change, error) = match outcome {
+        Ok(change) => (change, None),
+        Err(error) => (Some(plan.step.describe()), Some(error)),
+    };
 
     let seen = Observation {
-        generation: cluster.meta().generation,
+        generation,
         previous: &previous,
-        view: &view,
-        pods: listed.items.len() as i32,
+        view: &observed.view,
+        pods: observed.pods.len() as i32,
         change: change.clone(),
+        error: error.as_ref().map(ToString::to_string),
         now,
     };
     let status = for_valid_spec(&spec, &token, &seen);
     announce_transitions(&context, &cluster, &previous, &status).await;
+    if let Some(error) = error {
+        write_status_after_error(&clusters, &name, &status).await;
+        return Err(error);
+    }
     let settled = status.phase.as_deref() == Some("Running") && change.is_none();
     write_status(&clusters, &name, &status).await?;
     // Health is refreshed periodically as well as on events; faster while things change.
     Ok(Action::requeue(Duration::from_secs(if settled { 15 } else { 2 })))
+}
+
+/// What a status computation sees when the cluster could not be observed.
+fn unobserved(generation: Option<i64>, previous: &KVClusterStatus, now: Time) -> Observation<'_> {
+    static NOTHING: std::sync::LazyLock<ClusterView> = std::sync::LazyLock::new(ClusterView::default);
+    Observation {
+        generation,
+        previous,
+        view: &NOTHING,
+        pods: previous.replicas,
+        change: previous.membership_change.clone(),
+        error: None,
+        now,
+    }
+}
+
+/// Reads everything a plan is made from: the bootstrap ConfigMap, the StatefulSet's size, the
+/// member pods and claims, and the members themselves.
+async fn observe_all(
+    client: &Client,
+    spec: &ValidSpec,
+    previous: &KVClusterStatus,
+) -> Result<Observed, ReconcileError> {
+    let names = Names::new(&spec.name, &spec.namespace);
+    let namespace = &spec.namespace;
+    let bootstrap = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+        .get_opt(&names.bootstrap_config_map())
+        .await
+        .map_err(api_error("read the bootstrap ConfigMap"))?
+        .map(|map| map.data.unwrap_or_default());
+    let statefulset_replicas = Api::<StatefulSet>::namespaced(client.clone(), namespace)
+        .get_opt(&names.statefulset())
+        .await
+        .map_err(api_error("read the StatefulSet"))?
+        .and_then(|set| set.spec?.replicas);
+    let selector = ListParams::default().labels(&names.selector());
+    let pods: BTreeMap<String, PodSeen> = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&selector)
+        .await
+        .map_err(api_error("list the member pods"))?
+        .items
+        .iter()
+        .map(|pod| {
+            let seen = PodSeen {
+                terminating: pod.metadata.deletion_timestamp.is_some(),
+                lost_data: lost_its_data(pod),
+                address: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+            };
+            (pod.name_any(), seen)
+        })
+        .collect();
+    let claims: BTreeMap<String, ClaimSeen> =
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace)
+            .list(&selector)
+            .await
+            .map_err(api_error("list the member claims"))?
+            .items
+            .iter()
+            .map(|claim| {
+                let seen = ClaimSeen {
+                    terminating: claim.metadata.deletion_timestamp.is_some(),
+                };
+                (claim.name_any(), seen)
+            })
+            .collect();
+    let addresses: Vec<(String, String)> = pods
+        .iter()
+        .filter(|(_, pod)| !pod.terminating)
+        .filter_map(|(name, pod)| Some((name.clone(), pod.address.clone()?)))
+        .collect();
+    Ok(Observed {
+        bootstrap,
+        statefulset_replicas,
+        pods,
+        claims,
+        view: observe(&addresses).await,
+        formed_before: previous.cluster_id.is_some(),
+    })
 }
 
 /// What cairn says when it refuses to start because its data dir was emptied under a member that
@@ -369,16 +385,28 @@ fn lost_its_data(pod: &Pod) -> bool {
         .any(|message| message.contains(DATA_LOST))
 }
 
-/// The Services, the StatefulSet with one pod per bootstrap file, and the disruption budget.
-async fn apply_members(
+/// Applies the planned objects: the bootstrap files first (a pod the StatefulSet adds finds its
+/// file), then the Services, the StatefulSet and the disruption budget.
+async fn apply_plan(
     context: &Context,
     spec: &ValidSpec,
     owner: &OwnerReference,
     token: &str,
-    members: i32,
+    observed: &Observed,
+    plan: &Plan,
 ) -> Result<(), ReconcileError> {
     let client = &context.client;
     let namespace = &spec.namespace;
+    if let Some(files) = &plan.bootstrap
+        && observed.bootstrap.as_ref() != Some(files)
+    {
+        let configs = Api::<ConfigMap>::namespaced(client.clone(), namespace);
+        apply(&configs, &bootstrap_files(spec, owner, files.clone())).await?;
+        tracing::info!(cluster = %spec.name, files = files.len(), "bootstrap files written");
+    }
+    let Some(members) = plan.members else {
+        return Ok(());
+    };
     let names = Names::new(&spec.name, namespace);
     let services = Api::<Service>::namespaced(client.clone(), namespace);
     apply(&services, &peer_service(spec, owner)).await?;
@@ -406,18 +434,15 @@ async fn apply_members(
     Ok(())
 }
 
-/// Takes one membership step; returns what status should say is under way (None when settled).
-/// A step the cluster refuses (a learner not caught up yet, an election under way) is retried at
-/// the next reconcile, with the refusal in status.
-#[allow(clippy::too_many_arguments)]
-async fn take_step(
+/// Takes the planned membership step (its file edits were applied with the plan); returns what
+/// status should say is under way (None when settled). A step the cluster refuses (a learner
+/// not caught up yet, an election under way) is retried at the next reconcile, with the refusal
+/// in status.
+async fn act(
     context: &Context,
     cluster: &KVCluster,
     spec: &ValidSpec,
-    owner: &OwnerReference,
-    files: &BTreeMap<String, String>,
-    view: &ClusterView,
-    addresses: &[(String, String)],
+    observed: &Observed,
     step: &Step,
 ) -> Result<Option<String>, ReconcileError> {
     let client = &context.client;
@@ -425,19 +450,7 @@ async fn take_step(
     let described = step.describe();
     match step {
         Step::Settled => return Ok(None),
-        Step::Wait(_) => {}
-        Step::WriteEntry { member, bootstrap } => {
-            let mut files = files.clone();
-            files.insert(format!("{member}.yaml"), bootstrap.file());
-            let configs = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-            apply(&configs, &bootstrap_files(spec, owner, files)).await?;
-        }
-        Step::DropEntry { member } => {
-            let mut files = files.clone();
-            files.remove(&format!("{member}.yaml"));
-            let configs = Api::<ConfigMap>::namespaced(client.clone(), namespace);
-            apply(&configs, &bootstrap_files(spec, owner, files)).await?;
-        }
+        Step::Wait(_) | Step::WriteEntry { .. } | Step::DropEntry { .. } => {}
         Step::RestartPod { pod } => {
             let pods = Api::<Pod>::namespaced(client.clone(), namespace);
             delete_if_present(&pods, pod, "restart the pod").await?;
@@ -447,11 +460,13 @@ async fn take_step(
             delete_if_present(&claims, claim, "delete the claim").await?;
         }
         Step::AddLearner { .. } | Step::Promote { .. } | Step::MoveLeader { .. } | Step::Remove { .. } => {
-            let leader_ip = view
+            let leader_ip = observed
+                .view
                 .leader
                 .as_ref()
-                .and_then(|leader| addresses.iter().find(|(pod, _)| pod == leader))
-                .map(|(_, ip)| ip.clone());
+                .and_then(|leader| observed.pods.get(leader))
+                .filter(|pod| !pod.terminating)
+                .and_then(|pod| pod.address.clone());
             let Some(leader_ip) = leader_ip else {
                 return Ok(Some(format!("{described}: waiting for the leader's pod address")));
             };
@@ -498,6 +513,14 @@ where
         .await
         .map(drop)
         .map_err(api_error(format!("apply {kind} {name}")))
+}
+
+/// Writes the status of a failed pass; the pass's own error is what is returned, so a failure
+/// to write is only logged.
+async fn write_status_after_error(api: &Api<KVCluster>, name: &str, status: &KVClusterStatus) {
+    if let Err(error) = write_status(api, name, status).await {
+        tracing::warn!(cluster = %name, %error, "cannot write the status of a failed pass");
+    }
 }
 
 /// Server-side apply of the whole status: fields the operator no longer sets go away.

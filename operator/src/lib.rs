@@ -1,7 +1,8 @@
 //! The Cairn operator: reconciles `KVCluster` resources (`crd`) into StatefulSets of `cairn`
 //! members. The spec is validated once (`validate`), desired objects are built by pure functions
 //! (`build`), applied with server-side apply, and the cluster is observed through its etcd API
-//! (`observe`); membership follows the spec one planned step at a time (`membership`).
+//! (`observe`); each pass is planned purely (`plan`), membership following the spec one step
+//! at a time (`membership`).
 
 pub mod build;
 pub mod change;
@@ -12,5 +13,6 @@ pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod observe;
+pub mod plan;
 pub mod status;
 pub mod validate;

@@ -82,7 +82,25 @@ impl Step {
     }
 }
 
-/// What the plan is made from.
+/// One member pod as the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodSeen {
+    /// Being deleted (it still holds its claim until it is gone).
+    pub terminating: bool,
+    /// Its member refused to start, now or last time, because its data was lost.
+    pub lost_data: bool,
+    /// The pod's IP, once it has one.
+    pub address: Option<String>,
+}
+
+/// One member claim as the API shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimSeen {
+    /// Being deleted (Kubernetes keeps a claim until no pod uses it).
+    pub terminating: bool,
+}
+
+/// What the next step is chosen from.
 pub struct Current<'a> {
     pub names: &'a Names,
     /// `spec.replicas`.
@@ -90,14 +108,10 @@ pub struct Current<'a> {
     /// The bootstrap ConfigMap's files, by key (`<member>.yaml`).
     pub entries: &'a BTreeMap<String, String>,
     pub view: &'a ClusterView,
-    /// Member claims that exist.
-    pub claims: &'a BTreeSet<String>,
-    /// Those of them that are being deleted (Kubernetes keeps a claim until no pod uses it).
-    pub terminating_claims: &'a BTreeSet<String>,
-    /// Member pods that exist.
-    pub pods: &'a BTreeSet<String>,
-    /// Member pods that refused to start because their data was lost.
-    pub lost: &'a BTreeSet<String>,
+    /// Member claims that exist, by name.
+    pub claims: &'a BTreeMap<String, ClaimSeen>,
+    /// Member pods that exist, by name.
+    pub pods: &'a BTreeMap<String, PodSeen>,
 }
 
 /// A member of the list, placed at its ordinal.
@@ -108,22 +122,22 @@ struct Placed<'a> {
     status: &'a crate::crd::MemberStatus,
 }
 
-pub fn next_step(current: &Current) -> Step {
-    let names = current.names;
-    let view = current.view;
+/// The members of the leader's list, each at its ordinal, in ordinal order; or why the list
+/// cannot be acted on.
+fn place<'a>(names: &Names, view: &'a ClusterView) -> Result<Vec<Placed<'a>>, Step> {
     if !view.list_from_leader {
-        return Step::Wait("waiting for the leader's member list".into());
+        return Err(Step::Wait("waiting for the leader's member list".into()));
     }
     let mut placed = Vec::new();
     for member in &view.members {
         let Some(ordinal) = names.ordinal_of_peer_url(&member.peer_url) else {
-            return Step::Wait(format!(
+            return Err(Step::Wait(format!(
                 "member {} ({}) is not one of this cluster's pods; remove it with `member remove`",
                 member.id, member.peer_url
-            ));
+            )));
         };
         let Ok(id) = u64::from_str_radix(&member.id, 16) else {
-            return Step::Wait(format!("member ID {:?} is not hex", member.id));
+            return Err(Step::Wait(format!("member ID {:?} is not hex", member.id)));
         };
         placed.push(Placed {
             ordinal,
@@ -133,35 +147,89 @@ pub fn next_step(current: &Current) -> Step {
         });
     }
     placed.sort_by_key(|p| p.ordinal);
-    let with_entry: BTreeSet<i32> = current
-        .entries
+    Ok(placed)
+}
+
+/// The ordinals that have a bootstrap file.
+pub fn ordinals_with_entry(names: &Names, entries: &BTreeMap<String, String>) -> BTreeSet<i32> {
+    entries
         .keys()
         .filter_map(|key| names.ordinal_of_member(key.strip_suffix(".yaml")?))
-        .collect();
-    let listed: BTreeSet<i32> = placed.iter().map(|p| p.ordinal).collect();
+        .collect()
+}
 
-    // Finish what an earlier step began, before anything new: a member the cluster no longer
-    // has either goes (beyond the spec's size) or comes back as a new member (a replacement).
-    if let Some(&gone) = with_entry.difference(&listed).last() {
-        let member = names.member(gone);
-        if gone >= current.desired {
-            return Step::DropEntry { member };
-        }
-        return Step::AddLearner {
-            peer_url: names.peer_url(&member),
-            member,
+/// The ordinals of the members in the leader's list (all of them, learners too).
+pub fn listed_ordinals(names: &Names, view: &ClusterView) -> BTreeSet<i32> {
+    view.members
+        .iter()
+        .filter_map(|m| names.ordinal_of_peer_url(&m.peer_url))
+        .collect()
+}
+
+/// The bootstrap file of a member joining the cluster that has `members` (by ordinal).
+fn join_file(names: &Names, members: impl IntoIterator<Item = i32>) -> MemberBootstrap {
+    MemberBootstrap::Join {
+        initial_cluster: names.initial_cluster(members.into_iter().map(|o| names.member(o))),
+    }
+}
+
+/// The bootstrap files rebuilt from the leader's member list (the ConfigMap is gone): every
+/// member joins the cluster that exists, so none can ever form a new one. None without the
+/// leader's list.
+pub fn rebuilt_entries(names: &Names, view: &ClusterView) -> Option<BTreeMap<String, String>> {
+    let placed = place(names, view).ok()?;
+    let file = join_file(names, placed.iter().map(|p| p.ordinal)).file();
+    Some(
+        placed
+            .iter()
+            .map(|p| (format!("{}.yaml", p.name), file.clone()))
+            .collect(),
+    )
+}
+
+/// The majority of `voters`.
+fn quorum(voters: usize) -> usize {
+    crate::build::pdb::quorum(voters as i32) as usize
+}
+
+/// The next step. The invariants, which the property tests check over random states: a member
+/// in the leader's list never loses its pod, claim or bootstrap file; no step leaves fewer
+/// healthy voters than a quorum; at most one learner at a time; nothing is done without the
+/// leader's list.
+pub fn next_step(current: &Current) -> Step {
+    let names = current.names;
+    let placed = match place(names, current.view) {
+        Ok(placed) => placed,
+        Err(wait) => return wait,
+    };
+    let with_entry = ordinals_with_entry(names, current.entries);
+    let listed: BTreeSet<i32> = placed.iter().map(|p| p.ordinal).collect();
+    let lost = |name: &str| {
+        current
+            .pods
+            .get(name)
+            .is_some_and(|pod| pod.lost_data && !pod.terminating)
+    };
+    let voters: Vec<&Placed> = placed.iter().filter(|p| !p.status.is_learner).collect();
+    let healthy_voters = voters.iter().filter(|p| p.status.healthy).count();
+
+    // Finish what an earlier step began, before anything new. A member the cluster has needs
+    // its file (a learner just added, or a file lost by hand).
+    if let Some(unfiled) = placed.iter().find(|p| !with_entry.contains(&p.ordinal)) {
+        return Step::WriteEntry {
+            member: unfiled.name.clone(),
+            bootstrap: join_file(names, listed.iter().copied()),
         };
     }
     if let Some(learner) = placed.iter().find(|p| p.status.is_learner) {
-        if !with_entry.contains(&learner.ordinal) {
-            return Step::WriteEntry {
+        if learner.ordinal >= current.desired {
+            // The spec shrank while it was being added; a learner does not vote, so it can go.
+            return Step::Remove {
                 member: learner.name.clone(),
-                bootstrap: MemberBootstrap::Join {
-                    initial_cluster: names.initial_cluster(placed.iter().map(|p| p.name.clone())),
-                },
+                id: learner.id,
             };
         }
-        if !learner.status.healthy && current.lost.contains(&learner.name) {
+        if !learner.status.healthy && lost(&learner.name) {
             return Step::RestartPod {
                 pod: learner.name.clone(),
             };
@@ -169,16 +237,37 @@ pub fn next_step(current: &Current) -> Step {
         if !learner.status.healthy {
             return Step::Wait(format!("waiting for learner {} to start", learner.name));
         }
+        if healthy_voters < quorum(voters.len()) {
+            return Step::Wait(format!(
+                "{healthy_voters} of {} voters are healthy; {} waits for a quorum",
+                voters.len(),
+                learner.name
+            ));
+        }
         return Step::Promote {
             member: learner.name.clone(),
             id: learner.id,
         };
     }
-    if let Some(lost) = placed
-        .iter()
-        .find(|p| current.lost.contains(&p.name) && !p.status.healthy)
-    {
-        if let Some(sick) = placed
+    // A member the cluster no longer has either comes back as a new member (below the spec's
+    // size: a replacement) or goes; its file goes only when it is the highest, so that the
+    // StatefulSet never shrinks past a member.
+    let top_entry = with_entry.last().copied();
+    let gone: Vec<i32> = with_entry.difference(&listed).copied().collect();
+    for &gone in gone.iter().rev() {
+        let member = names.member(gone);
+        if gone < current.desired {
+            return Step::AddLearner {
+                peer_url: names.peer_url(&member),
+                member,
+            };
+        }
+        if Some(gone) == top_entry {
+            return Step::DropEntry { member };
+        }
+    }
+    if let Some(lost) = voters.iter().find(|p| lost(&p.name) && !p.status.healthy) {
+        if let Some(sick) = voters
             .iter()
             .find(|p| p.ordinal != lost.ordinal && !p.status.healthy)
         {
@@ -187,29 +276,39 @@ pub fn next_step(current: &Current) -> Step {
                 lost.name, sick.name
             ));
         }
+        if voters.len() < 2 || healthy_voters < quorum(voters.len() - 1) {
+            return Step::Wait(format!(
+                "{} lost its data, and without it too few voters would be left",
+                lost.name
+            ));
+        }
         return Step::Remove {
             member: lost.name.clone(),
             id: lost.id,
         };
     }
-    let size = with_entry.len() as i32;
-    if let Some(claim) = current
-        .claims
-        .iter()
-        .find(|claim| names.ordinal_of_claim(claim).is_some_and(|o| o >= size))
-    {
-        let ordinal = names.ordinal_of_claim(claim).unwrap_or_default();
-        if current.pods.contains(&names.member(ordinal)) {
-            return Step::Wait(format!("waiting for the pod {} to go", names.member(ordinal)));
+    // Claims beyond every file and every member belong to no one: a later member of that
+    // ordinal must start empty.
+    let size = with_entry.iter().chain(&listed).max().map_or(0, |o| o + 1);
+    for (claim, seen) in current.claims {
+        let Some(ordinal) = names.ordinal_of_claim(claim) else {
+            continue;
+        };
+        if ordinal < size || listed.contains(&ordinal) {
+            continue;
         }
-        if current.terminating_claims.contains(claim) {
+        let pod = names.member(ordinal);
+        if current.pods.contains_key(&pod) {
+            return Step::Wait(format!("waiting for the pod {pod} to go"));
+        }
+        if seen.terminating {
             return Step::Wait(format!("waiting for the claim {claim} to be deleted"));
         }
         return Step::DeleteClaim { claim: claim.clone() };
     }
 
-    let voters = placed.len() as i32;
-    if voters == current.desired {
+    let target: BTreeSet<i32> = (0..current.desired).collect();
+    if listed == target {
         return Step::Settled;
     }
     if let Some(sick) = placed.iter().find(|p| !p.status.healthy) {
@@ -218,15 +317,20 @@ pub fn next_step(current: &Current) -> Step {
             sick.name
         ));
     }
-    if voters != size || placed.last().is_some_and(|p| p.ordinal != voters - 1) {
-        return Step::Wait(format!(
-            "members {:?} are not the ordinals 0..{voters}; fix membership by hand",
-            placed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>()
-        ));
-    }
-    if voters < current.desired {
-        let member = names.member(voters);
-        if current.pods.contains(&member) {
+    let members = || placed.iter().map(|p| p.name.as_str()).collect::<Vec<_>>();
+    if (voters.len() as i32) < current.desired {
+        let Some(next) = target.difference(&listed).next().copied() else {
+            return Step::Settled;
+        };
+        if listed.last().is_some_and(|&highest| next < highest) {
+            return Step::Wait(format!(
+                "members {:?} leave out {}; add it back or remove the members above it by hand",
+                members(),
+                names.member(next)
+            ));
+        }
+        let member = names.member(next);
+        if current.pods.contains_key(&member) {
             return Step::Wait(format!("waiting for the old pod {member} to go"));
         }
         return Step::AddLearner {
@@ -234,11 +338,21 @@ pub fn next_step(current: &Current) -> Step {
             member,
         };
     }
-    let Some(leaving) = placed.last() else {
+    let Some(leaving) = voters.last() else {
         return Step::Settled;
     };
+    if leaving.ordinal < current.desired {
+        return Step::Wait(format!(
+            "members {:?} are not the ordinals 0..{}; fix membership by hand",
+            members(),
+            current.desired
+        ));
+    }
+    if voters.len() < 2 {
+        return Step::Wait("the last member cannot be removed".into());
+    }
     if leaving.status.is_leader {
-        let Some(heir) = placed.iter().find(|p| p.ordinal != leaving.ordinal) else {
+        let Some(heir) = voters.iter().find(|p| p.ordinal != leaving.ordinal) else {
             return Step::Wait("no other member to lead".into());
         };
         return Step::MoveLeader {
@@ -257,19 +371,20 @@ pub fn next_step(current: &Current) -> Step {
 /// say `existing`, so that a member whose data is lost can never form a second, empty cluster
 /// (it asks the cluster instead, which refuses a member that already started). `None` when no
 /// file needs it or the cluster is not formed yet.
-pub fn sealed_entries(current: &Current) -> Option<BTreeMap<String, String>> {
-    let names = current.names;
-    let view = current.view;
+pub fn sealed_entries(
+    names: &Names,
+    view: &ClusterView,
+    entries: &BTreeMap<String, String>,
+) -> Option<BTreeMap<String, String>> {
     let formed =
         view.list_from_leader && !view.members.is_empty() && view.members.iter().all(|m| !m.name.is_empty());
-    if !formed || !current.entries.values().any(|file| is_new(file)) {
+    if !formed || !entries.values().any(|file| is_new(file)) {
         return None;
     }
     let initial_cluster = names.initial_cluster(view.members.iter().map(|m| m.name.clone()));
     let sealed = MemberBootstrap::Join { initial_cluster }.file();
     Some(
-        current
-            .entries
+        entries
             .iter()
             .map(|(key, file)| {
                 let file = if is_new(file) {
@@ -348,19 +463,27 @@ mod tests {
         pods: &[&str],
         lost: &[&str],
     ) -> Step {
-        let lost: BTreeSet<String> = lost.iter().map(|p| p.to_string()).collect();
         let names = names();
         let view = view(members);
-        let claims: BTreeSet<String> = claims.iter().map(|c| c.to_string()).collect();
-        let pods: BTreeSet<String> = pods.iter().map(|p| p.to_string()).collect();
-        let terminating: BTreeSet<String> = claims
+        // A claim named `<claim>-terminating` is that claim, being deleted.
+        let claims: BTreeMap<String, ClaimSeen> = claims
             .iter()
-            .filter(|c| c.ends_with("-terminating"))
-            .map(|c| c.trim_end_matches("-terminating").to_owned())
+            .map(|c| {
+                let seen = ClaimSeen {
+                    terminating: c.ends_with("-terminating"),
+                };
+                (c.trim_end_matches("-terminating").to_owned(), seen)
+            })
             .collect();
-        let claims: BTreeSet<String> = claims
+        let pods: BTreeMap<String, PodSeen> = pods
             .iter()
-            .map(|c| c.trim_end_matches("-terminating").to_owned())
+            .map(|p| {
+                let seen = PodSeen {
+                    lost_data: lost.contains(p),
+                    ..PodSeen::default()
+                };
+                (p.to_string(), seen)
+            })
             .collect();
         next_step(&Current {
             names: &names,
@@ -368,9 +491,7 @@ mod tests {
             entries: &files,
             view: &view,
             claims: &claims,
-            terminating_claims: &terminating,
             pods: &pods,
-            lost: &lost,
         })
     }
 
@@ -555,16 +676,13 @@ mod tests {
         let mut view = view(voters(3));
         view.list_from_leader = false;
         let files = entries(3);
-        let empty = BTreeSet::new();
         let step = next_step(&Current {
             names: &names,
             desired: 5,
             entries: &files,
             view: &view,
-            claims: &empty,
-            terminating_claims: &empty,
-            pods: &empty,
-            lost: &empty,
+            claims: &BTreeMap::new(),
+            pods: &BTreeMap::new(),
         });
         assert_eq!(step, Step::Wait("waiting for the leader's member list".into()));
     }
@@ -591,23 +709,16 @@ mod tests {
         let files: BTreeMap<String, String> = (0..3)
             .map(|i| (format!("kv-{i}.yaml"), new_file.clone()))
             .collect();
-        let empty = BTreeSet::new();
         let mut members = voters(3);
         members[2].name = String::new();
         let forming = view(members);
-        let current = |view| Current {
-            names: &names,
-            desired: 3,
-            entries: &files,
-            view,
-            claims: &empty,
-            terminating_claims: &empty,
-            pods: &empty,
-            lost: &empty,
-        };
-        assert_eq!(sealed_entries(&current(&forming)), None, "kv-2 has not started");
+        assert_eq!(
+            sealed_entries(&names, &forming, &files),
+            None,
+            "kv-2 has not started"
+        );
         let formed = view(voters(3));
-        let sealed = sealed_entries(&current(&formed)).expect("files to seal");
+        let sealed = sealed_entries(&names, &formed, &files).expect("files to seal");
         assert_eq!(sealed.len(), 3);
         assert!(
             sealed
@@ -615,11 +726,6 @@ mod tests {
                 .all(|file| file.ends_with("initial-cluster-state: existing\n")
                     && file.contains("kv-2=http://kv-2.kv-peer.prod.svc.cluster.local:2380"))
         );
-        let sealed_files = sealed;
-        let again = Current {
-            entries: &sealed_files,
-            ..current(&formed)
-        };
-        assert_eq!(sealed_entries(&again), None);
+        assert_eq!(sealed_entries(&names, &formed, &sealed), None);
     }
 }

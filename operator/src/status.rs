@@ -19,6 +19,8 @@ pub struct Observation<'a> {
     pub pods: i32,
     /// The membership change under way, or why a due one waits.
     pub change: Option<String>,
+    /// Why this pass failed (an object could not be applied, a step could not be taken).
+    pub error: Option<String>,
     pub now: Time,
 }
 
@@ -97,7 +99,9 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             "waiting for every member to be healthy".to_owned(),
         )
     };
-    let degraded = if view.members.is_empty() {
+    let degraded = if let Some(error) = &seen.error {
+        ("True", "ReconcileFailed", error.clone())
+    } else if view.members.is_empty() {
         ("Unknown", "NotObserved", "no member has answered yet".to_owned())
     } else if unhealthy.is_empty() {
         ("False", "AllHealthy", "every member answers".to_owned())
@@ -123,6 +127,8 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
 
     let phase = if spec.paused {
         "Paused"
+    } else if seen.error.is_some() {
+        "Degraded"
     } else if settled {
         "Running"
     } else if progressing.1 == "Bootstrapping" {
@@ -158,6 +164,16 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
     ] {
         set_condition(&mut status, seen, type_, state, reason, &message);
     }
+    status
+}
+
+/// A pass that could not observe the cluster: the previous status stays, with Degraded saying
+/// why.
+pub fn for_failed_pass(error: &str, seen: &Observation) -> KVClusterStatus {
+    let mut status = seen.previous.clone();
+    status.observed_generation = seen.generation;
+    status.phase = Some("Degraded".to_owned());
+    set_condition(&mut status, seen, "Degraded", "True", "ReconcileFailed", error);
     status
 }
 
@@ -255,6 +271,7 @@ mod tests {
             view: &view,
             pods: 3,
             change: None,
+            error: None,
             now: time(100),
         };
         let status = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
@@ -284,6 +301,7 @@ mod tests {
             view: &view,
             pods: 3,
             change: None,
+            error: None,
             now: time(200),
         };
         let next = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
@@ -303,6 +321,7 @@ mod tests {
             view: &empty,
             pods: 3,
             change: None,
+            error: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
@@ -327,6 +346,7 @@ mod tests {
             view: &view,
             pods: 3,
             change: None,
+            error: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
@@ -350,6 +370,7 @@ mod tests {
             view: &view,
             pods: 0,
             change: None,
+            error: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {replicas: 2}"), "t", &seen);

@@ -1,0 +1,663 @@
+//! Planning one reconcile pass, purely: from the valid spec and everything observed (the
+//! bootstrap ConfigMap, the StatefulSet's size, the member pods and claims, the cluster's own
+//! view of itself), the bootstrap files and StatefulSet size to apply and the one membership step
+//! to take. Nothing here talks to the API, so every state the operator can meet is a unit test.
+
+use std::collections::BTreeMap;
+
+use crate::build::bootstrap::initial_members;
+use crate::build::names::Names;
+use crate::membership::{
+    ClaimSeen, Current, PodSeen, Step, listed_ordinals, next_step, ordinals_with_entry, rebuilt_entries,
+    sealed_entries,
+};
+use crate::observe::ClusterView;
+use crate::validate::ValidSpec;
+
+/// Everything one pass read, from the API and from the members.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// The bootstrap ConfigMap's files; None when the ConfigMap does not exist.
+    pub bootstrap: Option<BTreeMap<String, String>>,
+    /// The StatefulSet's `spec.replicas`; None when it does not exist.
+    pub statefulset_replicas: Option<i32>,
+    /// Member pods, by name, terminating ones included.
+    pub pods: BTreeMap<String, PodSeen>,
+    /// Member claims, by name.
+    pub claims: BTreeMap<String, ClaimSeen>,
+    /// What the members said.
+    pub view: ClusterView,
+    /// Whether a cluster has formed before (its ID is latched in status).
+    pub formed_before: bool,
+}
+
+/// What one pass does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The files the bootstrap ConfigMap must hold; None leaves it as it is.
+    pub bootstrap: Option<BTreeMap<String, String>>,
+    /// How many pods the StatefulSet runs; None leaves the member objects as they are.
+    pub members: Option<i32>,
+    /// The membership step; its file edits are already in `bootstrap`.
+    pub step: Step,
+}
+
+impl Plan {
+    fn hold(step: Step) -> Plan {
+        Plan {
+            bootstrap: None,
+            members: None,
+            step,
+        }
+    }
+}
+
+pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
+    if spec.paused {
+        return Plan::hold(Step::Settled);
+    }
+    let names = Names::new(&spec.name, &spec.namespace);
+    let view = &observed.view;
+    let files = match &observed.bootstrap {
+        Some(files) if !files.is_empty() => files.clone(),
+        _ => match missing_bootstrap(spec, &names, observed) {
+            Ok(files) => files,
+            Err(wait) => return Plan::hold(wait),
+        },
+    };
+    let files = sealed_entries(&names, view, &files).unwrap_or(files);
+    let step = next_step(&Current {
+        names: &names,
+        desired: spec.replicas,
+        entries: &files,
+        view,
+        claims: &observed.claims,
+        pods: &observed.pods,
+    });
+    let mut files = files;
+    match &step {
+        Step::WriteEntry { member, bootstrap } => {
+            files.insert(format!("{member}.yaml"), bootstrap.file());
+        }
+        Step::DropEntry { member } => {
+            files.remove(&format!("{member}.yaml"));
+        }
+        _ => {}
+    }
+    let members = statefulset_size(&names, &files, observed);
+    Plan {
+        bootstrap: Some(files),
+        members: Some(members),
+        step,
+    }
+}
+
+/// The files when the ConfigMap is missing: the initial members' for a cluster that never
+/// formed and has left nothing behind; for one that has, rebuilt from the leader's member list,
+/// never from the spec (files from the spec would shrink the StatefulSet past members, or form a
+/// second cluster).
+fn missing_bootstrap(
+    spec: &ValidSpec,
+    names: &Names,
+    observed: &Observed,
+) -> Result<BTreeMap<String, String>, Step> {
+    let untouched = !observed.formed_before
+        && observed.view.members.is_empty()
+        && observed.claims.is_empty()
+        && observed.pods.is_empty();
+    if untouched {
+        let members = initial_members(spec);
+        return Ok(members
+            .iter()
+            .map(|(member, plan)| (format!("{member}.yaml"), plan.file()))
+            .collect());
+    }
+    if let Some(files) = rebuilt_entries(names, &observed.view) {
+        return Ok(files);
+    }
+    if !observed.formed_before && observed.pods.is_empty() && !observed.claims.is_empty() {
+        let claims: Vec<&str> = observed.claims.keys().map(String::as_str).collect();
+        return Err(Step::Wait(format!(
+            "claims {claims:?} of an earlier cluster of this name exist; delete them to create this one"
+        )));
+    }
+    Err(Step::Wait(
+        "the bootstrap ConfigMap is gone; it is rebuilt from the leader's member list once the leader answers"
+            .into(),
+    ))
+}
+
+/// One pod per ordinal up to the highest that has a file or is a member: a member's pod is never
+/// cut off. Without the leader's list the members are not known, so the StatefulSet only grows.
+fn statefulset_size(names: &Names, files: &BTreeMap<String, String>, observed: &Observed) -> i32 {
+    let filed = ordinals_with_entry(names, files);
+    let listed = listed_ordinals(names, &observed.view);
+    let size = filed.iter().chain(&listed).max().map_or(0, |o| o + 1);
+    if observed.view.list_from_leader {
+        size
+    } else {
+        size.max(observed.statefulset_replicas.unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::build::bootstrap::is_new;
+    use crate::build::testing::valid;
+    use crate::crd::MemberStatus;
+
+    const ORDINALS: i32 = 7;
+
+    fn names() -> Names {
+        Names::new("kv", "prod")
+    }
+
+    fn spec(replicas: i32) -> ValidSpec {
+        valid(&format!("spec: {{replicas: {replicas}}}"))
+    }
+
+    /// A member of the leader's list at `ordinal`.
+    fn member(ordinal: i32, learner: bool, healthy: bool, started: bool) -> MemberStatus {
+        let names = names();
+        let name = names.member(ordinal);
+        MemberStatus {
+            peer_url: names.peer_url(&name),
+            name: if started { name } else { String::new() },
+            id: format!("{:x}", 0x100 + ordinal),
+            is_learner: learner,
+            healthy,
+            ..MemberStatus::default()
+        }
+    }
+
+    fn view(mut members: Vec<MemberStatus>, leader: Option<i32>) -> ClusterView {
+        for (ordinal, member) in members.iter_mut().enumerate() {
+            member.is_leader = leader == Some(ordinal as i32);
+        }
+        members.retain(|m| !m.peer_url.is_empty());
+        ClusterView {
+            leader: members.iter().find(|m| m.is_leader).map(|m| m.name.clone()),
+            cluster_id: Some("c1".into()),
+            members,
+            list_from_leader: true,
+            version: None,
+        }
+    }
+
+    fn existing(ordinals: impl IntoIterator<Item = i32>) -> BTreeMap<String, String> {
+        ordinals
+            .into_iter()
+            .map(|o| {
+                (
+                    format!("kv-{o}.yaml"),
+                    "initial-cluster-state: existing\n".to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn claims(ordinals: impl IntoIterator<Item = i32>) -> BTreeMap<String, ClaimSeen> {
+        ordinals
+            .into_iter()
+            .map(|o| (format!("data-kv-{o}"), ClaimSeen::default()))
+            .collect()
+    }
+
+    fn pods(ordinals: impl IntoIterator<Item = i32>) -> BTreeMap<String, PodSeen> {
+        ordinals
+            .into_iter()
+            .map(|o| {
+                let seen = PodSeen {
+                    address: Some(format!("10.0.0.{o}")),
+                    ..PodSeen::default()
+                };
+                (format!("kv-{o}"), seen)
+            })
+            .collect()
+    }
+
+    /// Five healthy voters, kv-0 leading, every file, claim and pod in place.
+    fn five_members() -> Observed {
+        Observed {
+            bootstrap: Some(existing(0..5)),
+            statefulset_replicas: Some(5),
+            pods: pods(0..5),
+            claims: claims(0..5),
+            view: view((0..5).map(|o| member(o, false, true, true)).collect(), Some(0)),
+            formed_before: true,
+        }
+    }
+
+    /// R1: with kv-3 removed from a 5-member cluster (a replacement under way, or `member
+    /// remove` by hand), scaling to 3 once dropped kv-3's file, sized the StatefulSet to the
+    /// 4 files left and deleted voter kv-4's pod and claim. Now kv-4 leaves the cluster first,
+    /// and only then do the files and the StatefulSet shrink, from the top.
+    #[test]
+    fn r1_a_missing_member_below_a_voter_never_shrinks_the_statefulset_past_the_voter() {
+        let mut observed = five_members();
+        observed.view.members.remove(3);
+        let step = |observed: &Observed| plan(&spec(3), observed);
+        let first = step(&observed);
+        assert_eq!(first.members, Some(5));
+        assert_eq!(first.bootstrap, Some(existing(0..5)));
+        assert_eq!(
+            first.step,
+            Step::Remove {
+                member: "kv-4".into(),
+                id: 0x104
+            }
+        );
+
+        // kv-4 is out: its file goes (the highest), then kv-3's, one pod at a time.
+        observed.view.members.retain(|m| m.name != "kv-4");
+        let second = step(&observed);
+        assert_eq!(
+            second.step,
+            Step::DropEntry {
+                member: "kv-4".into()
+            }
+        );
+        assert_eq!(second.members, Some(4));
+        observed.bootstrap = second.bootstrap;
+        let third = step(&observed);
+        assert_eq!(
+            third.step,
+            Step::DropEntry {
+                member: "kv-3".into()
+            }
+        );
+        assert_eq!(third.members, Some(3));
+
+        // The claims go once their pods have.
+        observed.bootstrap = third.bootstrap;
+        observed.pods = pods(0..3);
+        let fourth = step(&observed);
+        assert_eq!(
+            fourth.step,
+            Step::DeleteClaim {
+                claim: "data-kv-3".into()
+            }
+        );
+    }
+
+    /// R2: the bootstrap ConfigMap was re-created from the spec when it went missing, which
+    /// during a 5 → 3 scale-down sized the StatefulSet to 3 and deleted the claims of voters
+    /// kv-3 and kv-4. Now it is rebuilt from the leader's member list, or nothing is done.
+    #[test]
+    fn r2_a_lost_bootstrap_configmap_is_rebuilt_from_the_members_never_from_the_spec() {
+        let mut observed = five_members();
+        observed.bootstrap = None;
+        let rebuilt = plan(&spec(3), &observed);
+        assert_eq!(rebuilt.members, Some(5));
+        let files = rebuilt.bootstrap.expect("rebuilt files");
+        assert_eq!(files.len(), 5);
+        assert!(files.values().all(
+            |file| !is_new(file) && file.contains("kv-4=http://kv-4.kv-peer.prod.svc.cluster.local:2380")
+        ));
+        assert_eq!(
+            rebuilt.step,
+            Step::Remove {
+                member: "kv-4".into(),
+                id: 0x104
+            }
+        );
+
+        // Without the leader, nothing is touched at all.
+        observed.view.list_from_leader = false;
+        let held = plan(&spec(3), &observed);
+        assert_eq!((held.bootstrap, held.members), (None, None));
+        assert!(matches!(held.step, Step::Wait(_)));
+    }
+
+    #[test]
+    fn a_new_cluster_gets_the_initial_files_and_claims_of_an_old_one_stop_it() {
+        let fresh = plan(&spec(3), &Observed::default());
+        assert_eq!(fresh.members, Some(3));
+        let files = fresh.bootstrap.expect("initial files");
+        assert_eq!(files.len(), 3);
+        assert!(files.values().all(|file| is_new(file)));
+
+        let leftover = Observed {
+            claims: claims(0..3),
+            ..Observed::default()
+        };
+        let held = plan(&spec(3), &leftover);
+        assert_eq!(held.members, None);
+        assert_eq!(
+            held.step,
+            Step::Wait(
+                "claims [\"data-kv-0\", \"data-kv-1\", \"data-kv-2\"] of an earlier cluster of this name \
+                 exist; delete them to create this one"
+                    .into()
+            )
+        );
+    }
+
+    fn listed(observed: &Observed) -> BTreeMap<i32, &MemberStatus> {
+        let names = names();
+        observed
+            .view
+            .members
+            .iter()
+            .filter_map(|m| Some((names.ordinal_of_peer_url(&m.peer_url)?, m)))
+            .collect()
+    }
+
+    fn ordinal_of(name: &str) -> i32 {
+        names()
+            .ordinal_of_member(name)
+            .or_else(|| names().ordinal_of_claim(name))
+            .expect("a member or claim name")
+    }
+
+    /// The safety invariants of one planned pass.
+    fn check(desired: i32, observed: &Observed, plan: &Plan) -> Result<(), TestCaseError> {
+        let names = names();
+        let listed = listed(observed);
+        let voters: Vec<&&MemberStatus> = listed.values().filter(|m| !m.is_learner).collect();
+        let healthy = voters.iter().filter(|m| m.healthy).count();
+        let quorum = |n: usize| n / 2 + 1;
+        let from_leader = observed.view.list_from_leader;
+
+        if let Some(size) = plan.members {
+            for ordinal in listed.keys() {
+                prop_assert!(
+                    *ordinal < size,
+                    "the StatefulSet ({size}) cuts off member {ordinal}"
+                );
+            }
+            if !from_leader {
+                prop_assert!(size >= observed.statefulset_replicas.unwrap_or(0), "shrank blind");
+            }
+        }
+        if let (Some(before), Some(after)) = (&observed.bootstrap, &plan.bootstrap) {
+            for ordinal in listed.keys() {
+                let key = format!("kv-{ordinal}.yaml");
+                if before.contains_key(&key) {
+                    prop_assert!(after.contains_key(&key), "dropped the file of member {ordinal}");
+                }
+            }
+        }
+        let untouched = !observed.formed_before
+            && observed.view.members.is_empty()
+            && observed.claims.is_empty()
+            && observed.pods.is_empty();
+        if observed.bootstrap.as_ref().is_none_or(BTreeMap::is_empty) && !untouched {
+            let files = plan.bootstrap.iter().flat_map(|f| f.values());
+            prop_assert!(
+                files.clone().all(|f| !is_new(f)),
+                "a lost ConfigMap came back from the spec"
+            );
+        }
+        if !from_leader {
+            prop_assert!(
+                matches!(plan.step, Step::Wait(_)),
+                "acted without the leader's list: {:?}",
+                plan.step
+            );
+        }
+        match &plan.step {
+            Step::DeleteClaim { claim } => {
+                let ordinal = ordinal_of(claim);
+                prop_assert!(!listed.contains_key(&ordinal), "deleted member {ordinal}'s claim");
+                prop_assert!(!observed.pods.contains_key(&names.member(ordinal)));
+                prop_assert!(plan.members.is_some_and(|size| ordinal >= size));
+                let files = plan.bootstrap.as_ref().expect("files");
+                let key = format!("kv-{ordinal}.yaml");
+                prop_assert!(!files.contains_key(&key));
+            }
+            Step::DropEntry { member } => {
+                prop_assert!(
+                    !listed.contains_key(&ordinal_of(member)),
+                    "dropped a member's file"
+                );
+            }
+            Step::RestartPod { pod } => {
+                let member = listed.get(&ordinal_of(pod));
+                prop_assert!(
+                    member.is_some_and(|m| m.is_learner && !m.healthy),
+                    "restarted {pod}"
+                );
+            }
+            Step::Remove { member, id } => {
+                let removed = listed.get(&ordinal_of(member)).expect("a listed member");
+                prop_assert_eq!(&removed.id, &format!("{id:x}"));
+                if !removed.is_learner {
+                    let left = voters.len() - 1;
+                    let healthy_left = healthy - usize::from(removed.healthy);
+                    prop_assert!(left >= 1 && healthy_left >= quorum(left), "removal breaks quorum");
+                }
+            }
+            Step::Promote { member, .. } => {
+                let learner = listed.get(&ordinal_of(member)).expect("a listed member");
+                prop_assert!(learner.is_learner && learner.healthy);
+                prop_assert!(healthy + 1 >= quorum(voters.len() + 1));
+            }
+            Step::AddLearner { member, .. } => {
+                prop_assert!(listed.values().all(|m| !m.is_learner), "a second learner");
+                prop_assert!(!listed.contains_key(&ordinal_of(member)));
+            }
+            Step::MoveLeader { from, to, .. } => {
+                prop_assert!(listed.get(&ordinal_of(from)).is_some_and(|m| m.is_leader));
+                prop_assert!(listed.get(&ordinal_of(to)).is_some_and(|m| !m.is_learner));
+            }
+            Step::Settled => {
+                let target: BTreeSet<i32> = (0..desired).collect();
+                prop_assert_eq!(listed.keys().copied().collect::<BTreeSet<_>>(), target);
+                prop_assert!(listed.values().all(|m| !m.is_learner));
+            }
+            Step::Wait(_) | Step::WriteEntry { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Any state at all: members, files, claims and pods at random ordinals, some of each
+    /// terminating or lost, the ConfigMap sometimes gone, the list sometimes not the leader's.
+    fn any_state() -> impl Strategy<Value = (i32, Observed)> {
+        let n = ORDINALS as usize;
+        let members = prop::collection::vec(prop::option::weighted(0.7, any::<(bool, bool, bool)>()), n);
+        let files = prop::collection::vec(prop::option::weighted(0.7, any::<bool>()), n);
+        let claims = prop::collection::vec(prop::option::weighted(0.7, any::<bool>()), n);
+        let pods = prop::collection::vec(prop::option::weighted(0.7, any::<(bool, bool)>()), n);
+        let flags = (
+            any::<bool>(),
+            any::<bool>(),
+            prop::bool::weighted(0.8),
+            any::<bool>(),
+        );
+        (
+            1..=ORDINALS,
+            members,
+            files,
+            claims,
+            pods,
+            prop::option::of(0..ORDINALS),
+            prop::option::of(0..=ORDINALS + 1),
+            flags,
+        )
+            .prop_map(
+                |(desired, members, files, claim_flags, pod_flags, leader, replicas, flags)| {
+                    let (configmap_gone, formed_before, from_leader, learners_lead) = flags;
+                    let names = names();
+                    let listed: Vec<MemberStatus> = members
+                        .iter()
+                        .enumerate()
+                        .map(|(o, m)| match m {
+                            Some((learner, healthy, started)) => {
+                                member(o as i32, *learner && !learners_lead, *healthy, *started)
+                            }
+                            None => MemberStatus::default(),
+                        })
+                        .collect();
+                    let mut view = view(listed, leader);
+                    view.list_from_leader = from_leader;
+                    let bootstrap: BTreeMap<String, String> = files
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(o, new)| {
+                            let state = if (*new)? { "new" } else { "existing" };
+                            Some((
+                                format!("kv-{o}.yaml"),
+                                format!("initial-cluster-state: {state}\n"),
+                            ))
+                        })
+                        .collect();
+                    let claims = claim_flags
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(o, t)| Some((names.claim(o as i32), ClaimSeen { terminating: (*t)? })))
+                        .collect();
+                    let pods = pod_flags
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(o, flags)| {
+                            let (terminating, lost_data) = (*flags)?;
+                            let seen = PodSeen {
+                                terminating,
+                                lost_data,
+                                address: Some(format!("10.0.0.{o}")),
+                            };
+                            Some((names.member(o as i32), seen))
+                        })
+                        .collect();
+                    let observed = Observed {
+                        bootstrap: (!configmap_gone).then_some(bootstrap),
+                        statefulset_replicas: replicas,
+                        pods,
+                        claims,
+                        view,
+                        formed_before,
+                    };
+                    (desired, observed)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: 4096,
+            rng_seed: prop::test_runner::RngSeed::Fixed(0x0ca1_2b5e),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
+
+        #[test]
+        fn no_plan_ever_harms_a_member_or_quorum((desired, observed) in any_state()) {
+            let plan = plan(&spec(desired), &observed);
+            check(desired, &observed, &plan)?;
+        }
+
+        /// From any healthy cluster, with or without a member taken out by hand, to any size:
+        /// every pass is safe and the cluster arrives at exactly the spec's members, files and
+        /// claims.
+        #[test]
+        fn every_resize_arrives_safely(
+            from in 1..=6i32,
+            to in 1..=6i32,
+            removed in prop::option::of(0..6i32),
+            leader in 0..6i32,
+        ) {
+            let mut world = World::healthy(from, leader % from);
+            if let Some(removed) = removed.filter(|&r| r < from && from > 2) {
+                world.members.remove(&removed);
+            }
+            let mut passes = 0;
+            loop {
+                let observed = world.observe();
+                let plan = plan(&spec(to), &observed);
+                check(to, &observed, &plan)?;
+                if plan.step == Step::Settled {
+                    break;
+                }
+                prop_assert!(passes < 80, "no end in sight: {:?} at {:?}", plan.step, observed);
+                world.carry_out(&plan);
+                passes += 1;
+            }
+            let target: BTreeSet<i32> = (0..to).collect();
+            prop_assert_eq!(world.members.keys().copied().collect::<BTreeSet<_>>(), target.clone());
+            prop_assert_eq!(world.files.clone(), target.clone());
+            let claims: BTreeSet<i32> = world.claims.iter().copied().collect();
+            prop_assert!(claims.is_subset(&target), "claims left behind: {claims:?}");
+        }
+    }
+
+    /// A cluster the way the planner's steps change it: the StatefulSet runs one pod per ordinal
+    /// below its size, each pod gets a claim, and a learner whose pod has its file starts.
+    struct World {
+        /// ordinal → (learner, started)
+        members: BTreeMap<i32, (bool, bool)>,
+        files: BTreeSet<i32>,
+        claims: BTreeSet<i32>,
+        size: i32,
+        leader: i32,
+    }
+
+    impl World {
+        fn healthy(n: i32, leader: i32) -> World {
+            World {
+                members: (0..n).map(|o| (o, (false, true))).collect(),
+                files: (0..n).collect(),
+                claims: (0..n).collect(),
+                size: n,
+                leader,
+            }
+        }
+
+        fn observe(&self) -> Observed {
+            let pods = 0..self.size;
+            let listed = (0..ORDINALS)
+                .map(|o| match self.members.get(&o) {
+                    Some(&(learner, started)) => member(o, learner, started, started),
+                    None => MemberStatus::default(),
+                })
+                .collect();
+            Observed {
+                bootstrap: Some(existing(self.files.iter().copied())),
+                statefulset_replicas: Some(self.size),
+                pods: self::pods(pods),
+                claims: claims(self.claims.iter().copied()),
+                view: view(listed, Some(self.leader)),
+                formed_before: true,
+            }
+        }
+
+        fn carry_out(&mut self, plan: &Plan) {
+            let names = names();
+            if let Some(files) = &plan.bootstrap {
+                self.files = ordinals_with_entry(&names, files);
+            }
+            if let Some(size) = plan.members {
+                self.size = size;
+            }
+            match &plan.step {
+                Step::AddLearner { member, .. } => {
+                    self.members.insert(ordinal_of(member), (true, false));
+                }
+                Step::Promote { member, .. } => {
+                    self.members.insert(ordinal_of(member), (false, true));
+                }
+                Step::MoveLeader { to, .. } => self.leader = ordinal_of(to),
+                Step::Remove { member, .. } => {
+                    self.members.remove(&ordinal_of(member));
+                }
+                Step::DeleteClaim { claim } => {
+                    self.claims.remove(&ordinal_of(claim));
+                }
+                _ => {}
+            }
+            for ordinal in 0..self.size {
+                self.claims.insert(ordinal);
+                if self.files.contains(&ordinal)
+                    && let Some(member) = self.members.get_mut(&ordinal)
+                {
+                    member.1 = true;
+                }
+            }
+        }
+    }
+}
