@@ -313,12 +313,20 @@ pub struct MemberStatus {
     pub is_leader: bool,
     #[serde(default)]
     pub is_learner: bool,
-    /// Whether the member answered its status request.
+    /// Whether the member answers, reports the cluster's ID, and has applied all but at most a
+    /// few thousand of the entries the leader has.
     #[serde(default)]
     pub healthy: bool,
     /// The Raft index the member has applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied_index: Option<u64>,
+    /// How many entries the member has applied fewer than the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<u64>,
+    /// The cluster ID (hex) the member reports, when it is not the cluster's: a member of another
+    /// cluster answering at this member's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub foreign_cluster_id: Option<String>,
     /// The Cairn version the member reports running.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,

@@ -160,21 +160,40 @@ async fn member_list(mut client: Client) -> Option<Vec<ListedMember>> {
 
 /// The member most reports name as leader (members briefly disagree during an election).
 fn leader_by_majority(reports: &[MemberReport]) -> Option<u64> {
-    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
-    for report in reports.iter().filter(|r| r.leader != 0) {
-        *votes.entry(report.leader).or_default() += 1;
-    }
-    votes.into_iter().max_by_key(|(_, n)| *n).map(|(id, _)| id)
+    majority(reports.iter().map(|r| r.leader).filter(|&leader| leader != 0))
 }
 
-/// The member list, with each member's health and progress from its own report.
+/// The value given most often.
+fn majority(values: impl Iterator<Item = u64>) -> Option<u64> {
+    let mut votes: BTreeMap<u64, usize> = BTreeMap::new();
+    for value in values {
+        *votes.entry(value).or_default() += 1;
+    }
+    votes.into_iter().max_by_key(|(_, n)| *n).map(|(value, _)| value)
+}
+
+/// How far behind the leader's applied index a member may be and still count as healthy: a
+/// member further behind cannot take over without a long catch-up, so it is not counted on.
+pub const MAX_LAG: u64 = 5_000;
+
+/// The member list, with each member's health and progress from its own report. A member is
+/// healthy when it answers, reports the leader's cluster ID, and is at most `MAX_LAG` entries
+/// behind the leader.
 pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterView {
     let by_id: BTreeMap<u64, &MemberReport> = reports.iter().map(|r| (r.member_id, r)).collect();
     let leader_id = leader_by_majority(reports);
+    let leader_report = leader_id.and_then(|id| by_id.get(&id));
+    let cluster_id = leader_report
+        .map(|r| r.cluster_id)
+        .or_else(|| majority(reports.iter().map(|r| r.cluster_id)));
     let members: Vec<MemberStatus> = list
         .into_iter()
         .map(|m| {
             let report = by_id.get(&m.id);
+            let lag = report
+                .zip(leader_report)
+                .map(|(r, leader)| leader.applied_index.saturating_sub(r.applied_index));
+            let foreign = report.map(|r| r.cluster_id).filter(|id| Some(*id) != cluster_id);
             MemberStatus {
                 name: m.name,
                 id: format!("{:x}", m.id),
@@ -182,8 +201,10 @@ pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterVie
                 client_url: m.client_url,
                 is_leader: Some(m.id) == leader_id,
                 is_learner: m.is_learner,
-                healthy: report.is_some(),
+                healthy: report.is_some() && foreign.is_none() && lag.is_none_or(|lag| lag <= MAX_LAG),
                 applied_index: report.map(|r| r.applied_index),
+                lag,
+                foreign_cluster_id: foreign.map(|id| format!("{id:x}")),
                 version: report.and_then(|r| r.version.clone()),
             }
         })
@@ -191,7 +212,7 @@ pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterVie
     let versions: BTreeSet<&str> = members.iter().filter_map(|m| m.version.as_deref()).collect();
     ClusterView {
         leader: members.iter().find(|m| m.is_leader).map(|m| m.name.clone()),
-        cluster_id: reports.first().map(|r| format!("{:x}", r.cluster_id)),
+        cluster_id: cluster_id.map(|id| format!("{id:x}")),
         version: (!versions.is_empty()).then(|| versions.into_iter().collect::<Vec<_>>().join(", ")),
         members,
         list_from_leader: false,
@@ -266,6 +287,35 @@ mod tests {
         assert_eq!(view.version.as_deref(), Some("0.1.0, 0.2.0"));
         assert_eq!(view.members[1].version.as_deref(), Some("0.2.0"));
         assert_eq!(assemble(list, &[]).version, None);
+    }
+
+    #[test]
+    fn a_lagging_member_or_one_of_another_cluster_is_not_healthy() {
+        let list = vec![
+            listed(1, "a", false),
+            listed(2, "b", false),
+            listed(3, "c", false),
+        ];
+        let far_behind = report(2, 1, 10_000 - MAX_LAG - 1);
+        let stranger = MemberReport {
+            cluster_id: 0xdef,
+            ..report(3, 1, 10_000)
+        };
+        let view = assemble(list.clone(), &[report(1, 1, 10_000), far_behind, stranger]);
+        assert_eq!(view.cluster_id.as_deref(), Some("abc"));
+        let [a, b, c] = &view.members[..] else {
+            panic!("three members");
+        };
+        assert!(a.healthy && a.lag == Some(0) && a.foreign_cluster_id.is_none());
+        assert!(!b.healthy && b.lag == Some(MAX_LAG + 1));
+        assert!(!c.healthy && c.foreign_cluster_id.as_deref() == Some("def"));
+
+        // Just within the bound is healthy; without the leader's report there is no lag to tell.
+        let close = report(2, 1, 10_000 - MAX_LAG);
+        let view = assemble(list.clone(), &[report(1, 1, 10_000), close]);
+        assert!(view.members[1].healthy);
+        let view = assemble(list, &[report(2, 0, 5)]);
+        assert_eq!((view.members[1].healthy, view.members[1].lag), (true, None));
     }
 
     #[test]

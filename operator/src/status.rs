@@ -6,8 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::build::names::Names;
 use crate::build::pdb::quorum;
-use crate::crd::KVClusterStatus;
-use crate::observe::ClusterView;
+use crate::crd::{KVClusterStatus, MemberStatus};
+use crate::observe::{ClusterView, MAX_LAG};
 use crate::validate::{SpecError, ValidSpec};
 
 /// Everything one status computation needs.
@@ -30,20 +30,29 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
     let voters = view.voters();
     let healthy = view.healthy_voters();
     let quorate = view.leader.is_some() && voters > 0 && healthy >= quorum(voters as i32) as usize;
-    let unhealthy: Vec<&str> = view
+    let unhealthy: Vec<String> = view
         .members
         .iter()
         .filter(|m| !m.healthy)
-        .map(|m| {
-            if m.name.is_empty() {
-                m.id.as_str()
-            } else {
-                m.name.as_str()
-            }
-        })
+        .map(why_unhealthy)
         .collect();
-    let settled =
-        voters == spec.replicas as usize && view.members.len() == voters && unhealthy.is_empty() && quorate;
+    let latched_id = seen.previous.cluster_id.as_deref();
+    let foreign: Vec<String> = match (latched_id, view.cluster_id.as_deref()) {
+        (Some(latched), Some(seen_id)) if latched != seen_id => vec![format!(
+            "the members report cluster {seen_id}, but this KVCluster's is {latched}"
+        )],
+        _ => view
+            .members
+            .iter()
+            .filter(|m| m.foreign_cluster_id.is_some())
+            .map(why_unhealthy)
+            .collect(),
+    };
+    let settled = foreign.is_empty()
+        && voters == spec.replicas as usize
+        && view.members.len() == voters
+        && unhealthy.is_empty()
+        && quorate;
 
     let available = if quorate {
         (
@@ -103,14 +112,16 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         ("True", "ReconcileFailed", error.clone())
     } else if view.members.is_empty() {
         ("Unknown", "NotObserved", "no member has answered yet".to_owned())
+    } else if !foreign.is_empty() {
+        ("True", "ClusterIDMismatch", foreign.join("; "))
     } else if unhealthy.is_empty() {
-        ("False", "AllHealthy", "every member answers".to_owned())
-    } else {
         (
-            "True",
-            "MemberUnhealthy",
-            format!("not answering: {}", unhealthy.join(", ")),
+            "False",
+            "AllHealthy",
+            "every member answers and keeps up with the leader".to_owned(),
         )
+    } else {
+        ("True", "MemberUnhealthy", unhealthy.join("; "))
     };
     let warnings = match spec.warnings.first() {
         None => ("False", "None", "no warnings".to_owned()),
@@ -133,7 +144,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         "Running"
     } else if progressing.1 == "Bootstrapping" {
         "Creating"
-    } else if !quorate || !unhealthy.is_empty() {
+    } else if !quorate || !unhealthy.is_empty() || !foreign.is_empty() {
         "Degraded"
     } else {
         "Scaling"
@@ -165,6 +176,23 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         set_condition(&mut status, seen, type_, state, reason, &message);
     }
     status
+}
+
+/// Why a member does not count as healthy, in a few words.
+fn why_unhealthy(member: &MemberStatus) -> String {
+    let name = if member.name.is_empty() {
+        &member.id
+    } else {
+        &member.name
+    };
+    if let Some(other) = &member.foreign_cluster_id {
+        return format!("{name} reports another cluster ({other})");
+    }
+    match member.lag {
+        _ if member.applied_index.is_none() => format!("{name} does not answer"),
+        Some(lag) if lag > MAX_LAG => format!("{name} is {lag} entries behind the leader"),
+        _ => format!("{name} is not healthy"),
+    }
 }
 
 /// A pass that could not observe the cluster: the previous status stays, with Degraded saying
@@ -227,7 +255,6 @@ pub fn cluster_token(namespace: &str, name: &str, uid: &str) -> String {
 mod tests {
     use super::*;
     use crate::build::testing::valid;
-    use crate::crd::MemberStatus;
 
     fn member(name: &str, healthy: bool, leader: bool) -> MemberStatus {
         MemberStatus {
@@ -238,7 +265,9 @@ mod tests {
             is_leader: leader,
             is_learner: false,
             healthy,
-            applied_index: Some(1),
+            applied_index: healthy.then_some(1),
+            lag: healthy.then_some(0),
+            foreign_cluster_id: None,
             version: Some("0.1.0".into()),
         }
     }
@@ -306,9 +335,70 @@ mod tests {
         };
         let next = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
         assert_eq!(condition(&next, "Available").last_transition_time, time(100));
-        assert_eq!(condition(&next, "Degraded").message, "not answering: kv-1");
+        assert_eq!(condition(&next, "Degraded").message, "kv-1 does not answer");
         assert_eq!(condition(&next, "Degraded").last_transition_time, time(200));
         assert_eq!(next.phase.as_deref(), Some("Degraded"));
+    }
+
+    #[test]
+    fn another_cluster_answering_is_degraded_by_name() {
+        let mut stranger = member("kv-2", false, false);
+        stranger.applied_index = Some(9);
+        stranger.foreign_cluster_id = Some("f00".into());
+        let mut behind = member("kv-1", false, false);
+        behind.applied_index = Some(1);
+        behind.lag = Some(MAX_LAG + 7);
+        let view = ClusterView {
+            members: vec![member("kv-0", true, true), behind, stranger],
+            leader: Some("kv-0".into()),
+            cluster_id: Some("c1".into()),
+            list_from_leader: true,
+            version: None,
+        };
+        let previous = KVClusterStatus {
+            cluster_id: Some("c1".into()),
+            ..KVClusterStatus::default()
+        };
+        let seen = Observation {
+            generation: Some(1),
+            previous: &previous,
+            view: &view,
+            pods: 3,
+            change: None,
+            error: None,
+            now: time(1),
+        };
+        let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
+        let degraded = condition(&status, "Degraded");
+        assert_eq!(degraded.reason, "ClusterIDMismatch");
+        assert_eq!(degraded.message, "kv-2 reports another cluster (f00)");
+        assert_eq!(status.phase.as_deref(), Some("Degraded"));
+
+        // Without the stranger, the lagging member is named with its lag.
+        let view = ClusterView {
+            members: view.members[..2].to_vec(),
+            ..view.clone()
+        };
+        let seen = Observation { view: &view, ..seen };
+        let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
+        assert_eq!(
+            condition(&status, "Degraded").message,
+            format!("kv-1 is {} entries behind the leader", MAX_LAG + 7)
+        );
+
+        // Every member agreeing on an ID that is not the latched one is a cluster-wide mismatch.
+        let view = ClusterView {
+            members: vec![member("kv-0", true, true)],
+            cluster_id: Some("c2".into()),
+            ..view.clone()
+        };
+        let seen = Observation { view: &view, ..seen };
+        let status = for_valid_spec(&valid("spec: {replicas: 1}"), "t", &seen);
+        assert_eq!(
+            condition(&status, "Degraded").message,
+            "the members report cluster c2, but this KVCluster's is c1"
+        );
+        assert_eq!(status.cluster_id.as_deref(), Some("c1"));
     }
 
     #[test]
