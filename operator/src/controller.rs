@@ -34,6 +34,8 @@ use crate::metrics::Metrics;
 use crate::observe::{ClusterView, observe};
 use crate::plan::{Observed, Plan, plan};
 use crate::status::{Observation, cluster_token, for_failed_pass, for_invalid_spec, for_valid_spec};
+use crate::storage;
+use crate::storage::StorageDecision;
 use crate::validate::{ValidSpec, validate};
 
 #[derive(Debug, thiserror::Error)]
@@ -264,6 +266,8 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         Ok(()) => act(&context, &cluster, &spec, &observed, &plan.step).await,
         Err(error) => Err(error),
     };
+    let refused_growth = grow_claims(&context.client, &spec, &plan.storage).await;
+    let storage = storage_report(&plan.storage, refused_growth);
     let (change, error) = match outcome {
         Ok(change) => (change, None),
         Err(error) => (Some(plan.step.describe()), Some(error)),
@@ -276,6 +280,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         pods: observed.pods.len() as i32,
         change: change.clone(),
         error: error.as_ref().map(ToString::to_string),
+        storage,
         now,
     };
     let status = for_valid_spec(&spec, &token, &seen);
@@ -290,6 +295,59 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     Ok(Action::requeue(Duration::from_secs(if settled { 15 } else { 2 })))
 }
 
+/// Grows the claims the plan says to; what the API refuses (a storage class that cannot expand
+/// claims, for one) is returned, in its words, for status.
+async fn grow_claims(client: &Client, spec: &ValidSpec, storage: &StorageDecision) -> Vec<String> {
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), &spec.namespace);
+    let mut refused = Vec::new();
+    for (claim, bytes) in &storage.grow {
+        let patch = json!({"spec": {"resources": {"requests": {"storage": bytes.to_string()}}}});
+        match claims
+            .patch(claim, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => tracing::info!(cluster = %spec.name, %claim, bytes, "claim grown"),
+            Err(error) => {
+                tracing::info!(cluster = %spec.name, %claim, %error, "claim cannot grow");
+                refused.push(format!(
+                    "{claim} cannot grow to {bytes} bytes: {}",
+                    api_words(&error)
+                ));
+            }
+        }
+    }
+    refused
+}
+
+/// The API's own message for an error it answered, else the error.
+fn api_words(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The `StorageChange` condition's reason and message; None when the claims are as the spec asks.
+fn storage_report(storage: &StorageDecision, refused_growth: Vec<String>) -> Option<(&'static str, String)> {
+    if let Some(refused) = &storage.refused {
+        return Some(("Refused", refused.clone()));
+    }
+    if !refused_growth.is_empty() {
+        return Some(("GrowthRefused", refused_growth.join("; ")));
+    }
+    let mut claims: Vec<&str> = storage.grow.iter().map(|(c, _)| c.as_str()).collect();
+    claims.extend(storage.growing.iter().map(String::as_str));
+    claims.sort_unstable();
+    claims.dedup();
+    (!claims.is_empty()).then(|| {
+        let message = format!(
+            "waiting for claims to be provisioned at their new size: {}",
+            claims.join(", ")
+        );
+        ("Growing", message)
+    })
+}
+
 /// What a status computation sees when the cluster could not be observed.
 fn unobserved(generation: Option<i64>, previous: &KVClusterStatus, now: Time) -> Observation<'_> {
     static NOTHING: std::sync::LazyLock<ClusterView> = std::sync::LazyLock::new(ClusterView::default);
@@ -300,6 +358,7 @@ fn unobserved(generation: Option<i64>, previous: &KVClusterStatus, now: Time) ->
         pods: previous.replicas,
         change: previous.membership_change.clone(),
         error: None,
+        storage: None,
         now,
     }
 }
@@ -318,11 +377,10 @@ async fn observe_all(
         .await
         .map_err(api_error("read the bootstrap ConfigMap"))?
         .map(|map| map.data.unwrap_or_default());
-    let statefulset_replicas = Api::<StatefulSet>::namespaced(client.clone(), namespace)
+    let statefulset = Api::<StatefulSet>::namespaced(client.clone(), namespace)
         .get_opt(&names.statefulset())
         .await
-        .map_err(api_error("read the StatefulSet"))?
-        .and_then(|set| set.spec?.replicas);
+        .map_err(api_error("read the StatefulSet"))?;
     let selector = ListParams::default().labels(&names.selector());
     let pods: BTreeMap<String, PodSeen> = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&selector)
@@ -349,6 +407,7 @@ async fn observe_all(
             .map(|claim| {
                 let seen = ClaimSeen {
                     terminating: claim.metadata.deletion_timestamp.is_some(),
+                    size: storage::of_claim(claim),
                 };
                 (claim.name_any(), seen)
             })
@@ -360,7 +419,8 @@ async fn observe_all(
         .collect();
     Ok(Observed {
         bootstrap,
-        statefulset_replicas,
+        statefulset_replicas: statefulset.as_ref().and_then(|set| set.spec.as_ref()?.replicas),
+        statefulset_storage: statefulset.as_ref().and_then(storage::of_statefulset),
         pods,
         claims,
         view: observe(&addresses).await,
@@ -411,9 +471,12 @@ async fn apply_plan(
     let services = Api::<Service>::namespaced(client.clone(), namespace);
     apply(&services, &peer_service(spec, owner)).await?;
     apply(&services, &client_service(spec, owner)).await?;
+    // A StatefulSet's claim template cannot change: it keeps what its members were made with.
+    let mut kept = spec.clone();
+    kept.storage = plan.storage.template.clone();
     apply(
         &Api::<StatefulSet>::namespaced(client.clone(), namespace),
-        &statefulset(spec, owner, token, members),
+        &statefulset(&kept, owner, token, members),
     )
     .await?;
     let mut sized = spec.clone();

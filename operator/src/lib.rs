@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod observe;
 pub mod plan;
 pub mod status;
+pub mod storage;
 pub mod validate;

@@ -98,6 +98,7 @@ pub struct PodSeen {
 pub struct ClaimSeen {
     /// Being deleted (Kubernetes keeps a claim until no pod uses it).
     pub terminating: bool,
+    pub size: crate::storage::ClaimSize,
 }
 
 /// What the next step is chosen from.
@@ -471,6 +472,7 @@ mod tests {
             .map(|c| {
                 let seen = ClaimSeen {
                     terminating: c.ends_with("-terminating"),
+                    ..ClaimSeen::default()
                 };
                 (c.trim_end_matches("-terminating").to_owned(), seen)
             })

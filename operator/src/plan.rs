@@ -12,7 +12,8 @@ use crate::membership::{
     sealed_entries,
 };
 use crate::observe::ClusterView;
-use crate::validate::ValidSpec;
+use crate::storage::{StorageDecision, decide};
+use crate::validate::{StoragePlan, ValidSpec};
 
 /// Everything one pass read, from the API and from the members.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -21,6 +22,8 @@ pub struct Observed {
     pub bootstrap: Option<BTreeMap<String, String>>,
     /// The StatefulSet's `spec.replicas`; None when it does not exist.
     pub statefulset_replicas: Option<i32>,
+    /// The storage the StatefulSet's members were made with; None without a StatefulSet.
+    pub statefulset_storage: Option<StoragePlan>,
     /// Member pods, by name, terminating ones included.
     pub pods: BTreeMap<String, PodSeen>,
     /// Member claims, by name.
@@ -40,21 +43,27 @@ pub struct Plan {
     pub members: Option<i32>,
     /// The membership step; its file edits are already in `bootstrap`.
     pub step: Step,
-}
-
-impl Plan {
-    fn hold(step: Step) -> Plan {
-        Plan {
-            bootstrap: None,
-            members: None,
-            step,
-        }
-    }
+    /// The storage the StatefulSet keeps, the claims to grow, and storage edits refused.
+    pub storage: StorageDecision,
 }
 
 pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
+    let storage = decide(
+        &spec.storage,
+        observed.statefulset_storage.as_ref(),
+        observed.claims.iter().map(|(name, claim)| (name, claim.size)),
+    );
+    let hold = |step: Step| Plan {
+        bootstrap: None,
+        members: None,
+        step,
+        storage: StorageDecision {
+            grow: Vec::new(),
+            ..storage.clone()
+        },
+    };
     if spec.paused {
-        return Plan::hold(Step::Settled);
+        return hold(Step::Settled);
     }
     let names = Names::new(&spec.name, &spec.namespace);
     let view = &observed.view;
@@ -62,7 +71,7 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         Some(files) if !files.is_empty() => files.clone(),
         _ => match missing_bootstrap(spec, &names, observed) {
             Ok(files) => files,
-            Err(wait) => return Plan::hold(wait),
+            Err(wait) => return hold(wait),
         },
     };
     let files = sealed_entries(&names, view, &files).unwrap_or(files);
@@ -89,6 +98,7 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         bootstrap: Some(files),
         members: Some(members),
         step,
+        storage,
     }
 }
 
@@ -226,6 +236,7 @@ mod tests {
         Observed {
             bootstrap: Some(existing(0..5)),
             statefulset_replicas: Some(5),
+            statefulset_storage: None,
             pods: pods(0..5),
             claims: claims(0..5),
             view: view((0..5).map(|o| member(o, false, true, true)).collect(), Some(0)),
@@ -510,7 +521,13 @@ mod tests {
                     let claims = claim_flags
                         .iter()
                         .enumerate()
-                        .filter_map(|(o, t)| Some((names.claim(o as i32), ClaimSeen { terminating: (*t)? })))
+                        .filter_map(|(o, t)| {
+                            let seen = ClaimSeen {
+                                terminating: (*t)?,
+                                ..ClaimSeen::default()
+                            };
+                            Some((names.claim(o as i32), seen))
+                        })
                         .collect();
                     let pods = pod_flags
                         .iter()
@@ -528,6 +545,7 @@ mod tests {
                     let observed = Observed {
                         bootstrap: (!configmap_gone).then_some(bootstrap),
                         statefulset_replicas: replicas,
+                        statefulset_storage: None,
                         pods,
                         claims,
                         view,
@@ -619,6 +637,7 @@ mod tests {
             Observed {
                 bootstrap: Some(existing(self.files.iter().copied())),
                 statefulset_replicas: Some(self.size),
+                statefulset_storage: None,
                 pods: self::pods(pods),
                 claims: claims(self.claims.iter().copied()),
                 view: view(listed, Some(self.leader)),

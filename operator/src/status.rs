@@ -21,6 +21,8 @@ pub struct Observation<'a> {
     pub change: Option<String>,
     /// Why this pass failed (an object could not be applied, a step could not be taken).
     pub error: Option<String>,
+    /// A storage edit under way or refused: the `StorageChange` condition's reason and message.
+    pub storage: Option<(&'static str, String)>,
     pub now: Time,
 }
 
@@ -167,11 +169,20 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         membership_change: seen.change.clone(),
         conditions: Vec::new(),
     };
+    let storage = match &seen.storage {
+        Some((reason, message)) => ("True", *reason, message.clone()),
+        None => (
+            "False",
+            "AsSpecified",
+            "the claims are as the spec asks".to_owned(),
+        ),
+    };
     for (type_, (state, reason, message)) in [
         ("Available", available),
         ("Progressing", progressing),
         ("Degraded", degraded),
         ("SpecWarnings", warnings),
+        ("StorageChange", storage),
     ] {
         set_condition(&mut status, seen, type_, state, reason, &message);
     }
@@ -301,6 +312,7 @@ mod tests {
             pods: 3,
             change: None,
             error: None,
+            storage: None,
             now: time(100),
         };
         let status = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
@@ -331,6 +343,7 @@ mod tests {
             pods: 3,
             change: None,
             error: None,
+            storage: None,
             now: time(200),
         };
         let next = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
@@ -366,6 +379,7 @@ mod tests {
             pods: 3,
             change: None,
             error: None,
+            storage: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
@@ -412,6 +426,7 @@ mod tests {
             pods: 3,
             change: None,
             error: None,
+            storage: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
@@ -437,6 +452,7 @@ mod tests {
             pods: 3,
             change: None,
             error: None,
+            storage: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
@@ -461,6 +477,7 @@ mod tests {
             pods: 0,
             change: None,
             error: None,
+            storage: None,
             now: time(1),
         };
         let status = for_valid_spec(&valid("spec: {replicas: 2}"), "t", &seen);

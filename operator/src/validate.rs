@@ -84,7 +84,7 @@ impl Warning {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoragePlan {
     Claim { bytes: u64, class: Option<String> },
     Ephemeral,
