@@ -2,13 +2,13 @@
 //! claims in place while the StatefulSet keeps the claim template it was made with (which the
 //! API would refuse to change), and status keeps flowing; an edit no claim can follow (another
 //! storage class, a smaller size) is refused in the `StorageChange` condition by field name, and
-//! nothing else stops.
+//! nothing else stops. A deleted KVCluster's claims follow its `deletionPolicy`.
 
 mod common;
 
 use std::time::Duration;
 
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until, wait_for};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
 use common::{OperatorSandbox, wait_settled, with_operator};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
@@ -26,7 +26,12 @@ async fn storage_edits_grow_claims_or_are_refused_by_name() {
         dir: _dir,
     } = OperatorSandbox::start(19943, 27090, 27).await;
     with_operator(&env, context, async {
-        tokio::join!(expandable(&env), fixed(&env))
+        tokio::join!(
+            expandable(&env),
+            fixed(&env),
+            deleted(&env, true),
+            deleted(&env, false)
+        )
     })
     .await;
 }
@@ -120,6 +125,68 @@ async fn fixed(env: &TestSandbox) {
     );
     assert!(available(&status));
     assert_eq!(requested(&ns, 0).await, Some(64 * MI));
+}
+
+/// A deleted KVCluster's claims follow its deletion policy: deleted with it, or kept; a new
+/// KVCluster of the same name over kept claims says so and waits until they are gone.
+async fn deleted(env: &TestSandbox, delete_claims: bool) {
+    let policy = if delete_claims { "Delete" } else { "Retain" };
+    let ns = env.namespace(&policy.to_lowercase()).await;
+    let kvcluster = format!(
+        "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
+         spec: {{replicas: 1, storage: {{size: 64Mi}}, deletionPolicy: {policy}}}\n"
+    );
+    ns.apply(&kvcluster).await;
+    wait_settled(&ns, 1, Duration::from_secs(120)).await;
+    let clusters: Api<KVCluster> = ns.api();
+    let held = clusters.get("kv").await.unwrap();
+    assert_eq!(
+        held.metadata.finalizers,
+        Some(vec!["cairn.dev/member-claims".to_owned()])
+    );
+
+    clusters.delete("kv", &Default::default()).await.unwrap();
+    wait_for("the KVCluster to go", Duration::from_secs(60), || async {
+        clusters.get_opt("kv").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    let claims: Api<PersistentVolumeClaim> = ns.api();
+    if delete_claims {
+        let gone = poll_until(Duration::from_secs(60), || async {
+            claims.get_opt("data-kv-0").await.unwrap().is_none().then_some(())
+        })
+        .await;
+        if gone.is_none() {
+            let claim = claims.get_opt("data-kv-0").await.unwrap();
+            panic!("the claim is still there: {claim:#?}\n{}", ns.report().await);
+        }
+        return;
+    }
+    let kept = claims.get("data-kv-0").await.expect("the claim is kept");
+    assert!(kept.metadata.deletion_timestamp.is_none());
+
+    // The same name again: the old data is not silently reused, and status says why.
+    ns.apply(&kvcluster).await;
+    let waiting = wait_for(
+        "the new KVCluster to name the old claims",
+        Duration::from_secs(60),
+        || async {
+            let status = clusters.get("kv").await.ok()?.status?;
+            let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing")?;
+            progressing
+                .message
+                .contains("of an earlier cluster")
+                .then(|| progressing.message.clone())
+        },
+    )
+    .await;
+    assert_eq!(
+        waiting,
+        "forming a cluster of 1 members: claims [\"data-kv-0\"] of an earlier cluster of this name \
+         exist; delete them to create this one"
+    );
+    claims.delete("data-kv-0", &Default::default()).await.unwrap();
+    wait_settled(&ns, 1, Duration::from_secs(120)).await;
 }
 
 /// Merges `storage` into the KVCluster's `spec.storage`; returns the new generation.

@@ -27,7 +27,6 @@ use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
 use crate::build::statefulset::statefulset;
 use crate::build::{FIELD_MANAGER, owner_reference};
-use crate::change;
 use crate::crd::{KVCluster, KVClusterStatus};
 use crate::membership::{ClaimSeen, PodSeen, Step};
 use crate::metrics::Metrics;
@@ -37,6 +36,7 @@ use crate::status::{Observation, cluster_token, for_failed_pass, for_invalid_spe
 use crate::storage;
 use crate::storage::StorageDecision;
 use crate::validate::{ValidSpec, validate};
+use crate::{change, deletion};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -227,6 +227,27 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     let previous = cluster.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = cluster.meta().generation;
+
+    // The finalizer first: a deleted KVCluster's claims follow its deletion policy, and only
+    // then may it go; a live one holds the finalizer before it has any claims.
+    if let Some(finalizers) = deletion::finalizers_to_write(&cluster) {
+        if cluster.meta().deletion_timestamp.is_some() {
+            let claims = Api::<PersistentVolumeClaim>::namespaced(context.client.clone(), &namespace);
+            let done = deletion::release_claims(&claims, &cluster)
+                .await
+                .map_err(api_error("release the member claims"))?;
+            tracing::info!(cluster = %name, %done, "KVCluster deleted");
+            context
+                .publish(&cluster, EventType::Normal, "Deleted", done)
+                .await;
+        }
+        deletion::write_finalizers(&clusters, &cluster, finalizers)
+            .await
+            .map_err(api_error("write the finalizers"))?;
+    }
+    if cluster.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
 
     let spec = match validate(&name, &namespace, &cluster.spec) {
         Ok(spec) => spec,

@@ -80,6 +80,18 @@ pub struct KVClusterSpec {
     /// false again.
     #[serde(default)]
     pub paused: bool,
+
+    /// What happens to the members' claims (their data) when the KVCluster is deleted: `Retain`
+    /// (the default) keeps them, `Delete` deletes them with the cluster.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    #[default]
+    Retain,
+    Delete,
 }
 
 fn default_replicas() -> i32 {

@@ -8,6 +8,7 @@ pub mod build;
 pub mod change;
 pub mod controller;
 pub mod crd;
+pub mod deletion;
 pub mod election;
 pub mod http;
 pub mod membership;

@@ -86,11 +86,12 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             format!("{} members, as the spec asks", spec.replicas),
         )
     } else if view.cluster_id.is_none() && seen.previous.cluster_id.is_none() {
-        (
-            "True",
-            "Bootstrapping",
-            format!("forming a cluster of {} members", spec.replicas),
-        )
+        let forming = format!("forming a cluster of {} members", spec.replicas);
+        let message = match &seen.change {
+            Some(change) => format!("{forming}: {change}"),
+            None => forming,
+        };
+        ("True", "Bootstrapping", message)
     } else if let Some(change) = &seen.change {
         ("True", "MembershipChange", change.clone())
     } else if view.members.len() != spec.replicas as usize {

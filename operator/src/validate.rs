@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 
-use crate::crd::{BootstrapMode, ClientService, CompactionMode, KVClusterSpec, PullPolicy};
+use crate::crd::{BootstrapMode, ClientService, CompactionMode, DeletionPolicy, KVClusterSpec, PullPolicy};
 
 /// The image repository members run when the spec names none.
 pub const DEFAULT_REPOSITORY: &str = "ghcr.io/cairn-dev/cairn";
@@ -122,6 +122,7 @@ pub struct ValidSpec {
     pub server: ServerFlags,
     pub client_service: ClientService,
     pub paused: bool,
+    pub deletion_policy: DeletionPolicy,
     pub warnings: Vec<Warning>,
 }
 
@@ -242,6 +243,7 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         },
         client_service: spec.client_service.clone(),
         paused: spec.paused,
+        deletion_policy: spec.deletion_policy,
         warnings,
     })
 }
