@@ -130,6 +130,29 @@ async fn corruption_before_valid_records_refuses_to_start() {
     assert!(error.to_string().contains("is corrupt at byte"), "{error}");
 }
 
+#[tokio::test]
+async fn a_damaged_record_length_is_corruption_not_a_torn_tail() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _) = open_stores(dir.path()).await;
+        for index in 1..=3 {
+            append_durably(&mut log, vec![entry(1, index)]).await;
+        }
+    }
+    // The length of an early record reads as far more than the segment holds: the records
+    // after it were acknowledged, so dropping them as a torn tail would lose them.
+    let segment = newest_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let damaged = second_to_last_frame(&bytes);
+    bytes[damaged..damaged + 4].copy_from_slice(b"CORR");
+    std::fs::write(&segment, &bytes).unwrap();
+    let error = LogStore::open(&wal_dir(dir.path()), no_metrics())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(error.to_string().contains("is corrupt at byte"), "{error}");
+}
+
 /// Offset of the second-to-last frame in a segment, found by walking the frames after the
 /// segment's header (magic and format version, 12 bytes).
 fn second_to_last_frame(bytes: &[u8]) -> usize {

@@ -292,11 +292,10 @@ impl Wal {
 
 fn tail_has_valid_frame(data: &[u8], bad_offset: usize) -> bool {
     // If a well-formed record follows the damaged one, the damage is not a torn final write.
-    let Some(header) = data.get(bad_offset..bad_offset + FRAME_HEADER) else {
-        return false;
-    };
-    let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default()) as usize;
-    parse_frame(data, bad_offset + FRAME_HEADER + len).is_some()
+    // The damaged frame's own length cannot be trusted to find it (a flipped length looks just
+    // like a write cut short), so every later offset is tried.
+    (bad_offset + 1..data.len().saturating_sub(FRAME_HEADER))
+        .any(|offset| parse_frame(data, offset).is_some_and(|(payload, _)| !payload.is_empty()))
 }
 
 impl Writer {
