@@ -2,7 +2,9 @@
 //! real `cairn` pods). The leader's pod is deleted: status says so, and the pod comes back with its
 //! data and rejoins under the same member ID. A member's data directory is wiped: the member
 //! refuses to start (it never forms a cluster of its own), and the operator replaces it with a new
-//! member of the same name that catches up with everything written before.
+//! member of the same name that catches up with everything written before. A member's log is
+//! corrupted: it crash-loops, and after `spec.recovery.memberTimeoutSeconds` the operator replaces
+//! it with an empty member on a new claim.
 
 mod common;
 
@@ -29,7 +31,7 @@ async fn members_come_back_after_pod_deletion_and_data_loss() {
         dir: _dir,
     } = OperatorSandbox::start(18543, 25890, 20).await;
     with_operator(&env, context, async {
-        tokio::join!(leader_pod_deleted(&env), data_lost(&env))
+        tokio::join!(leader_pod_deleted(&env), data_lost(&env), log_corrupted(&env))
     })
     .await;
 }
@@ -38,7 +40,7 @@ async fn three_members(env: &TestSandbox, prefix: &str) -> (TestNamespace, KVClu
     let ns = env.namespace(prefix).await;
     ns.apply(
         "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {name: kv}\n\
-         spec: {replicas: 3, storage: {size: 64Mi}}\n",
+         spec: {replicas: 3, storage: {size: 64Mi}, recovery: {memberTimeoutSeconds: 10}}\n",
     )
     .await;
     let status = wait_settled(&ns, 3, Duration::from_secs(120)).await;
@@ -135,6 +137,7 @@ async fn data_lost(env: &TestSandbox) {
     // kv-2's disk is wiped and its pod deleted: it comes back with an empty data dir.
     let wiped = ns.exec("kv-2", None, &["rm", "-rf", "/var/lib/cairn/data"]);
     assert!(wiped.status.success(), "{}", text(&wiped.stderr));
+    let wiped_at = std::time::Instant::now();
     ns.delete_pod("kv-2").await;
 
     // It refuses to start (its pod says why) instead of starting a cluster of its own...
@@ -158,6 +161,10 @@ async fn data_lost(env: &TestSandbox) {
 
     // ...and the operator replaces it: same name, new member ID, same cluster, all data.
     let after = wait_settled(&ns, 3, Duration::from_secs(180)).await;
+    eprintln!(
+        "a member whose data was lost was replaced {:.1}s after its restart",
+        wiped_at.elapsed().as_secs_f64()
+    );
     let (old, new) = (ids(&before), ids(&after));
     assert_eq!(old["kv-0"], new["kv-0"]);
     assert_eq!(old["kv-1"], new["kv-1"]);
@@ -169,6 +176,69 @@ async fn data_lost(env: &TestSandbox) {
             &ns,
             "kv-2",
             "kv-2",
+            &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
+        );
+        let count = out.lines().filter(|l| l.starts_with("before-")).count();
+        (count == 20).then_some(count)
+    })
+    .await;
+    assert_eq!(count, 20);
+}
+
+async fn log_corrupted(env: &TestSandbox) {
+    let (ns, before) = three_members(env, "corrupt").await;
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        assert_eq!(etcdctl(&ns, "kv-0", "kv", &["put", &key, "v"]), "OK\n");
+    }
+
+    // Bytes inside kv-1's first log record are overwritten (later records stay valid, so this is
+    // corruption, not a torn tail), and its pod restarted: it refuses to start, over and over.
+    let corrupt = "for segment in /var/lib/cairn/data/member/wal/*.wal; do \
+                   printf 'CORRUPTCORRUPTCORRUPT' | dd of=\"$segment\" bs=1 seek=24 conv=notrunc 2>/dev/null; \
+                   done";
+    let done = ns.exec("kv-1", None, &["sh", "-c", corrupt]);
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    let broken = std::time::Instant::now();
+    ns.delete_pod("kv-1").await;
+    let pods: Api<Pod> = ns.api();
+    let message = wait_for("kv-1 to refuse its log", Duration::from_secs(60), || async {
+        let pod = pods.get("kv-1").await.ok()?;
+        pod.status?
+            .container_statuses?
+            .into_iter()
+            .flat_map(|c| [c.state, c.last_state])
+            .flatten()
+            .filter_map(|s| s.terminated?.message)
+            .find(|m| m.contains("write-ahead log"))
+    })
+    .await;
+    assert!(
+        message.contains("corrupt") || message.contains("cannot be decoded"),
+        "{message}"
+    );
+
+    // After the timeout it is replaced: a new member under its name, on a new claim, with all data.
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = ns.api();
+    let old_claim = claims.get("data-kv-1").await.unwrap().metadata.uid;
+    let after = wait_settled(&ns, 3, Duration::from_secs(180)).await;
+    eprintln!(
+        "a member with a corrupt log was replaced {:.1}s after its restart (timeout 10s)",
+        broken.elapsed().as_secs_f64()
+    );
+    let (old, new) = (ids(&before), ids(&after));
+    assert_eq!(old["kv-0"], new["kv-0"]);
+    assert_eq!(old["kv-2"], new["kv-2"]);
+    assert_ne!(old["kv-1"], new["kv-1"], "kv-1 is a new member");
+    assert_eq!(after.cluster_id, before.cluster_id);
+    let new_claim = claims.get("data-kv-1").await.unwrap().metadata.uid;
+    assert_ne!(old_claim, new_claim, "kv-1 runs on a new claim");
+    ns.wait_pod_ready("kv-1", Duration::from_secs(60)).await;
+    let count = wait_for("kv-1 to catch up", Duration::from_secs(30), || async {
+        let out = etcdctl(
+            &ns,
+            "kv-1",
+            "kv-1",
             &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
         );
         let count = out.lines().filter(|l| l.starts_with("before-")).count();

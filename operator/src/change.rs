@@ -51,7 +51,7 @@ pub async fn send(step: &Step, leader_ip: &str) -> Result<(), ChangeError> {
             let mut client = connect().await.map_err(failed)?;
             client.move_leader(*to_id).await.map_err(failed)?;
         }
-        Step::Remove { id, .. } => {
+        Step::Remove { id, .. } | Step::Replace { id, .. } => {
             let mut client = connect().await.map_err(failed)?;
             client.member_remove(*id).await.map_err(failed)?;
         }

@@ -114,6 +114,7 @@ fn event_for(step: &Step) -> Option<(&'static str, String)> {
         Step::Promote { .. } => "MemberPromoted",
         Step::MoveLeader { .. } => "LeaderMoved",
         Step::Remove { .. } => "MemberRemoved",
+        Step::Replace { .. } => "MemberReplaced",
         Step::DeleteClaim { .. } => "ClaimDeleted",
         Step::Settled
         | Step::Wait(_)
@@ -273,7 +274,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         }
     };
 
-    let observed = match observe_all(&context.client, &spec, &previous).await {
+    let observed = match observe_all(&context.client, &spec, &previous, &now).await {
         Ok(observed) => observed,
         Err(error) => {
             let status = for_failed_pass(&error.to_string(), &unobserved(generation, &previous, now));
@@ -390,6 +391,7 @@ async fn observe_all(
     client: &Client,
     spec: &ValidSpec,
     previous: &KVClusterStatus,
+    now: &Time,
 ) -> Result<Observed, ReconcileError> {
     let names = Names::new(&spec.name, &spec.namespace);
     let namespace = &spec.namespace;
@@ -412,7 +414,9 @@ async fn observe_all(
         .map(|pod| {
             let seen = PodSeen {
                 terminating: pod.metadata.deletion_timestamp.is_some(),
-                lost_data: lost_its_data(pod),
+                lost_data: said(pod, DATA_LOST),
+                not_yet_member: said(pod, NOT_YET_MEMBER),
+                unready_seconds: unready_seconds(pod, now),
                 address: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
             };
             (pod.name_any(), seen)
@@ -427,6 +431,7 @@ async fn observe_all(
             .iter()
             .map(|claim| {
                 let seen = ClaimSeen {
+                    uid: claim.metadata.uid.clone(),
                     terminating: claim.metadata.deletion_timestamp.is_some(),
                     size: storage::of_claim(claim),
                 };
@@ -453,8 +458,11 @@ async fn observe_all(
 /// had started (see its `DataLost` error); the pod's termination message carries it.
 const DATA_LOST: &str = "its data was lost";
 
-/// Whether the member in this pod refused to start, now or last time, because its data was lost.
-fn lost_its_data(pod: &Pod) -> bool {
+/// What cairn says when it starts to join a cluster that has not added it yet.
+const NOT_YET_MEMBER: &str = "run `member add` first";
+
+/// Whether the member in this pod refused to start, now or last time, with these words.
+fn said(pod: &Pod, words: &str) -> bool {
     let statuses = pod
         .status
         .iter()
@@ -463,7 +471,24 @@ fn lost_its_data(pod: &Pod) -> bool {
         .flat_map(|c| [c.state.as_ref(), c.last_state.as_ref()])
         .flatten()
         .filter_map(|state| state.terminated.as_ref()?.message.as_deref())
-        .any(|message| message.contains(DATA_LOST))
+        .any(|message| message.contains(words))
+}
+
+/// How long the pod has not been Ready: since its Ready condition turned false, or since it was
+/// made when it never had one (Pending); None while it is Ready.
+fn unready_seconds(pod: &Pod, now: &Time) -> Option<u64> {
+    let ready = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"));
+    let since = match ready {
+        Some(c) if c.status == "True" => return None,
+        Some(c) => c.last_transition_time.as_ref(),
+        None => pod.metadata.creation_timestamp.as_ref(),
+    }?;
+    let seconds = now.0.duration_since(since.0).as_secs();
+    Some(u64::try_from(seconds).unwrap_or(0))
 }
 
 /// Applies the planned objects: the bootstrap files first (a pod the StatefulSet adds finds its
@@ -543,7 +568,11 @@ async fn act(
             let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), namespace);
             delete_if_present(&claims, claim, "delete the claim").await?;
         }
-        Step::AddLearner { .. } | Step::Promote { .. } | Step::MoveLeader { .. } | Step::Remove { .. } => {
+        Step::AddLearner { .. }
+        | Step::Promote { .. }
+        | Step::MoveLeader { .. }
+        | Step::Remove { .. }
+        | Step::Replace { .. } => {
             let leader_ip = observed
                 .view
                 .leader

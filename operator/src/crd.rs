@@ -81,10 +81,26 @@ pub struct KVClusterSpec {
     #[serde(default)]
     pub paused: bool,
 
+    /// How members that fail are replaced.
+    #[serde(default)]
+    pub recovery: Recovery,
+
     /// What happens to the members' claims (their data) when the KVCluster is deleted: `Retain`
     /// (the default) keeps them, `Delete` deletes them with the cluster.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+}
+
+/// How members that fail are replaced.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Recovery {
+    /// Seconds a member may be unhealthy with its pod not Ready (crash-looping, Pending, stuck)
+    /// before it is replaced by a new member with an empty claim under the same name, one member
+    /// at a time and only while the others keep a quorum (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub member_timeout_seconds: Option<u32>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

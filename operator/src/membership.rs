@@ -11,6 +11,10 @@
 //!
 //! Replacing: a member whose data was lost refuses to start (cairn says so in its pod's status).
 //! It is removed, then added again as a new learner under the same name, and its pod restarted.
+//! A member that fails otherwise (unhealthy, its pod not Ready for `spec.recovery`'s timeout:
+//! crash-looping on a corrupt log, Pending, stuck) is removed with a marker in the bootstrap
+//! ConfigMap naming its claim; that claim is deleted (it is no member's any more), the
+//! StatefulSet makes pod and claim anew, and the empty member joins as a learner.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -40,6 +44,14 @@ pub enum Step {
     MoveLeader { from: String, to: String, to_id: u64 },
     /// MemberRemove.
     Remove { member: String, id: u64 },
+    /// MemberRemove of a failed member that comes back empty: the plan marks its claim (by UID)
+    /// for deletion once it is out.
+    Replace {
+        member: String,
+        id: u64,
+        claim_uid: Option<String>,
+        why: String,
+    },
     /// Drop the bootstrap file of a member the cluster no longer has.
     DropEntry { member: String },
     /// Delete the claim of a member that is gone.
@@ -58,6 +70,7 @@ impl Step {
             Step::Promote { .. } => "promote",
             Step::MoveLeader { .. } => "move_leader",
             Step::Remove { .. } => "remove",
+            Step::Replace { .. } => "replace",
             Step::DropEntry { .. } => "drop_entry",
             Step::DeleteClaim { .. } => "delete_claim",
         }
@@ -76,6 +89,9 @@ impl Step {
                 format!("moving leadership from {from} to {to} before {from} leaves")
             }
             Step::Remove { member, .. } => format!("removing {member}"),
+            Step::Replace { member, why, .. } => {
+                format!("replacing {member} with an empty member: {why}")
+            }
             Step::DropEntry { member } => format!("stopping removed member {member}"),
             Step::DeleteClaim { claim } => format!("deleting the claim {claim} of a removed member"),
         }
@@ -89,6 +105,11 @@ pub struct PodSeen {
     pub terminating: bool,
     /// Its member refused to start, now or last time, because its data was lost.
     pub lost_data: bool,
+    /// Its member refused to start, now or last time, because it was not a member yet (a pod
+    /// that started before its MemberAdd, waiting out a crash back-off).
+    pub not_yet_member: bool,
+    /// How long the pod has not been Ready, in seconds; None while it is.
+    pub unready_seconds: Option<u64>,
     /// The pod's IP, once it has one.
     pub address: Option<String>,
 }
@@ -96,6 +117,7 @@ pub struct PodSeen {
 /// One member claim as the API shows it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClaimSeen {
+    pub uid: Option<String>,
     /// Being deleted (Kubernetes keeps a claim until no pod uses it).
     pub terminating: bool,
     pub size: crate::storage::ClaimSize,
@@ -113,6 +135,8 @@ pub struct Current<'a> {
     pub claims: &'a BTreeMap<String, ClaimSeen>,
     /// Member pods that exist, by name.
     pub pods: &'a BTreeMap<String, PodSeen>,
+    /// Seconds a member may fail before it is replaced.
+    pub member_timeout: u64,
 }
 
 /// A member of the list, placed at its ordinal.
@@ -156,6 +180,23 @@ pub fn ordinals_with_entry(names: &Names, entries: &BTreeMap<String, String>) ->
     entries
         .keys()
         .filter_map(|key| names.ordinal_of_member(key.strip_suffix(".yaml")?))
+        .collect()
+}
+
+/// The bootstrap ConfigMap key that marks `member` as being replaced; its value is the UID of
+/// the claim to delete.
+pub fn replacement_key(member: &str) -> String {
+    format!("{member}.replacing")
+}
+
+/// The members being replaced, by ordinal, with the UID of the claim that goes.
+pub fn replacements(names: &Names, entries: &BTreeMap<String, String>) -> BTreeMap<i32, String> {
+    entries
+        .iter()
+        .filter_map(|(key, uid)| {
+            let ordinal = names.ordinal_of_member(key.strip_suffix(".replacing")?)?;
+            Some((ordinal, uid.clone()))
+        })
         .collect()
 }
 
@@ -205,12 +246,12 @@ pub fn next_step(current: &Current) -> Step {
     };
     let with_entry = ordinals_with_entry(names, current.entries);
     let listed: BTreeSet<i32> = placed.iter().map(|p| p.ordinal).collect();
-    let lost = |name: &str| {
-        current
-            .pods
-            .get(name)
-            .is_some_and(|pod| pod.lost_data && !pod.terminating)
-    };
+    let live_pod = |name: &str| current.pods.get(name).filter(|pod| !pod.terminating);
+    let lost = |name: &str| live_pod(name).is_some_and(|pod| pod.lost_data);
+    let too_early = |name: &str| live_pod(name).is_some_and(|pod| pod.not_yet_member);
+    let failing_for = |name: &str| live_pod(name).and_then(|pod| pod.unready_seconds);
+    let timed_out = |name: &str| failing_for(name).is_some_and(|s| s >= current.member_timeout);
+    let claim_uid = |ordinal: i32| current.claims.get(&names.claim(ordinal))?.uid.clone();
     let voters: Vec<&Placed> = placed.iter().filter(|p| !p.status.is_learner).collect();
     let healthy_voters = voters.iter().filter(|p| p.status.healthy).count();
 
@@ -230,9 +271,21 @@ pub fn next_step(current: &Current) -> Step {
                 id: learner.id,
             };
         }
-        if !learner.status.healthy && lost(&learner.name) {
+        if !learner.status.healthy && (lost(&learner.name) || too_early(&learner.name)) {
             return Step::RestartPod {
                 pod: learner.name.clone(),
+            };
+        }
+        if !learner.status.healthy && timed_out(&learner.name) {
+            return Step::Replace {
+                member: learner.name.clone(),
+                id: learner.id,
+                claim_uid: claim_uid(learner.ordinal),
+                why: format!(
+                    "learner {} has not started in {}s",
+                    learner.name,
+                    failing_for(&learner.name).unwrap_or_default()
+                ),
             };
         }
         if !learner.status.healthy {
@@ -254,10 +307,14 @@ pub fn next_step(current: &Current) -> Step {
     // size: a replacement) or goes; its file goes only when it is the highest, so that the
     // StatefulSet never shrinks past a member.
     let top_entry = with_entry.last().copied();
+    let replacing = replacements(names, current.entries);
     let gone: Vec<i32> = with_entry.difference(&listed).copied().collect();
     for &gone in gone.iter().rev() {
         let member = names.member(gone);
         if gone < current.desired {
+            if let Some(step) = replacing.get(&gone).and_then(|old| wipe(current, gone, old)) {
+                return step;
+            }
             return Step::AddLearner {
                 peer_url: names.peer_url(&member),
                 member,
@@ -267,25 +324,45 @@ pub fn next_step(current: &Current) -> Step {
             return Step::DropEntry { member };
         }
     }
-    if let Some(lost) = voters.iter().find(|p| lost(&p.name) && !p.status.healthy) {
+    let failed = voters
+        .iter()
+        .find(|p| !p.status.healthy && (lost(&p.name) || timed_out(&p.name)));
+    if let Some(failed) = failed {
+        let why = if lost(&failed.name) {
+            "lost its data".to_owned()
+        } else {
+            format!(
+                "has failed for {}s",
+                failing_for(&failed.name).unwrap_or_default()
+            )
+        };
         if let Some(sick) = voters
             .iter()
-            .find(|p| p.ordinal != lost.ordinal && !p.status.healthy)
+            .find(|p| p.ordinal != failed.ordinal && !p.status.healthy)
         {
             return Step::Wait(format!(
-                "{} lost its data and must be replaced, but {} is not healthy either",
-                lost.name, sick.name
+                "{} {why} and must be replaced, but {} is not healthy either",
+                failed.name, sick.name
             ));
         }
         if voters.len() < 2 || healthy_voters < quorum(voters.len() - 1) {
             return Step::Wait(format!(
-                "{} lost its data, and without it too few voters would be left",
-                lost.name
+                "{} {why}, and without it too few voters would be left",
+                failed.name
             ));
         }
-        return Step::Remove {
-            member: lost.name.clone(),
-            id: lost.id,
+        if lost(&failed.name) {
+            // Its claim is empty already: it comes back under its own name as it is.
+            return Step::Remove {
+                member: failed.name.clone(),
+                id: failed.id,
+            };
+        }
+        return Step::Replace {
+            member: failed.name.clone(),
+            id: failed.id,
+            claim_uid: claim_uid(failed.ordinal),
+            why: format!("{} {why}", failed.name),
         };
     }
     // Claims beyond every file and every member belong to no one: a later member of that
@@ -365,6 +442,32 @@ pub fn next_step(current: &Current) -> Step {
     Step::Remove {
         member: leaving.name.clone(),
         id: leaving.id,
+    }
+}
+
+/// The step that makes room for an empty member where a replaced one was: its old claim (UID
+/// `old`, empty when it had none) is deleted, and its pod too while the claim is still there or
+/// missing, so that the StatefulSet makes both anew. None once the claim is a new one.
+fn wipe(current: &Current, ordinal: i32, old: &str) -> Option<Step> {
+    let names = current.names;
+    let member = names.member(ordinal);
+    let claim = names.claim(ordinal);
+    let pod_up = current.pods.get(&member).is_some_and(|pod| !pod.terminating);
+    match current.claims.get(&claim) {
+        Some(seen) if seen.uid.as_deref() == Some(old) => {
+            if !seen.terminating {
+                Some(Step::DeleteClaim { claim })
+            } else if pod_up {
+                Some(Step::RestartPod { pod: member })
+            } else {
+                Some(Step::Wait(format!("waiting for the claim {claim} to be deleted")))
+            }
+        }
+        Some(_) => None,
+        None if pod_up => Some(Step::RestartPod { pod: member }),
+        None => Some(Step::Wait(format!(
+            "waiting for the StatefulSet to make {member} and its claim anew"
+        ))),
     }
 }
 
@@ -494,6 +597,7 @@ mod tests {
             view: &view,
             claims: &claims,
             pods: &pods,
+            member_timeout: 300,
         })
     }
 
@@ -685,6 +789,7 @@ mod tests {
             view: &view,
             claims: &BTreeMap::new(),
             pods: &BTreeMap::new(),
+            member_timeout: 300,
         });
         assert_eq!(step, Step::Wait("waiting for the leader's member list".into()));
     }

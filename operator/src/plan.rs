@@ -9,7 +9,7 @@ use crate::build::bootstrap::initial_members;
 use crate::build::names::Names;
 use crate::membership::{
     ClaimSeen, Current, PodSeen, Step, listed_ordinals, next_step, ordinals_with_entry, rebuilt_entries,
-    sealed_entries,
+    replacement_key, replacements, sealed_entries,
 };
 use crate::observe::ClusterView;
 use crate::storage::{StorageDecision, decide};
@@ -82,6 +82,7 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         view,
         claims: &observed.claims,
         pods: &observed.pods,
+        member_timeout: spec.member_timeout_seconds,
     });
     let mut files = files;
     match &step {
@@ -91,7 +92,32 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         Step::DropEntry { member } => {
             files.remove(&format!("{member}.yaml"));
         }
+        Step::Replace {
+            member, claim_uid, ..
+        } => {
+            files.insert(replacement_key(member), claim_uid.clone().unwrap_or_default());
+        }
         _ => {}
+    }
+    // A replacement's marker lasts from its removal until it is added back; markers of members
+    // the cluster has (a removal that did not happen) or of files gone are stale.
+    let listed = listed_ordinals(&names, view);
+    let filed = ordinals_with_entry(&names, &files);
+    let adding = match &step {
+        Step::AddLearner { member, .. } => names.ordinal_of_member(member),
+        _ => None,
+    };
+    let replaced = match &step {
+        Step::Replace { member, .. } => names.ordinal_of_member(member),
+        _ => None,
+    };
+    for (ordinal, _) in replacements(&names, &files) {
+        let stale = Some(ordinal) == adding
+            || (listed.contains(&ordinal) && Some(ordinal) != replaced)
+            || !filed.contains(&ordinal);
+        if stale && view.list_from_leader {
+            files.remove(&replacement_key(&names.member(ordinal)));
+        }
     }
     let members = statefulset_size(&names, &files, observed);
     Plan {
@@ -160,6 +186,7 @@ mod tests {
     use crate::build::bootstrap::is_new;
     use crate::build::testing::valid;
     use crate::crd::MemberStatus;
+    use crate::membership::{replacement_key, replacements};
 
     const ORDINALS: i32 = 7;
 
@@ -325,6 +352,72 @@ mod tests {
         assert!(matches!(held.step, Step::Wait(_)));
     }
 
+    /// A member whose pod has not been Ready for longer than the timeout (a corrupt log, say) is
+    /// removed with its claim marked; the marked claim goes, the StatefulSet makes pod and claim
+    /// anew, and the empty member is added back under its own name.
+    #[test]
+    fn a_member_failing_past_its_timeout_is_replaced_on_a_new_claim() {
+        let spec = valid("spec: {replicas: 5, recovery: {memberTimeoutSeconds: 60}}");
+        let mut observed = five_members();
+        for (ordinal, claim) in observed.claims.values_mut().enumerate() {
+            claim.uid = Some(format!("old-{ordinal}"));
+        }
+        observed.view.members[2].healthy = false;
+        let failing = observed.pods.get_mut("kv-2").unwrap();
+        failing.unready_seconds = Some(59);
+        assert_eq!(plan(&spec, &observed).step, Step::Settled, "not yet");
+        observed.pods.get_mut("kv-2").unwrap().unready_seconds = Some(61);
+        let replace = plan(&spec, &observed);
+        assert_eq!(
+            replace.step,
+            Step::Replace {
+                member: "kv-2".into(),
+                id: 0x102,
+                claim_uid: Some("old-2".into()),
+                why: "kv-2 has failed for 61s".into()
+            }
+        );
+        let files = replace.bootstrap.expect("files");
+        assert_eq!(files.get("kv-2.replacing").map(String::as_str), Some("old-2"));
+
+        // Out of the cluster: its old claim goes, its pod too while the claim waits for it.
+        observed.bootstrap = Some(files);
+        observed.view.members.remove(2);
+        let step = |observed: &Observed| plan(&spec, observed).step;
+        assert_eq!(
+            step(&observed),
+            Step::DeleteClaim {
+                claim: "data-kv-2".into()
+            }
+        );
+        observed.claims.get_mut("data-kv-2").unwrap().terminating = true;
+        assert_eq!(step(&observed), Step::RestartPod { pod: "kv-2".into() });
+        observed.claims.remove("data-kv-2");
+        observed.pods.remove("kv-2");
+        assert_eq!(
+            step(&observed),
+            Step::Wait("waiting for the StatefulSet to make kv-2 and its claim anew".into())
+        );
+
+        // A new claim: the member is added back, and the marker goes with that step.
+        observed.claims.insert(
+            "data-kv-2".into(),
+            ClaimSeen {
+                uid: Some("new-2".into()),
+                ..ClaimSeen::default()
+            },
+        );
+        let added = plan(&spec, &observed);
+        assert_eq!(
+            added.step,
+            Step::AddLearner {
+                member: "kv-2".into(),
+                peer_url: "http://kv-2.kv-peer.prod.svc.cluster.local:2380".into()
+            }
+        );
+        assert!(!added.bootstrap.unwrap().contains_key("kv-2.replacing"));
+    }
+
     #[test]
     fn a_new_cluster_gets_the_initial_files_and_claims_of_an_old_one_stop_it() {
         let fresh = plan(&spec(3), &Observed::default());
@@ -412,15 +505,34 @@ mod tests {
                 plan.step
             );
         }
+        let marked = observed
+            .bootstrap
+            .as_ref()
+            .map(|files| replacements(&names, files))
+            .unwrap_or_default();
+        if let Some(files) = &plan.bootstrap {
+            for (ordinal, _) in replacements(&names, files) {
+                let replacing =
+                    matches!(&plan.step, Step::Replace { member, .. } if ordinal_of(member) == ordinal);
+                prop_assert!(
+                    !listed.contains_key(&ordinal) || replacing || !from_leader,
+                    "member {ordinal} is marked for replacement"
+                );
+            }
+        }
         match &plan.step {
             Step::DeleteClaim { claim } => {
                 let ordinal = ordinal_of(claim);
                 prop_assert!(!listed.contains_key(&ordinal), "deleted member {ordinal}'s claim");
-                prop_assert!(!observed.pods.contains_key(&names.member(ordinal)));
-                prop_assert!(plan.members.is_some_and(|size| ordinal >= size));
-                let files = plan.bootstrap.as_ref().expect("files");
-                let key = format!("kv-{ordinal}.yaml");
-                prop_assert!(!files.contains_key(&key));
+                let uid = observed.claims.get(claim).and_then(|c| c.uid.clone());
+                let replaced = uid.is_some() && marked.get(&ordinal) == uid.as_ref();
+                if !replaced {
+                    prop_assert!(!observed.pods.contains_key(&names.member(ordinal)));
+                    prop_assert!(plan.members.is_some_and(|size| ordinal >= size));
+                    let files = plan.bootstrap.as_ref().expect("files");
+                    let key = format!("kv-{ordinal}.yaml");
+                    prop_assert!(!files.contains_key(&key));
+                }
             }
             Step::DropEntry { member } => {
                 prop_assert!(
@@ -431,9 +543,26 @@ mod tests {
             Step::RestartPod { pod } => {
                 let member = listed.get(&ordinal_of(pod));
                 prop_assert!(
-                    member.is_some_and(|m| m.is_learner && !m.healthy),
+                    member.is_none_or(|m| m.is_learner && !m.healthy),
                     "restarted {pod}"
                 );
+            }
+            Step::Replace {
+                member,
+                id,
+                claim_uid,
+                ..
+            } => {
+                let replaced = listed.get(&ordinal_of(member)).expect("a listed member");
+                prop_assert_eq!(&replaced.id, &format!("{id:x}"));
+                prop_assert!(!replaced.healthy);
+                if !replaced.is_learner {
+                    let left = voters.len() - 1;
+                    prop_assert!(left >= 1 && healthy >= quorum(left), "replacement breaks quorum");
+                }
+                let files = plan.bootstrap.as_ref().expect("files");
+                let marker = files.get(&replacement_key(member));
+                prop_assert_eq!(marker.cloned(), Some(claim_uid.clone().unwrap_or_default()));
             }
             Step::Remove { member, id } => {
                 let removed = listed.get(&ordinal_of(member)).expect("a listed member");
@@ -473,8 +602,13 @@ mod tests {
         let n = ORDINALS as usize;
         let members = prop::collection::vec(prop::option::weighted(0.7, any::<(bool, bool, bool)>()), n);
         let files = prop::collection::vec(prop::option::weighted(0.7, any::<bool>()), n);
-        let claims = prop::collection::vec(prop::option::weighted(0.7, any::<bool>()), n);
-        let pods = prop::collection::vec(prop::option::weighted(0.7, any::<(bool, bool)>()), n);
+        let claims = prop::collection::vec(prop::option::weighted(0.7, (any::<bool>(), any::<bool>())), n);
+        let unready = prop::option::of(prop::sample::select(vec![5u64, 299, 300, 10_000]));
+        let pods = prop::collection::vec(
+            prop::option::weighted(0.7, (any::<bool>(), any::<bool>(), any::<bool>(), unready)),
+            n,
+        );
+        let markers = prop::collection::vec(prop::option::weighted(0.2, any::<bool>()), n);
         let flags = (
             any::<bool>(),
             any::<bool>(),
@@ -490,9 +624,10 @@ mod tests {
             prop::option::of(0..ORDINALS),
             prop::option::of(0..=ORDINALS + 1),
             flags,
+            markers,
         )
             .prop_map(
-                |(desired, members, files, claim_flags, pod_flags, leader, replicas, flags)| {
+                |(desired, members, files, claim_flags, pod_flags, leader, replicas, flags, markers)| {
                     let (configmap_gone, formed_before, from_leader, learners_lead) = flags;
                     let names = names();
                     let listed: Vec<MemberStatus> = members
@@ -507,7 +642,7 @@ mod tests {
                         .collect();
                     let mut view = view(listed, leader);
                     view.list_from_leader = from_leader;
-                    let bootstrap: BTreeMap<String, String> = files
+                    let mut bootstrap: BTreeMap<String, String> = files
                         .iter()
                         .enumerate()
                         .filter_map(|(o, new)| {
@@ -518,12 +653,29 @@ mod tests {
                             ))
                         })
                         .collect();
+                    // Markers name the claim there is, or one long gone.
+                    for (o, marker) in markers.iter().enumerate() {
+                        if let Some(current) = marker {
+                            let uid = if *current {
+                                format!("u{o}")
+                            } else {
+                                "gone".to_owned()
+                            };
+                            bootstrap.insert(replacement_key(&names.member(o as i32)), uid);
+                        }
+                    }
                     let claims = claim_flags
                         .iter()
                         .enumerate()
-                        .filter_map(|(o, t)| {
+                        .filter_map(|(o, flags)| {
+                            let (terminating, renewed) = (*flags)?;
                             let seen = ClaimSeen {
-                                terminating: (*t)?,
+                                uid: Some(if renewed {
+                                    format!("new{o}")
+                                } else {
+                                    format!("u{o}")
+                                }),
+                                terminating,
                                 ..ClaimSeen::default()
                             };
                             Some((names.claim(o as i32), seen))
@@ -533,10 +685,12 @@ mod tests {
                         .iter()
                         .enumerate()
                         .filter_map(|(o, flags)| {
-                            let (terminating, lost_data) = (*flags)?;
+                            let (terminating, lost_data, not_yet_member, unready_seconds) = (*flags)?;
                             let seen = PodSeen {
                                 terminating,
                                 lost_data,
+                                not_yet_member,
+                                unready_seconds,
                                 address: Some(format!("10.0.0.{o}")),
                             };
                             Some((names.member(o as i32), seen))
@@ -599,47 +753,131 @@ mod tests {
             let target: BTreeSet<i32> = (0..to).collect();
             prop_assert_eq!(world.members.keys().copied().collect::<BTreeSet<_>>(), target.clone());
             prop_assert_eq!(world.files.clone(), target.clone());
-            let claims: BTreeSet<i32> = world.claims.iter().copied().collect();
+            let claims: BTreeSet<i32> = world.claims.keys().copied().collect();
             prop_assert!(claims.is_subset(&target), "claims left behind: {claims:?}");
+        }
+
+        /// A member whose disk goes bad (its pod never Ready again) in a cluster of 3 or more,
+        /// while the spec asks for any size: it is replaced by an empty member on a new claim,
+        /// one safe step at a time, and the cluster arrives at the spec with no bad disk in use.
+        #[test]
+        fn a_failed_member_is_replaced_on_a_new_claim(
+            from in 3..=6i32,
+            to in 1..=6i32,
+            broken in 0..6i32,
+            leader in 0..6i32,
+        ) {
+            let broken = broken % from;
+            let leader = if leader % from == broken { (broken + 1) % from } else { leader % from };
+            let mut world = World::healthy(from, leader);
+            let bad = world.claims[&broken].uid;
+            world.bad_disks.insert(bad);
+            let mut passes = 0;
+            loop {
+                let observed = world.observe();
+                let plan = plan(&spec(to), &observed);
+                check(to, &observed, &plan)?;
+                if plan.step == Step::Settled {
+                    break;
+                }
+                prop_assert!(passes < 120, "no end in sight: {:?} at {:?}", plan.step, observed);
+                world.carry_out(&plan);
+                passes += 1;
+            }
+            let target: BTreeSet<i32> = (0..to).collect();
+            prop_assert_eq!(world.members.keys().copied().collect::<BTreeSet<_>>(), target);
+            prop_assert!(world.claims.values().all(|c| !world.bad_disks.contains(&c.uid)));
         }
     }
 
-    /// A cluster the way the planner's steps change it: the StatefulSet runs one pod per ordinal
-    /// below its size, each pod gets a claim, and a learner whose pod has its file starts.
+    /// A cluster the way the planner's steps and Kubernetes change it: the StatefulSet runs one
+    /// pod per ordinal below its size and makes a missing claim when it makes a pod; a claim that
+    /// is deleted while its pod runs waits for the pod; a member starts once its pod has its file,
+    /// and stays unhealthy (its pod never Ready) on a bad disk.
     struct World {
         /// ordinal → (learner, started)
         members: BTreeMap<i32, (bool, bool)>,
         files: BTreeSet<i32>,
-        claims: BTreeSet<i32>,
+        markers: BTreeMap<String, String>,
+        claims: BTreeMap<i32, Claim>,
+        pods: BTreeSet<i32>,
+        bad_disks: BTreeSet<u32>,
+        next_uid: u32,
         size: i32,
         leader: i32,
     }
 
+    struct Claim {
+        uid: u32,
+        terminating: bool,
+    }
+
     impl World {
         fn healthy(n: i32, leader: i32) -> World {
-            World {
+            let mut world = World {
                 members: (0..n).map(|o| (o, (false, true))).collect(),
                 files: (0..n).collect(),
-                claims: (0..n).collect(),
+                markers: BTreeMap::new(),
+                claims: BTreeMap::new(),
+                pods: BTreeSet::new(),
+                bad_disks: BTreeSet::new(),
+                next_uid: 0,
                 size: n,
                 leader,
-            }
+            };
+            world.statefulset();
+            world
+        }
+
+        fn bad(&self, ordinal: i32) -> bool {
+            self.claims
+                .get(&ordinal)
+                .is_some_and(|c| self.bad_disks.contains(&c.uid))
         }
 
         fn observe(&self) -> Observed {
-            let pods = 0..self.size;
+            let names = names();
             let listed = (0..ORDINALS)
                 .map(|o| match self.members.get(&o) {
-                    Some(&(learner, started)) => member(o, learner, started, started),
+                    Some(&(learner, started)) => {
+                        let healthy = started && !self.bad(o);
+                        member(o, learner, healthy, started)
+                    }
                     None => MemberStatus::default(),
                 })
                 .collect();
+            let pods = self
+                .pods
+                .iter()
+                .map(|&o| {
+                    let seen = PodSeen {
+                        unready_seconds: self.bad(o).then_some(10_000),
+                        address: Some(format!("10.0.0.{o}")),
+                        ..PodSeen::default()
+                    };
+                    (names.member(o), seen)
+                })
+                .collect();
+            let claims = self
+                .claims
+                .iter()
+                .map(|(&o, claim)| {
+                    let seen = ClaimSeen {
+                        uid: Some(format!("w{}", claim.uid)),
+                        terminating: claim.terminating,
+                        ..ClaimSeen::default()
+                    };
+                    (names.claim(o), seen)
+                })
+                .collect();
+            let mut bootstrap = existing(self.files.iter().copied());
+            bootstrap.extend(self.markers.clone());
             Observed {
-                bootstrap: Some(existing(self.files.iter().copied())),
+                bootstrap: Some(bootstrap),
                 statefulset_replicas: Some(self.size),
                 statefulset_storage: None,
-                pods: self::pods(pods),
-                claims: claims(self.claims.iter().copied()),
+                pods,
+                claims,
                 view: view(listed, Some(self.leader)),
                 formed_before: true,
             }
@@ -649,6 +887,11 @@ mod tests {
             let names = names();
             if let Some(files) = &plan.bootstrap {
                 self.files = ordinals_with_entry(&names, files);
+                self.markers = files
+                    .iter()
+                    .filter(|(key, _)| key.ends_with(".replacing"))
+                    .map(|(key, value)| (key.clone(), value.clone()))
+                    .collect();
             }
             if let Some(size) = plan.members {
                 self.size = size;
@@ -661,19 +904,54 @@ mod tests {
                     self.members.insert(ordinal_of(member), (false, true));
                 }
                 Step::MoveLeader { to, .. } => self.leader = ordinal_of(to),
-                Step::Remove { member, .. } => {
+                Step::Remove { member, .. } | Step::Replace { member, .. } => {
                     self.members.remove(&ordinal_of(member));
                 }
                 Step::DeleteClaim { claim } => {
-                    self.claims.remove(&ordinal_of(claim));
+                    let ordinal = ordinal_of(claim);
+                    if self.pods.contains(&ordinal) {
+                        if let Some(claim) = self.claims.get_mut(&ordinal) {
+                            claim.terminating = true;
+                        }
+                    } else {
+                        self.claims.remove(&ordinal);
+                    }
+                }
+                Step::RestartPod { pod } => {
+                    let ordinal = ordinal_of(pod);
+                    self.pods.remove(&ordinal);
+                    if self.claims.get(&ordinal).is_some_and(|c| c.terminating) {
+                        self.claims.remove(&ordinal);
+                    }
                 }
                 _ => {}
             }
+            self.statefulset();
+        }
+
+        /// The StatefulSet controller and the kubelet: pods below the size (each with a claim),
+        /// none above; a member starts once its pod runs with its file on a good disk.
+        fn statefulset(&mut self) {
+            self.pods.retain(|&o| o < self.size);
             for ordinal in 0..self.size {
-                self.claims.insert(ordinal);
-                if self.files.contains(&ordinal)
-                    && let Some(member) = self.members.get_mut(&ordinal)
-                {
+                if self.pods.insert(ordinal) && !self.claims.contains_key(&ordinal) {
+                    self.next_uid += 1;
+                    let claim = Claim {
+                        uid: self.next_uid,
+                        terminating: false,
+                    };
+                    self.claims.insert(ordinal, claim);
+                }
+            }
+            let pods = self.pods.clone();
+            self.claims
+                .retain(|o, claim| !claim.terminating || pods.contains(o));
+            for (ordinal, member) in self.members.iter_mut() {
+                let bad = self
+                    .claims
+                    .get(ordinal)
+                    .is_some_and(|c| self.bad_disks.contains(&c.uid));
+                if self.files.contains(ordinal) && self.pods.contains(ordinal) && !bad {
                     member.1 = true;
                 }
             }

@@ -123,8 +123,13 @@ pub struct ValidSpec {
     pub client_service: ClientService,
     pub paused: bool,
     pub deletion_policy: DeletionPolicy,
+    /// Seconds a member may fail before it is replaced.
+    pub member_timeout_seconds: u64,
     pub warnings: Vec<Warning>,
 }
+
+/// How long a member may fail before it is replaced, unless the spec says.
+const DEFAULT_MEMBER_TIMEOUT_SECONDS: u64 = 300;
 
 /// Cairn's defaults, used to check the timing rule when only one of the two is set.
 const CAIRN_HEARTBEAT_MS: u32 = 100;
@@ -244,6 +249,10 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         client_service: spec.client_service.clone(),
         paused: spec.paused,
         deletion_policy: spec.deletion_policy,
+        member_timeout_seconds: spec
+            .recovery
+            .member_timeout_seconds
+            .map_or(DEFAULT_MEMBER_TIMEOUT_SECONDS, u64::from),
         warnings,
     })
 }

@@ -355,10 +355,28 @@ async fn handle_pod(
     workers.insert(uid, (updates, task));
 }
 
-/// The scheduler's job, for a one-node cluster: bind the pod to this node.
+/// The scheduler's job, for a one-node cluster: bind the pod to this node, unless a claim it
+/// needs is missing or being deleted (the scheduler leaves such a pod Pending, which is what lets
+/// the claim go: only scheduled pods hold a claim).
 async fn bind(kubelet: &Kubelet, pod: &Pod) {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(kubelet.client.clone(), &namespace);
+    let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
+    for claim in volumes.filter_map(|v| v.persistent_volume_claim.as_ref()) {
+        let unusable = match claims.get_opt(&claim.claim_name).await {
+            Ok(Some(found)) => found.metadata.deletion_timestamp.is_some(),
+            Ok(None) => true,
+            Err(error) => {
+                tracing::warn!(pod = %name, %error, "cannot read the pod's claim");
+                true
+            }
+        };
+        if unusable {
+            tracing::info!(pod = %name, claim = %claim.claim_name, "unschedulable: its claim is missing or being deleted");
+            return;
+        }
+    }
     let api: Api<Pod> = Api::namespaced(kubelet.client.clone(), &namespace);
     let binding = Binding {
         metadata: kube::api::ObjectMeta {
