@@ -145,6 +145,18 @@ pub struct Args {
     /// Log output format.
     #[arg(long, env = "CAIRN_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+    /// Starts this member as the only member of its cluster, keeping its data: the way back from
+    /// losing a quorum for good (as etcd's flag). Every other member is dropped from the
+    /// membership and must start over empty; remove the flag once the member runs.
+    #[arg(
+        long,
+        env = "CAIRN_FORCE_NEW_CLUSTER",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub force_new_cluster: bool,
     /// YAML file of flag-name: value pairs; when given, other flags and variables are ignored (as in etcd).
     #[arg(long, env = "CAIRN_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
@@ -227,6 +239,8 @@ pub struct Config {
     pub initial_cluster: BTreeMap<String, Vec<String>>,
     pub discovery: Option<SrvDiscovery>,
     pub cluster_state: ClusterState,
+    /// `--force-new-cluster`.
+    pub force_new_cluster: bool,
     pub token: String,
     pub heartbeat: Duration,
     pub election_timeout: Duration,
@@ -490,6 +504,7 @@ impl Args {
             initial_cluster,
             discovery,
             cluster_state: self.initial_cluster_state,
+            force_new_cluster: self.force_new_cluster,
             token: self.initial_cluster_token,
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),

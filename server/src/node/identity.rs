@@ -18,6 +18,10 @@ pub enum StartError {
     StateMachine(std::io::Error),
     #[error("cannot start Raft: {0}")]
     Raft(String),
+    #[error(transparent)]
+    Force(#[from] crate::store::force::ForceError),
+    #[error("--force-new-cluster: cannot write the new membership: {0}")]
+    ForceWrite(std::io::Error),
     #[error(
         "data dir {dir} belongs to cluster {cluster_id:x} (token {stored:?}), but --initial-cluster-token is {given:?}; \
          refusing to mix clusters"

@@ -33,7 +33,7 @@ use crate::network::raft::NetworkFactory;
 use crate::network::{ClusterInfo, PeerClient, protocol};
 use crate::pb::cairnpb::MemberAttributes;
 use crate::pb::etcdserverpb::ResponseHeader;
-use crate::store::{LogStore, StateMachine, snap_dir, wal_dir};
+use crate::store::{LogStore, SharedMachine, StateMachine, force, snap_dir, wal_dir};
 use crate::watch::Feed;
 use leader::LeaderCall;
 use raft_node::{Raft, RaftNode};
@@ -95,6 +95,9 @@ impl Node {
             StateMachine::open(&snap_dir(&config.data_dir), Arc::new(FeedObserver(feed.clone())))
                 .map_err(StartError::StateMachine)?;
         let machine = state_machine.shared();
+        if config.force_new_cluster {
+            force_new_cluster(&log, &machine, identity.member_id).await?;
+        }
         let (election_timeout_min, election_timeout_max) = election_timer(config.election_timeout);
         let raft_config = openraft::Config {
             cluster_name: format!("cairn-{:x}", identity.cluster_id),
@@ -385,4 +388,40 @@ impl Node {
             }
         }
     }
+}
+
+/// Makes this member its cluster's only voter before Raft starts (`--force-new-cluster`): the
+/// log gets a vote in a new term and a membership entry of this member alone after everything
+/// it holds, so it elects itself and commits all of it.
+async fn force_new_cluster(log: &LogStore, machine: &SharedMachine, member: u64) -> Result<(), StartError> {
+    let (last_in_log, vote, logged_membership) = log.tail();
+    let (applied, stored) = {
+        let machine = machine.read().expect("state machine lock poisoned");
+        (machine.last_applied, machine.last_membership.clone())
+    };
+    let membership = logged_membership.unwrap_or_else(|| stored.membership().clone());
+    let tail = force::LogTail {
+        last_log_id: last_in_log.or(applied),
+        vote,
+        membership: &membership,
+    };
+    match force::sole_member(member, &tail)? {
+        None => tracing::info!("--force-new-cluster: this member is its cluster's only member already"),
+        Some((vote, entry)) => {
+            let dropped: Vec<String> = membership
+                .nodes()
+                .filter(|(id, _)| **id != member)
+                .map(|(id, _)| format!("{id:x}"))
+                .collect();
+            tracing::warn!(
+                term = vote.leader_id().term,
+                index = entry.log_id.index,
+                dropped = %dropped.join(","),
+                "--force-new-cluster: this member is now its cluster's only member, with all its data; \
+                 the others must start over empty. Remove the flag once it runs."
+            );
+            log.force(vote, entry).await.map_err(StartError::ForceWrite)?;
+        }
+    }
+    Ok(())
 }

@@ -8,12 +8,13 @@ use std::ops::RangeBounds;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use openraft::entry::RaftEntry;
 use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
-use openraft::{OptionalSend, RaftLogReader};
+use openraft::{Membership, OptionalSend, RaftLogReader};
 use serde::{Deserialize, Serialize};
 
 use super::wal::{FsyncObserver, Record, Wal, WalError};
-use crate::{Entry, LogId, TypeConfig, Vote};
+use crate::{Entry, LogId, PeerNode, TypeConfig, Vote};
 
 /// What one WAL record says happened to the log.
 #[derive(Serialize, Deserialize)]
@@ -141,6 +142,38 @@ impl LogStore {
             contents: Arc::new(Mutex::new(contents)),
             wal,
         })
+    }
+
+    /// The log's newest entry ID (in the log or purged), its vote, and its newest membership.
+    pub fn tail(&self) -> (Option<LogId>, Option<Vote>, Option<Membership<u64, PeerNode>>) {
+        let contents = self.lock();
+        let last = contents
+            .entries
+            .last_key_value()
+            .map(|(_, entry)| entry.log_id)
+            .or(contents.last_purged);
+        let membership = contents
+            .entries
+            .values()
+            .rev()
+            .find_map(|entry| entry.get_membership());
+        (last, contents.vote, membership)
+    }
+
+    /// Writes `vote` and then `entry` durably, before Raft starts (`--force-new-cluster`).
+    pub async fn force(&self, vote: Vote, entry: Entry) -> Result<(), io::Error> {
+        for record in [LogRecord::Vote(vote), LogRecord::Entries(vec![entry.clone()])] {
+            self.wal
+                .write_durable(Record {
+                    payload: encode(&record),
+                    max_index: Some(entry.log_id.index).filter(|_| matches!(record, LogRecord::Entries(_))),
+                    purged_through: None,
+                })
+                .await?;
+            self.lock().replay(record);
+        }
+        self.refresh_preamble();
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, LogContents> {

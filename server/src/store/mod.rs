@@ -1,6 +1,7 @@
 //! Durable storage behind openraft: the Raft log on a write-ahead log, and the state machine with its
 //! on-disk snapshots. Implements the openraft storage traits and nothing else.
 
+pub mod force;
 mod log_store;
 mod snapshot;
 mod state_machine;
