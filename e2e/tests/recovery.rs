@@ -4,7 +4,8 @@
 //! refuses to start (it never forms a cluster of its own), and the operator replaces it with a new
 //! member of the same name that catches up with everything written before. A member's log is
 //! corrupted: it crash-loops, and after `spec.recovery.memberTimeoutSeconds` the operator replaces
-//! it with an empty member on a new claim.
+//! it with an empty member on a new claim. A member's volume is on a node that is gone: its pod
+//! stays Pending, and it is replaced the same way.
 
 mod common;
 
@@ -31,7 +32,12 @@ async fn members_come_back_after_pod_deletion_and_data_loss() {
         dir: _dir,
     } = OperatorSandbox::start(18543, 25890, 20).await;
     with_operator(&env, context, async {
-        tokio::join!(leader_pod_deleted(&env), data_lost(&env), log_corrupted(&env))
+        tokio::join!(
+            leader_pod_deleted(&env),
+            data_lost(&env),
+            log_corrupted(&env),
+            node_lost(&env)
+        )
     })
     .await;
 }
@@ -239,6 +245,64 @@ async fn log_corrupted(env: &TestSandbox) {
             &ns,
             "kv-1",
             "kv-1",
+            &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
+        );
+        let count = out.lines().filter(|l| l.starts_with("before-")).count();
+        (count == 20).then_some(count)
+    })
+    .await;
+    assert_eq!(count, 20);
+}
+
+async fn node_lost(env: &TestSandbox) {
+    let (ns, before) = three_members(env, "nodelost").await;
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        assert_eq!(etcdctl(&ns, "kv-0", "kv", &["put", &key, "v"]), "OK\n");
+    }
+
+    // kv-2's volume turns out to live on a node that is gone; its pod cannot be scheduled.
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = ns.api();
+    let pinned = serde_json::json!({
+        "metadata": {"annotations": {"volume.kubernetes.io/selected-node": "node-that-is-gone"}}
+    });
+    let old_claim = claims
+        .patch(
+            "data-kv-2",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&pinned),
+        )
+        .await
+        .unwrap()
+        .metadata
+        .uid;
+    let lost = std::time::Instant::now();
+    ns.delete_pod("kv-2").await;
+    let pods: Api<Pod> = ns.api();
+    wait_for("kv-2 to stay Pending", Duration::from_secs(30), || async {
+        let pod = pods.get("kv-2").await.ok()?;
+        let unbound = pod.spec?.node_name.is_none();
+        (unbound && pod.metadata.deletion_timestamp.is_none()).then_some(())
+    })
+    .await;
+
+    // After the timeout it is replaced on a new claim the scheduler can place.
+    let after = wait_settled(&ns, 3, Duration::from_secs(180)).await;
+    eprintln!(
+        "a member whose node was lost was replaced {:.1}s after its pod went Pending (timeout 10s)",
+        lost.elapsed().as_secs_f64()
+    );
+    let (old, new) = (ids(&before), ids(&after));
+    assert_eq!(old["kv-0"], new["kv-0"]);
+    assert_eq!(old["kv-1"], new["kv-1"]);
+    assert_ne!(old["kv-2"], new["kv-2"], "kv-2 is a new member");
+    let new_claim = claims.get("data-kv-2").await.unwrap().metadata.uid;
+    assert_ne!(old_claim, new_claim, "kv-2 runs on a new claim");
+    let count = wait_for("kv-2 to catch up", Duration::from_secs(30), || async {
+        let out = etcdctl(
+            &ns,
+            "kv-2",
+            "kv-2",
             &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
         );
         let count = out.lines().filter(|l| l.starts_with("before-")).count();

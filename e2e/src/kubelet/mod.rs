@@ -355,9 +355,14 @@ async fn handle_pod(
     workers.insert(uid, (updates, task));
 }
 
+/// The annotation that ties a claim's volume to one node.
+const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+
 /// The scheduler's job, for a one-node cluster: bind the pod to this node, unless a claim it
 /// needs is missing or being deleted (the scheduler leaves such a pod Pending, which is what lets
-/// the claim go: only scheduled pods hold a claim).
+/// the claim go: only scheduled pods hold a claim), or its volume lives on another node (a claim
+/// annotated `volume.kubernetes.io/selected-node` with another node's name, as a local volume
+/// of a node that is gone).
 async fn bind(kubelet: &Kubelet, pod: &Pod) {
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let name = pod.metadata.name.clone().unwrap_or_default();
@@ -365,7 +370,15 @@ async fn bind(kubelet: &Kubelet, pod: &Pod) {
     let volumes = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten());
     for claim in volumes.filter_map(|v| v.persistent_volume_claim.as_ref()) {
         let unusable = match claims.get_opt(&claim.claim_name).await {
-            Ok(Some(found)) => found.metadata.deletion_timestamp.is_some(),
+            Ok(Some(found)) => {
+                let elsewhere = found
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SELECTED_NODE))
+                    .is_some_and(|node| *node != kubelet.node_name);
+                found.metadata.deletion_timestamp.is_some() || elsewhere
+            }
             Ok(None) => true,
             Err(error) => {
                 tracing::warn!(pod = %name, %error, "cannot read the pod's claim");
@@ -373,7 +386,7 @@ async fn bind(kubelet: &Kubelet, pod: &Pod) {
             }
         };
         if unusable {
-            tracing::info!(pod = %name, claim = %claim.claim_name, "unschedulable: its claim is missing or being deleted");
+            tracing::info!(pod = %name, claim = %claim.claim_name, "unschedulable: its claim is missing, being deleted or on another node");
             return;
         }
     }
