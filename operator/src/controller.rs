@@ -30,13 +30,13 @@ use crate::build::{FIELD_MANAGER, owner_reference};
 use crate::crd::{KVCluster, KVClusterStatus};
 use crate::membership::{ClaimSeen, PodSeen, Step};
 use crate::metrics::Metrics;
-use crate::observe::{ClusterView, observe};
+use crate::observe::{ClusterView, listed_in, observe};
 use crate::plan::{Observed, Plan, plan};
 use crate::status::{Observation, cluster_token, for_failed_pass, for_invalid_spec, for_valid_spec};
 use crate::storage;
 use crate::storage::StorageDecision;
 use crate::validate::{ValidSpec, validate};
-use crate::{change, deletion};
+use crate::{change, deletion, quorum};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -115,6 +115,7 @@ fn event_for(step: &Step) -> Option<(&'static str, String)> {
         Step::MoveLeader { .. } => "LeaderMoved",
         Step::Remove { .. } => "MemberRemoved",
         Step::Replace { .. } => "MemberReplaced",
+        Step::ForceNewCluster { .. } => "QuorumRecovery",
         Step::DeleteClaim { .. } => "ClaimDeleted",
         Step::Settled
         | Step::Wait(_)
@@ -274,7 +275,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         }
     };
 
-    let observed = match observe_all(&context.client, &spec, &previous, &now).await {
+    let observed = match observe_all(&context.client, &cluster, &spec, &previous, &now).await {
         Ok(observed) => observed,
         Err(error) => {
             let status = for_failed_pass(&error.to_string(), &unobserved(generation, &previous, now));
@@ -285,6 +286,12 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     let plan = plan(&spec, &observed);
     let owner = owner_reference(&name, &uid);
     let outcome = match apply_plan(&context, &spec, &owner, &token, &observed, &plan).await {
+        Ok(()) if plan.clear_approval && observed.approval.is_some() => {
+            match clear_approval(&clusters, &name).await {
+                Ok(()) => act(&context, &cluster, &spec, &observed, &plan.step).await,
+                Err(error) => Err(error),
+            }
+        }
         Ok(()) => act(&context, &cluster, &spec, &observed, &plan.step).await,
         Err(error) => Err(error),
     };
@@ -389,21 +396,37 @@ fn unobserved(generation: Option<i64>, previous: &KVClusterStatus, now: Time) ->
 /// member pods and claims, and the members themselves.
 async fn observe_all(
     client: &Client,
+    cluster: &KVCluster,
     spec: &ValidSpec,
     previous: &KVClusterStatus,
     now: &Time,
 ) -> Result<Observed, ReconcileError> {
     let names = Names::new(&spec.name, &spec.namespace);
     let namespace = &spec.namespace;
-    let bootstrap = Api::<ConfigMap>::namespaced(client.clone(), namespace)
+    let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(&names.bootstrap_config_map())
         .await
-        .map_err(api_error("read the bootstrap ConfigMap"))?
-        .map(|map| map.data.unwrap_or_default());
+        .map_err(api_error("read the bootstrap ConfigMap"))?;
     let statefulset = Api::<StatefulSet>::namespaced(client.clone(), namespace)
         .get_opt(&names.statefulset())
         .await
         .map_err(api_error("read the StatefulSet"))?;
+    let uid = cluster.uid().unwrap_or_default();
+    let leftovers: Vec<String> = [
+        config_map
+            .as_ref()
+            .filter(|map| owned_by_another(*map, &uid))
+            .map(|_| "ConfigMap"),
+        statefulset
+            .as_ref()
+            .filter(|set| owned_by_another(*set, &uid))
+            .map(|_| "StatefulSet"),
+    ]
+    .into_iter()
+    .flatten()
+    .map(str::to_owned)
+    .collect();
+    let bootstrap = config_map.map(|map| map.data.unwrap_or_default());
     let selector = ListParams::default().labels(&names.selector());
     let pods: BTreeMap<String, PodSeen> = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&selector)
@@ -449,9 +472,42 @@ async fn observe_all(
         statefulset_storage: statefulset.as_ref().and_then(storage::of_statefulset),
         pods,
         claims,
-        view: observe(&addresses).await,
+        view: observe(&addresses, listed_in(&previous.members)).await,
         formed_before: previous.cluster_id.is_some(),
+        quorum_lost_seconds: quorum_lost_seconds(previous, now),
+        approval: cluster.annotations().get(quorum::ANNOTATION).cloned(),
+        last_seen: previous
+            .members
+            .iter()
+            .filter_map(|m| Some((m.name.clone(), m.applied_index?)))
+            .collect(),
+        leftovers,
     })
+}
+
+/// Whether `object` belongs to another owner than the KVCluster with `uid` (an earlier one of
+/// the same name, its objects waiting for garbage collection).
+fn owned_by_another<K: Resource>(object: &K, uid: &str) -> bool {
+    let owners = object.owner_references();
+    !owners.is_empty() && owners.iter().all(|owner| owner.uid != uid)
+}
+
+/// How long status has said the cluster has no quorum.
+fn quorum_lost_seconds(previous: &KVClusterStatus, now: &Time) -> Option<u64> {
+    let available = previous.conditions.iter().find(|c| c.type_ == "Available")?;
+    let lost = available.status == "False" && matches!(available.reason.as_str(), "QuorumLost" | "NoLeader");
+    let seconds = now.0.duration_since(available.last_transition_time.0).as_secs();
+    lost.then(|| u64::try_from(seconds).unwrap_or(0))
+}
+
+/// Removes the annotation that allowed a quorum recovery, once the recovery is done, so that a
+/// later loss waits for a new decision.
+async fn clear_approval(api: &Api<KVCluster>, name: &str) -> Result<(), ReconcileError> {
+    let patch = json!({"metadata": {"annotations": {quorum::ANNOTATION: null}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map(drop)
+        .map_err(api_error(format!("remove the annotation {}", quorum::ANNOTATION)))
 }
 
 /// What cairn says when it refuses to start because its data dir was emptied under a member that
@@ -560,7 +616,7 @@ async fn act(
     match step {
         Step::Settled => return Ok(None),
         Step::Wait(_) | Step::WriteEntry { .. } | Step::DropEntry { .. } => {}
-        Step::RestartPod { pod } => {
+        Step::RestartPod { pod } | Step::ForceNewCluster { survivor: pod, .. } => {
             let pods = Api::<Pod>::namespaced(client.clone(), namespace);
             delete_if_present(&pods, pod, "restart the pod").await?;
         }

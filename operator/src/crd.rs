@@ -101,6 +101,27 @@ pub struct Recovery {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 10, max = 86400))]
     pub member_timeout_seconds: Option<u32>,
+
+    /// What happens when a majority of members is lost for good. `Manual` (the default): status
+    /// says which member would carry on and what could be lost, and recovery starts when the
+    /// KVCluster is annotated `cairn.dev/recover-quorum=true` (or `=<member>` to choose the
+    /// survivor). `Automatic`: recovery starts after `quorumLossSeconds`. Recovery restarts the
+    /// surviving member with the most applied entries as a cluster of one with its data
+    /// (`--force-new-cluster`) and replaces the others with empty members.
+    #[serde(default)]
+    pub quorum_loss: QuorumLossPolicy,
+
+    /// Seconds without a quorum before `Automatic` recovery starts (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub quorum_loss_seconds: Option<u32>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum QuorumLossPolicy {
+    #[default]
+    Manual,
+    Automatic,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -15,6 +15,7 @@ pub mod membership;
 pub mod metrics;
 pub mod observe;
 pub mod plan;
+pub mod quorum;
 pub mod status;
 pub mod storage;
 pub mod validate;

@@ -44,6 +44,9 @@ pub enum Step {
     MoveLeader { from: String, to: String, to_id: u64 },
     /// MemberRemove.
     Remove { member: String, id: u64 },
+    /// Restart the surviving member of a lost quorum as a cluster of one (its bootstrap file
+    /// says `force-new-cluster`; the others are marked for replacement).
+    ForceNewCluster { survivor: String, why: String },
     /// MemberRemove of a failed member that comes back empty: the plan marks its claim (by UID)
     /// for deletion once it is out.
     Replace {
@@ -71,6 +74,7 @@ impl Step {
             Step::MoveLeader { .. } => "move_leader",
             Step::Remove { .. } => "remove",
             Step::Replace { .. } => "replace",
+            Step::ForceNewCluster { .. } => "force_new_cluster",
             Step::DropEntry { .. } => "drop_entry",
             Step::DeleteClaim { .. } => "delete_claim",
         }
@@ -89,6 +93,9 @@ impl Step {
                 format!("moving leadership from {from} to {to} before {from} leaves")
             }
             Step::Remove { member, .. } => format!("removing {member}"),
+            Step::ForceNewCluster { survivor, why } => {
+                format!("recovering the quorum with {survivor}: {why}")
+            }
             Step::Replace { member, why, .. } => {
                 format!("replacing {member} with an empty member: {why}")
             }
@@ -213,6 +220,14 @@ fn join_file(names: &Names, members: impl IntoIterator<Item = i32>) -> MemberBoo
     MemberBootstrap::Join {
         initial_cluster: names.initial_cluster(members.into_iter().map(|o| names.member(o))),
     }
+}
+
+/// The bootstrap file of `member` joining the cluster the leader lists (a member added again
+/// must be told the cluster as it is now, which may be smaller than when it first joined).
+pub fn joining_file(names: &Names, view: &ClusterView, member: &str) -> Option<String> {
+    let mut members = listed_ordinals(names, view);
+    members.insert(names.ordinal_of_member(member)?);
+    Some(join_file(names, members).file())
 }
 
 /// The bootstrap files rebuilt from the leader's member list (the ConfigMap is gone): every

@@ -61,8 +61,9 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Asks every member pod (name, IP) for its status, all at once; pods that do not answer are
 /// unhealthy. The member list comes from the leader: a member cut off from it may hold an older
-/// list, and membership decisions must not follow an old list.
-pub async fn observe(pods: &[(String, String)]) -> ClusterView {
+/// list, and membership decisions must not follow an old list. When no member can give a list
+/// (without a leader they cannot), the `known` one (the last status's) is shown, not acted on.
+pub async fn observe(pods: &[(String, String)], known: Vec<ListedMember>) -> ClusterView {
     let answers = futures::future::join_all(pods.iter().map(|(pod, ip)| ask(pod, ip))).await;
     let reports: Vec<MemberReport> = answers.iter().flatten().map(|(r, _)| r.clone()).collect();
     let leader = leader_by_majority(&reports);
@@ -84,7 +85,23 @@ pub async fn observe(pods: &[(String, String)]) -> ClusterView {
             return assemble(list, &reports);
         }
     }
-    assemble(Vec::new(), &reports)
+    assemble(known, &reports)
+}
+
+/// The members a status lists, as a member list.
+pub fn listed_in(members: &[MemberStatus]) -> Vec<ListedMember> {
+    members
+        .iter()
+        .filter_map(|m| {
+            Some(ListedMember {
+                id: u64::from_str_radix(&m.id, 16).ok()?,
+                name: m.name.clone(),
+                peer_url: m.peer_url.clone(),
+                client_url: m.client_url.clone(),
+                is_learner: m.is_learner,
+            })
+        })
+        .collect()
 }
 
 async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 use crate::build::bootstrap::initial_members;
 use crate::build::names::Names;
 use crate::membership::{
-    ClaimSeen, Current, PodSeen, Step, listed_ordinals, next_step, ordinals_with_entry, rebuilt_entries,
-    replacement_key, replacements, sealed_entries,
+    ClaimSeen, Current, PodSeen, Step, joining_file, listed_ordinals, next_step, ordinals_with_entry,
+    rebuilt_entries, replacement_key, replacements, sealed_entries,
 };
 use crate::observe::ClusterView;
+use crate::quorum::{self, Decision, RECOVERY_KEY};
 use crate::storage::{StorageDecision, decide};
 use crate::validate::{StoragePlan, ValidSpec};
 
@@ -32,6 +33,15 @@ pub struct Observed {
     pub view: ClusterView,
     /// Whether a cluster has formed before (its ID is latched in status).
     pub formed_before: bool,
+    /// How long the quorum has been lost, as status tells.
+    pub quorum_lost_seconds: Option<u64>,
+    /// The `cairn.dev/recover-quorum` annotation's value.
+    pub approval: Option<String>,
+    /// Each member's applied index when last seen (the previous status).
+    pub last_seen: BTreeMap<String, u64>,
+    /// Objects of this cluster's names owned by an earlier KVCluster of the same name, which
+    /// garbage collection has not deleted yet.
+    pub leftovers: Vec<String>,
 }
 
 /// What one pass does.
@@ -45,6 +55,8 @@ pub struct Plan {
     pub step: Step,
     /// The storage the StatefulSet keeps, the claims to grow, and storage edits refused.
     pub storage: StorageDecision,
+    /// A quorum recovery is done: the annotation that allowed it goes.
+    pub clear_approval: bool,
 }
 
 pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
@@ -61,9 +73,17 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
             grow: Vec::new(),
             ..storage.clone()
         },
+        clear_approval: false,
     };
     if spec.paused {
         return hold(Step::Settled);
+    }
+    // Applying over them would adopt an earlier cluster's objects, and its members their data.
+    if !observed.leftovers.is_empty() {
+        return hold(Step::Wait(format!(
+            "{} of an earlier KVCluster of this name are still being deleted",
+            observed.leftovers.join(", ")
+        )));
     }
     let names = Names::new(&spec.name, &spec.namespace);
     let view = &observed.view;
@@ -74,7 +94,74 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
             Err(wait) => return hold(wait),
         },
     };
-    let files = sealed_entries(&names, view, &files).unwrap_or(files);
+    let mut files = sealed_entries(&names, view, &files).unwrap_or(files);
+    let mut clear_approval = false;
+    let called_off = view.members.len() > 1 && !quorum::has_lost_quorum(view);
+    if let Some(survivor) = files.get(RECOVERY_KEY).cloned() {
+        if !quorum::recovered(&names, view, &survivor) && !called_off {
+            let step = recovery_under_way(view, &names, &survivor);
+            let members = statefulset_size(&names, &files, observed);
+            return Plan {
+                bootstrap: Some(files),
+                members: Some(members),
+                step,
+                storage,
+                clear_approval,
+            };
+        }
+        // The survivor leads alone: the force goes from its file (a later restart must not
+        // drop members added since), and the others are replaced as after any failure. Or a
+        // leader of several members came back before the survivor was forced: recovery is
+        // called off, and the markers of the members that came back go (they are listed).
+        files.remove(RECOVERY_KEY);
+        if let Some(file) = files.get_mut(&format!("{survivor}.yaml")) {
+            *file = quorum::with_force(file, false);
+        }
+        clear_approval = true;
+    } else if observed.formed_before {
+        let decision = quorum::decide(&quorum::Lost {
+            names: &names,
+            view,
+            policy: spec.quorum_loss,
+            grace: spec.quorum_loss_seconds,
+            lost_for: observed.quorum_lost_seconds,
+            approval: observed.approval.as_deref(),
+            last_seen: &observed.last_seen,
+            claims: &observed.claims,
+        });
+        let step = match decision {
+            Decision::NotLost => None,
+            Decision::Wait(why) => {
+                let step = Step::Wait(why);
+                drop_stale_markers(&names, view, &mut files, &step);
+                Some(step)
+            }
+            Decision::Recover {
+                survivor,
+                others,
+                why,
+            } => {
+                files.insert(RECOVERY_KEY.to_owned(), survivor.clone());
+                if let Some(file) = files.get_mut(&format!("{survivor}.yaml")) {
+                    *file = quorum::with_force(file, true);
+                }
+                for (member, claim_uid) in others {
+                    files.insert(replacement_key(&member), claim_uid.unwrap_or_default());
+                }
+                Some(Step::ForceNewCluster { survivor, why })
+            }
+        };
+        if let Some(step) = step {
+            let members = statefulset_size(&names, &files, observed);
+            return Plan {
+                bootstrap: Some(files),
+                members: Some(members),
+                step,
+                storage,
+                clear_approval,
+            };
+        }
+    }
     let step = next_step(&Current {
         names: &names,
         desired: spec.replicas,
@@ -84,13 +171,19 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         pods: &observed.pods,
         member_timeout: spec.member_timeout_seconds,
     });
-    let mut files = files;
     match &step {
         Step::WriteEntry { member, bootstrap } => {
             files.insert(format!("{member}.yaml"), bootstrap.file());
         }
         Step::DropEntry { member } => {
             files.remove(&format!("{member}.yaml"));
+        }
+        // A member added again (a replacement) is told the cluster as it is now; a new one gets
+        // its file once the cluster has it (`WriteEntry`), so its pod does not start before.
+        Step::AddLearner { member, .. } if files.contains_key(&format!("{member}.yaml")) => {
+            if let Some(file) = joining_file(&names, view, member) {
+                files.insert(format!("{member}.yaml"), file);
+            }
         }
         Step::Replace {
             member, claim_uid, ..
@@ -99,19 +192,31 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         }
         _ => {}
     }
-    // A replacement's marker lasts from its removal until it is added back; markers of members
-    // the cluster has (a removal that did not happen) or of files gone are stale.
-    let listed = listed_ordinals(&names, view);
-    let filed = ordinals_with_entry(&names, &files);
-    let adding = match &step {
+    drop_stale_markers(&names, view, &mut files, &step);
+    let members = statefulset_size(&names, &files, observed);
+    Plan {
+        bootstrap: Some(files),
+        members: Some(members),
+        step,
+        storage,
+        clear_approval,
+    }
+}
+
+/// A replacement's marker lasts from its removal until it is added back; markers of members the
+/// cluster has (a removal that did not happen) or of files gone are stale.
+fn drop_stale_markers(names: &Names, view: &ClusterView, files: &mut BTreeMap<String, String>, step: &Step) {
+    let listed = listed_ordinals(names, view);
+    let filed = ordinals_with_entry(names, files);
+    let adding = match step {
         Step::AddLearner { member, .. } => names.ordinal_of_member(member),
         _ => None,
     };
-    let replaced = match &step {
+    let replaced = match step {
         Step::Replace { member, .. } => names.ordinal_of_member(member),
         _ => None,
     };
-    for (ordinal, _) in replacements(&names, &files) {
+    for (ordinal, _) in replacements(names, files) {
         let stale = Some(ordinal) == adding
             || (listed.contains(&ordinal) && Some(ordinal) != replaced)
             || !filed.contains(&ordinal);
@@ -119,13 +224,26 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
             files.remove(&replacement_key(&names.member(ordinal)));
         }
     }
-    let members = statefulset_size(&names, &files, observed);
-    Plan {
-        bootstrap: Some(files),
-        members: Some(members),
-        step,
-        storage,
+}
+
+/// While the survivor of a lost quorum is being restarted as a cluster of one: restart it again
+/// if it answers without having been forced (the restart did not happen), else wait for it.
+fn recovery_under_way(view: &ClusterView, names: &Names, survivor: &str) -> Step {
+    let answering_unforced = view.members.len() > 1
+        && view.members.iter().any(|m| {
+            m.healthy
+                && names
+                    .ordinal_of_peer_url(&m.peer_url)
+                    .is_some_and(|o| names.member(o) == survivor)
+        });
+    if answering_unforced {
+        return Step::RestartPod {
+            pod: survivor.to_owned(),
+        };
     }
+    Step::Wait(format!(
+        "recovering the quorum: waiting for {survivor} to lead as a cluster of one"
+    ))
 }
 
 /// The files when the ConfigMap is missing: the initial members' for a cluster that never
@@ -268,6 +386,7 @@ mod tests {
             claims: claims(0..5),
             view: view((0..5).map(|o| member(o, false, true, true)).collect(), Some(0)),
             formed_before: true,
+            ..Observed::default()
         }
     }
 
@@ -418,6 +537,73 @@ mod tests {
         assert!(!added.bootstrap.unwrap().contains_key("kv-2.replacing"));
     }
 
+    /// Two of three members are lost for good: after the grace period the one that answers is
+    /// restarted as a cluster of one (its file forces it), the others are marked for
+    /// replacement, and once it leads alone the force and the record go and replacing begins.
+    #[test]
+    fn a_lost_quorum_is_recovered_from_the_member_that_answers_once_allowed() {
+        let spec = valid("spec: {replicas: 3, recovery: {quorumLoss: Automatic, quorumLossSeconds: 30}}");
+        let mut answering = member(0, false, true, true);
+        answering.applied_index = Some(42);
+        let lost = vec![
+            answering,
+            member(1, false, false, true),
+            member(2, false, false, true),
+        ];
+        let mut lost_view = view(lost, None);
+        lost_view.list_from_leader = false;
+        let mut observed = Observed {
+            bootstrap: Some(existing(0..3)),
+            statefulset_replicas: Some(3),
+            pods: pods(0..3),
+            claims: claims(0..3),
+            view: lost_view,
+            formed_before: true,
+            quorum_lost_seconds: Some(10),
+            ..Observed::default()
+        };
+        for (ordinal, claim) in observed.claims.values_mut().enumerate() {
+            claim.uid = Some(format!("old-{ordinal}"));
+        }
+        let waiting = plan(&spec, &observed);
+        assert!(
+            matches!(&waiting.step, Step::Wait(why) if why.ends_with("Automatic recovery in 20s")),
+            "{waiting:?}"
+        );
+        assert_eq!(waiting.members, Some(3), "nothing shrinks");
+
+        observed.quorum_lost_seconds = Some(31);
+        let force = plan(&spec, &observed);
+        assert!(matches!(&force.step, Step::ForceNewCluster { survivor, .. } if survivor == "kv-0"));
+        let files = force.bootstrap.expect("files");
+        assert_eq!(files.get("quorum-recovery").map(String::as_str), Some("kv-0"));
+        assert!(files["kv-0.yaml"].ends_with("force-new-cluster: true\n"));
+        assert_eq!(files.get("kv-1.replacing").map(String::as_str), Some("old-1"));
+        assert_eq!(files.get("kv-2.replacing").map(String::as_str), Some("old-2"));
+
+        // While it restarts, nothing else happens.
+        observed.bootstrap = Some(files);
+        observed.view.members[0].healthy = false;
+        assert_eq!(
+            plan(&spec, &observed).step,
+            Step::Wait("recovering the quorum: waiting for kv-0 to lead as a cluster of one".into())
+        );
+
+        // It leads alone: the force and the record go, and the others are replaced.
+        observed.view = view(vec![member(0, false, true, true)], Some(0));
+        let done = plan(&spec, &observed);
+        let files = done.bootstrap.expect("files");
+        assert!(!files.contains_key("quorum-recovery"));
+        assert!(!files["kv-0.yaml"].contains("force-new-cluster"));
+        assert!(done.clear_approval);
+        assert_eq!(
+            done.step,
+            Step::DeleteClaim {
+                claim: "data-kv-2".into()
+            }
+        );
+    }
+
     #[test]
     fn a_new_cluster_gets_the_initial_files_and_claims_of_an_old_one_stop_it() {
         let fresh = plan(&spec(3), &Observed::default());
@@ -514,8 +700,9 @@ mod tests {
             for (ordinal, _) in replacements(&names, files) {
                 let replacing =
                     matches!(&plan.step, Step::Replace { member, .. } if ordinal_of(member) == ordinal);
+                let recovering = files.contains_key(RECOVERY_KEY);
                 prop_assert!(
-                    !listed.contains_key(&ordinal) || replacing || !from_leader,
+                    !listed.contains_key(&ordinal) || replacing || recovering || !from_leader,
                     "member {ordinal} is marked for replacement"
                 );
             }
@@ -590,6 +777,14 @@ mod tests {
                 let target: BTreeSet<i32> = (0..desired).collect();
                 prop_assert_eq!(listed.keys().copied().collect::<BTreeSet<_>>(), target);
                 prop_assert!(listed.values().all(|m| !m.is_learner));
+            }
+            Step::ForceNewCluster { survivor, .. } => {
+                prop_assert!(
+                    quorum::has_lost_quorum(&observed.view),
+                    "forced a cluster with a quorum"
+                );
+                let kept = listed.get(&ordinal_of(survivor));
+                prop_assert!(kept.is_some_and(|m| m.healthy && !m.is_learner));
             }
             Step::Wait(_) | Step::WriteEntry { .. } => {}
         }
@@ -704,6 +899,7 @@ mod tests {
                         claims,
                         view,
                         formed_before,
+                        ..Observed::default()
                     };
                     (desired, observed)
                 },
@@ -880,6 +1076,7 @@ mod tests {
                 claims,
                 view: view(listed, Some(self.leader)),
                 formed_before: true,
+                ..Observed::default()
             }
         }
 

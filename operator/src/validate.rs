@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 
-use crate::crd::{BootstrapMode, ClientService, CompactionMode, DeletionPolicy, KVClusterSpec, PullPolicy};
+use crate::crd::{
+    BootstrapMode, ClientService, CompactionMode, DeletionPolicy, KVClusterSpec, PullPolicy, QuorumLossPolicy,
+};
 
 /// The image repository members run when the spec names none.
 pub const DEFAULT_REPOSITORY: &str = "ghcr.io/cairn-dev/cairn";
@@ -125,11 +127,17 @@ pub struct ValidSpec {
     pub deletion_policy: DeletionPolicy,
     /// Seconds a member may fail before it is replaced.
     pub member_timeout_seconds: u64,
+    pub quorum_loss: QuorumLossPolicy,
+    /// Seconds without a quorum before automatic recovery.
+    pub quorum_loss_seconds: u64,
     pub warnings: Vec<Warning>,
 }
 
 /// How long a member may fail before it is replaced, unless the spec says.
 const DEFAULT_MEMBER_TIMEOUT_SECONDS: u64 = 300;
+
+/// How long a quorum may be lost before automatic recovery, unless the spec says.
+const DEFAULT_QUORUM_LOSS_SECONDS: u64 = 300;
 
 /// Cairn's defaults, used to check the timing rule when only one of the two is set.
 const CAIRN_HEARTBEAT_MS: u32 = 100;
@@ -253,6 +261,11 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             .recovery
             .member_timeout_seconds
             .map_or(DEFAULT_MEMBER_TIMEOUT_SECONDS, u64::from),
+        quorum_loss: spec.recovery.quorum_loss,
+        quorum_loss_seconds: spec
+            .recovery
+            .quorum_loss_seconds
+            .map_or(DEFAULT_QUORUM_LOSS_SECONDS, u64::from),
         warnings,
     })
 }
