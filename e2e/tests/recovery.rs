@@ -66,6 +66,63 @@ fn etcdctl(ns: &TestNamespace, pod: &str, host: &str, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
+/// The message with `words` that the member in `pod` refused to start with (its pod's
+/// termination message, now or last time).
+async fn refusal(ns: &TestNamespace, pod: &str, words: &str) -> String {
+    let pods: Api<Pod> = ns.api();
+    let what = format!("{pod} to refuse to start with {words:?}");
+    wait_for(&what, Duration::from_secs(60), || async {
+        let pod = pods.get(pod).await.ok()?;
+        pod.status?
+            .container_statuses?
+            .into_iter()
+            .flat_map(|c| [c.state, c.last_state])
+            .flatten()
+            .filter_map(|s| s.terminated?.message)
+            .find(|m| m.contains(words))
+    })
+    .await
+}
+
+/// Twenty keys written through the client Service before a failure.
+fn write_before(ns: &TestNamespace) {
+    for i in 0..20 {
+        let key = format!("before-{i}");
+        assert_eq!(etcdctl(ns, "kv-0", "kv", &["put", &key, "v"]), "OK\n");
+    }
+}
+
+/// `replaced` is a new member of the same cluster (the others are as they were), and it has
+/// every key written before.
+async fn replaced_with_every_key(
+    ns: &TestNamespace,
+    before: &KVClusterStatus,
+    after: &KVClusterStatus,
+    replaced: &str,
+) {
+    let (old, new) = (ids(before), ids(after));
+    for member in ["kv-0", "kv-1", "kv-2"] {
+        if member == replaced {
+            assert_ne!(old[member], new[member], "{member} is a new member");
+        } else {
+            assert_eq!(old[member], new[member], "{member} stays");
+        }
+    }
+    assert_eq!(after.cluster_id, before.cluster_id, "still the one cluster");
+    ns.wait_pod_ready(replaced, Duration::from_secs(60)).await;
+    let what = format!("{replaced} to catch up");
+    wait_for(&what, Duration::from_secs(30), || async {
+        let out = etcdctl(
+            ns,
+            replaced,
+            replaced,
+            &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
+        );
+        (out.lines().filter(|l| l.starts_with("before-")).count() == 20).then_some(())
+    })
+    .await;
+}
+
 /// Degraded or Progressing, or Available lost.
 fn shows_trouble(status: &KVClusterStatus) -> bool {
     status.conditions.iter().any(|c| {
@@ -135,10 +192,7 @@ async fn leader_pod_deleted(env: &TestSandbox) {
 
 async fn data_lost(env: &TestSandbox) {
     let (ns, before) = three_members(env, "lost").await;
-    for i in 0..20 {
-        let key = format!("before-{i}");
-        assert_eq!(etcdctl(&ns, "kv-0", "kv", &["put", &key, "v"]), "OK\n");
-    }
+    write_before(&ns);
 
     // kv-2's disk is wiped and its pod deleted: it comes back with an empty data dir.
     let wiped = ns.exec("kv-2", None, &["rm", "-rf", "/var/lib/cairn/data"]);
@@ -147,22 +201,7 @@ async fn data_lost(env: &TestSandbox) {
     ns.delete_pod("kv-2").await;
 
     // It refuses to start (its pod says why) instead of starting a cluster of its own...
-    let pods: Api<Pod> = ns.api();
-    let message = wait_for(
-        "kv-2 to refuse its empty data dir",
-        Duration::from_secs(60),
-        || async {
-            let pod = pods.get("kv-2").await.ok()?;
-            pod.status?
-                .container_statuses?
-                .into_iter()
-                .flat_map(|c| [c.state, c.last_state])
-                .flatten()
-                .filter_map(|s| s.terminated?.message)
-                .find(|m| m.contains("its data was lost"))
-        },
-    )
-    .await;
+    let message = refusal(&ns, "kv-2", "its data was lost").await;
     assert!(message.contains("Refusing to rejoin with no log"), "{message}");
 
     // ...and the operator replaces it: same name, new member ID, same cluster, all data.
@@ -171,32 +210,12 @@ async fn data_lost(env: &TestSandbox) {
         "a member whose data was lost was replaced {:.1}s after its restart",
         wiped_at.elapsed().as_secs_f64()
     );
-    let (old, new) = (ids(&before), ids(&after));
-    assert_eq!(old["kv-0"], new["kv-0"]);
-    assert_eq!(old["kv-1"], new["kv-1"]);
-    assert_ne!(old["kv-2"], new["kv-2"], "kv-2 is a new member");
-    assert_eq!(after.cluster_id, before.cluster_id, "still the one cluster");
-    ns.wait_pod_ready("kv-2", Duration::from_secs(60)).await;
-    let count = wait_for("kv-2 to catch up", Duration::from_secs(30), || async {
-        let out = etcdctl(
-            &ns,
-            "kv-2",
-            "kv-2",
-            &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
-        );
-        let count = out.lines().filter(|l| l.starts_with("before-")).count();
-        (count == 20).then_some(count)
-    })
-    .await;
-    assert_eq!(count, 20);
+    replaced_with_every_key(&ns, &before, &after, "kv-2").await;
 }
 
 async fn log_corrupted(env: &TestSandbox) {
     let (ns, before) = three_members(env, "corrupt").await;
-    for i in 0..20 {
-        let key = format!("before-{i}");
-        assert_eq!(etcdctl(&ns, "kv-0", "kv", &["put", &key, "v"]), "OK\n");
-    }
+    write_before(&ns);
 
     // Bytes inside kv-1's first log record are overwritten (later records stay valid, so this is
     // corruption, not a torn tail), and its pod restarted: it refuses to start, over and over.
@@ -207,18 +226,7 @@ async fn log_corrupted(env: &TestSandbox) {
     assert!(done.status.success(), "{}", text(&done.stderr));
     let broken = std::time::Instant::now();
     ns.delete_pod("kv-1").await;
-    let pods: Api<Pod> = ns.api();
-    let message = wait_for("kv-1 to refuse its log", Duration::from_secs(60), || async {
-        let pod = pods.get("kv-1").await.ok()?;
-        pod.status?
-            .container_statuses?
-            .into_iter()
-            .flat_map(|c| [c.state, c.last_state])
-            .flatten()
-            .filter_map(|s| s.terminated?.message)
-            .find(|m| m.contains("write-ahead log"))
-    })
-    .await;
+    let message = refusal(&ns, "kv-1", "write-ahead log").await;
     assert!(
         message.contains("corrupt") || message.contains("cannot be decoded"),
         "{message}"
@@ -232,34 +240,14 @@ async fn log_corrupted(env: &TestSandbox) {
         "a member with a corrupt log was replaced {:.1}s after its restart (timeout 10s)",
         broken.elapsed().as_secs_f64()
     );
-    let (old, new) = (ids(&before), ids(&after));
-    assert_eq!(old["kv-0"], new["kv-0"]);
-    assert_eq!(old["kv-2"], new["kv-2"]);
-    assert_ne!(old["kv-1"], new["kv-1"], "kv-1 is a new member");
-    assert_eq!(after.cluster_id, before.cluster_id);
     let new_claim = claims.get("data-kv-1").await.unwrap().metadata.uid;
     assert_ne!(old_claim, new_claim, "kv-1 runs on a new claim");
-    ns.wait_pod_ready("kv-1", Duration::from_secs(60)).await;
-    let count = wait_for("kv-1 to catch up", Duration::from_secs(30), || async {
-        let out = etcdctl(
-            &ns,
-            "kv-1",
-            "kv-1",
-            &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
-        );
-        let count = out.lines().filter(|l| l.starts_with("before-")).count();
-        (count == 20).then_some(count)
-    })
-    .await;
-    assert_eq!(count, 20);
+    replaced_with_every_key(&ns, &before, &after, "kv-1").await;
 }
 
 async fn node_lost(env: &TestSandbox) {
     let (ns, before) = three_members(env, "nodelost").await;
-    for i in 0..20 {
-        let key = format!("before-{i}");
-        assert_eq!(etcdctl(&ns, "kv-0", "kv", &["put", &key, "v"]), "OK\n");
-    }
+    write_before(&ns);
 
     // kv-2's volume turns out to live on a node that is gone; its pod cannot be scheduled.
     let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = ns.api();
@@ -292,22 +280,7 @@ async fn node_lost(env: &TestSandbox) {
         "a member whose node was lost was replaced {:.1}s after its pod went Pending (timeout 10s)",
         lost.elapsed().as_secs_f64()
     );
-    let (old, new) = (ids(&before), ids(&after));
-    assert_eq!(old["kv-0"], new["kv-0"]);
-    assert_eq!(old["kv-1"], new["kv-1"]);
-    assert_ne!(old["kv-2"], new["kv-2"], "kv-2 is a new member");
     let new_claim = claims.get("data-kv-2").await.unwrap().metadata.uid;
     assert_ne!(old_claim, new_claim, "kv-2 runs on a new claim");
-    let count = wait_for("kv-2 to catch up", Duration::from_secs(30), || async {
-        let out = etcdctl(
-            &ns,
-            "kv-2",
-            "kv-2",
-            &["get", "before-", "--prefix", "--keys-only", "--consistency=s"],
-        );
-        let count = out.lines().filter(|l| l.starts_with("before-")).count();
-        (count == 20).then_some(count)
-    })
-    .await;
-    assert_eq!(count, 20);
+    replaced_with_every_key(&ns, &before, &after, "kv-2").await;
 }

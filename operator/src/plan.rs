@@ -95,73 +95,19 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         },
     };
     let mut files = sealed_entries(&names, view, &files).unwrap_or(files);
-    let mut clear_approval = false;
-    let called_off = view.members.len() > 1 && !quorum::has_lost_quorum(view);
-    if let Some(survivor) = files.get(RECOVERY_KEY).cloned() {
-        if !quorum::recovered(&names, view, &survivor) && !called_off {
-            let step = recovery_under_way(view, &names, &survivor);
+    let clear_approval = match recover_quorum(spec, &names, observed, &mut files) {
+        Recovery::Stop(step) => {
             let members = statefulset_size(&names, &files, observed);
             return Plan {
                 bootstrap: Some(files),
                 members: Some(members),
                 step,
                 storage,
-                clear_approval,
+                clear_approval: false,
             };
         }
-        // The survivor leads alone: the force goes from its file (a later restart must not
-        // drop members added since), and the others are replaced as after any failure. Or a
-        // leader of several members came back before the survivor was forced: recovery is
-        // called off, and the markers of the members that came back go (they are listed).
-        files.remove(RECOVERY_KEY);
-        if let Some(file) = files.get_mut(&format!("{survivor}.yaml")) {
-            *file = quorum::with_force(file, false);
-        }
-        clear_approval = true;
-    } else if observed.formed_before {
-        let decision = quorum::decide(&quorum::Lost {
-            names: &names,
-            view,
-            policy: spec.quorum_loss,
-            grace: spec.quorum_loss_seconds,
-            lost_for: observed.quorum_lost_seconds,
-            approval: observed.approval.as_deref(),
-            last_seen: &observed.last_seen,
-            claims: &observed.claims,
-        });
-        let step = match decision {
-            Decision::NotLost => None,
-            Decision::Wait(why) => {
-                let step = Step::Wait(why);
-                drop_stale_markers(&names, view, &mut files, &step);
-                Some(step)
-            }
-            Decision::Recover {
-                survivor,
-                others,
-                why,
-            } => {
-                files.insert(RECOVERY_KEY.to_owned(), survivor.clone());
-                if let Some(file) = files.get_mut(&format!("{survivor}.yaml")) {
-                    *file = quorum::with_force(file, true);
-                }
-                for (member, claim_uid) in others {
-                    files.insert(replacement_key(&member), claim_uid.unwrap_or_default());
-                }
-                Some(Step::ForceNewCluster { survivor, why })
-            }
-        };
-        if let Some(step) = step {
-            let members = statefulset_size(&names, &files, observed);
-            return Plan {
-                bootstrap: Some(files),
-                members: Some(members),
-                step,
-                storage,
-                clear_approval,
-            };
-        }
-    }
+        Recovery::Go { done } => done,
+    };
     let step = next_step(&Current {
         names: &names,
         desired: spec.replicas,
@@ -200,6 +146,76 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         step,
         storage,
         clear_approval,
+    }
+}
+
+/// Where a lost quorum leaves planning.
+enum Recovery {
+    /// Nothing else happens this pass: this is the step.
+    Stop(Step),
+    /// Membership is planned as usual; `done` when a recovery has just come through (or been
+    /// called off), so the annotation that allowed it goes.
+    Go { done: bool },
+}
+
+/// Detects and recovers a lost quorum (`quorum`), editing `files`: the record of a recovery
+/// under way, the survivor's force line, the others' replacement markers.
+fn recover_quorum(
+    spec: &ValidSpec,
+    names: &Names,
+    observed: &Observed,
+    files: &mut BTreeMap<String, String>,
+) -> Recovery {
+    let view = &observed.view;
+    if let Some(survivor) = files.get(RECOVERY_KEY).cloned() {
+        let called_off = view.members.len() > 1 && !quorum::has_lost_quorum(view);
+        if !quorum::recovered(names, view, &survivor) && !called_off {
+            return Recovery::Stop(recovery_under_way(view, names, &survivor));
+        }
+        // The survivor leads alone: the force goes from its file (a later restart must not
+        // drop members added since), and the others are replaced as after any failure. Or a
+        // quorum answers again before the survivor was forced: recovery is called off, and the
+        // markers of the members that came back go (they are listed).
+        files.remove(RECOVERY_KEY);
+        if let Some(file) = files.get_mut(&format!("{survivor}.yaml")) {
+            *file = quorum::with_force(file, false);
+        }
+        return Recovery::Go { done: true };
+    }
+    if !observed.formed_before {
+        return Recovery::Go { done: false };
+    }
+    let decision = quorum::decide(&quorum::Lost {
+        names,
+        view,
+        policy: spec.quorum_loss,
+        grace: spec.quorum_loss_seconds,
+        lost_for: observed.quorum_lost_seconds,
+        approval: observed.approval.as_deref(),
+        last_seen: &observed.last_seen,
+        claims: &observed.claims,
+    });
+    match decision {
+        Decision::NotLost => Recovery::Go { done: false },
+        Decision::Wait(why) => {
+            let step = Step::Wait(why);
+            drop_stale_markers(names, view, files, &step);
+            Recovery::Stop(step)
+        }
+        Decision::Recover {
+            survivor,
+            others,
+            why,
+        } => {
+            files.insert(RECOVERY_KEY.to_owned(), survivor.clone());
+            if let Some(file) = files.get_mut(&format!("{survivor}.yaml")) {
+                *file = quorum::with_force(file, true);
+            }
+            for (member, claim_uid) in others {
+                files.insert(replacement_key(&member), claim_uid.unwrap_or_default());
+            }
+            Recovery::Stop(Step::ForceNewCluster { survivor, why })
+        }
     }
 }
 
@@ -934,18 +950,7 @@ mod tests {
             if let Some(removed) = removed.filter(|&r| r < from && from > 2) {
                 world.members.remove(&removed);
             }
-            let mut passes = 0;
-            loop {
-                let observed = world.observe();
-                let plan = plan(&spec(to), &observed);
-                check(to, &observed, &plan)?;
-                if plan.step == Step::Settled {
-                    break;
-                }
-                prop_assert!(passes < 80, "no end in sight: {:?} at {:?}", plan.step, observed);
-                world.carry_out(&plan);
-                passes += 1;
-            }
+            world.run(to, 80)?;
             let target: BTreeSet<i32> = (0..to).collect();
             prop_assert_eq!(world.members.keys().copied().collect::<BTreeSet<_>>(), target.clone());
             prop_assert_eq!(world.files.clone(), target.clone());
@@ -968,18 +973,7 @@ mod tests {
             let mut world = World::healthy(from, leader);
             let bad = world.claims[&broken].uid;
             world.bad_disks.insert(bad);
-            let mut passes = 0;
-            loop {
-                let observed = world.observe();
-                let plan = plan(&spec(to), &observed);
-                check(to, &observed, &plan)?;
-                if plan.step == Step::Settled {
-                    break;
-                }
-                prop_assert!(passes < 120, "no end in sight: {:?} at {:?}", plan.step, observed);
-                world.carry_out(&plan);
-                passes += 1;
-            }
+            world.run(to, 120)?;
             let target: BTreeSet<i32> = (0..to).collect();
             prop_assert_eq!(world.members.keys().copied().collect::<BTreeSet<_>>(), target);
             prop_assert!(world.claims.values().all(|c| !world.bad_disks.contains(&c.uid)));
@@ -1078,6 +1072,25 @@ mod tests {
                 formed_before: true,
                 ..Observed::default()
             }
+        }
+
+        /// Plans and carries out passes for a spec of `to` members until the plan is settled,
+        /// checking every pass; fails after `most` passes.
+        fn run(&mut self, to: i32, most: usize) -> Result<(), TestCaseError> {
+            for _ in 0..most {
+                let observed = self.observe();
+                let plan = plan(&spec(to), &observed);
+                check(to, &observed, &plan)?;
+                if plan.step == Step::Settled {
+                    return Ok(());
+                }
+                self.carry_out(&plan);
+            }
+            let last = plan(&spec(to), &self.observe());
+            Err(TestCaseError::fail(format!(
+                "no end in sight after {most} passes: {:?}",
+                last.step
+            )))
         }
 
         fn carry_out(&mut self, plan: &Plan) {
