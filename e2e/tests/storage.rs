@@ -169,7 +169,7 @@ async fn deleted(env: &TestSandbox, delete_claims: bool) {
     ns.apply(&kvcluster).await;
     let waiting = wait_for(
         "the new KVCluster to name the old claims",
-        Duration::from_secs(60),
+        Duration::from_secs(180),
         || async {
             let status = clusters.get("kv").await.ok()?.status?;
             let progressing = status.conditions.iter().find(|c| c.type_ == "Progressing")?;

@@ -412,7 +412,7 @@ async fn observe_all(
         .await
         .map_err(api_error("read the StatefulSet"))?;
     let uid = cluster.uid().unwrap_or_default();
-    let leftovers: Vec<String> = [
+    let mut leftovers: Vec<String> = [
         config_map
             .as_ref()
             .filter(|map| owned_by_another(*map, &uid))
@@ -428,11 +428,27 @@ async fn observe_all(
     .collect();
     let bootstrap = config_map.map(|map| map.data.unwrap_or_default());
     let selector = ListParams::default().labels(&names.selector());
-    let pods: BTreeMap<String, PodSeen> = Api::<Pod>::namespaced(client.clone(), namespace)
+    let listed_pods = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&selector)
         .await
         .map_err(api_error("list the member pods"))?
-        .items
+        .items;
+    // Pods of another StatefulSet (an earlier cluster's, gone or going) would answer for that
+    // cluster: nothing is planned from them.
+    let set_uid = statefulset
+        .as_ref()
+        .filter(|set| !owned_by_another(*set, &uid))
+        .and_then(|set| set.metadata.uid.clone())
+        .unwrap_or_default();
+    let earlier_pods: Vec<String> = listed_pods
+        .iter()
+        .filter(|pod| owned_by_another(*pod, &set_uid))
+        .map(ResourceExt::name_any)
+        .collect();
+    if !earlier_pods.is_empty() {
+        leftovers.push(format!("pods {}", earlier_pods.join(", ")));
+    }
+    let pods: BTreeMap<String, PodSeen> = listed_pods
         .iter()
         .map(|pod| {
             let seen = PodSeen {
