@@ -152,8 +152,8 @@ pub fn decide(lost: &Lost) -> Decision {
 /// Whether fewer than a majority of the voters answer.
 pub fn has_lost_quorum(view: &ClusterView) -> bool {
     let voters = view.members.iter().filter(|m| !m.is_learner);
-    let (all, answering) = voters.fold((0, 0), |(all, up), m| (all + 1, up + usize::from(m.healthy)));
-    all > 0 && answering < all / 2 + 1
+    let (all, answering) = voters.fold((0, 0), |(all, up), m| (all + 1, up + i32::from(m.healthy)));
+    all > 0 && answering < crate::build::pdb::quorum(all)
 }
 
 /// Whether a recovery of `survivor` has come through: it leads a cluster of itself alone.
