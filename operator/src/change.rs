@@ -60,6 +60,7 @@ pub async fn send(step: &Step, leader_ip: &str) -> Result<(), ChangeError> {
         | Step::WriteEntry { .. }
         | Step::DropEntry { .. }
         | Step::RestartPod { .. }
+        | Step::Roll { .. }
         | Step::ForceNewCluster { .. }
         | Step::DeleteClaim { .. } => {}
     }

@@ -117,6 +117,7 @@ fn event_for(step: &Step) -> Option<(&'static str, String)> {
         Step::Replace { .. } => "MemberReplaced",
         Step::ForceNewCluster { .. } => "QuorumRecovery",
         Step::DeleteClaim { .. } => "ClaimDeleted",
+        Step::Roll { .. } => "MemberRestarted",
         Step::Settled
         | Step::Wait(_)
         | Step::WriteEntry { .. }
@@ -310,6 +311,12 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         change: change.clone(),
         error: error.as_ref().map(ToString::to_string),
         storage,
+        outdated: observed
+            .pods
+            .iter()
+            .filter(|(_, pod)| pod.outdated && !pod.terminating)
+            .map(|(name, _)| name.clone())
+            .collect(),
         now,
     };
     let status = for_valid_spec(&spec, &token, &seen);
@@ -388,6 +395,7 @@ fn unobserved(generation: Option<i64>, previous: &KVClusterStatus, now: Time) ->
         change: previous.membership_change.clone(),
         error: None,
         storage: None,
+        outdated: Vec::new(),
         now,
     }
 }
@@ -448,6 +456,10 @@ async fn observe_all(
     if !earlier_pods.is_empty() {
         leftovers.push(format!("pods {}", earlier_pods.join(", ")));
     }
+    // The revision the StatefulSet makes pods from; pods of an older one are rolled onto it.
+    let revision = statefulset
+        .as_ref()
+        .and_then(|set| set.status.as_ref()?.update_revision.clone());
     let pods: BTreeMap<String, PodSeen> = listed_pods
         .iter()
         .map(|pod| {
@@ -457,6 +469,7 @@ async fn observe_all(
                 not_yet_member: said(pod, NOT_YET_MEMBER),
                 unready_seconds: unready_seconds(pod, now),
                 address: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                outdated: outdated(pod, revision.as_deref()),
             };
             (pod.name_any(), seen)
         })
@@ -499,6 +512,13 @@ async fn observe_all(
             .collect(),
         leftovers,
     })
+}
+
+/// Whether `pod` was made from another revision of the StatefulSet's pod template than
+/// `revision`, the one it makes pods from now (unknown until its controller has seen it).
+fn outdated(pod: &Pod, revision: Option<&str>) -> bool {
+    let made_from = pod.labels().get("controller-revision-hash");
+    matches!((made_from, revision), (Some(made_from), Some(revision)) if made_from != revision)
 }
 
 /// Whether `object` belongs to another owner than the KVCluster with `uid` (an earlier one of
@@ -632,7 +652,9 @@ async fn act(
     match step {
         Step::Settled => return Ok(None),
         Step::Wait(_) | Step::WriteEntry { .. } | Step::DropEntry { .. } => {}
-        Step::RestartPod { pod } | Step::ForceNewCluster { survivor: pod, .. } => {
+        Step::RestartPod { pod }
+        | Step::Roll { member: pod }
+        | Step::ForceNewCluster { survivor: pod, .. } => {
             let pods = Api::<Pod>::namespaced(client.clone(), namespace);
             delete_if_present(&pods, pod, "restart the pod").await?;
         }

@@ -337,7 +337,7 @@ pub struct KVClusterStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
 
-    /// A one-word summary: Creating, Running, Scaling, Degraded, Invalid or Paused.
+    /// A one-word summary: Creating, Running, Scaling, Upgrading, Degraded, Invalid or Paused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
 

@@ -2,7 +2,7 @@
 //! members. The spec is validated once (`validate`), desired objects are built by pure functions
 //! (`build`), applied with server-side apply, and the cluster is observed through its etcd API
 //! (`observe`); each pass is planned purely (`plan`), membership following the spec one step
-//! at a time (`membership`).
+//! at a time (`membership`) and pods rolled onto a new template one at a time (`upgrade`).
 
 pub mod build;
 pub mod change;
@@ -18,4 +18,5 @@ pub mod plan;
 pub mod quorum;
 pub mod status;
 pub mod storage;
+pub mod upgrade;
 pub mod validate;

@@ -38,10 +38,17 @@ pub enum Step {
     },
     /// Restart a member's pod (a re-added member whose pod is waiting out a crash back-off).
     RestartPod { pod: String },
+    /// Restart a healthy member's pod on the StatefulSet's newer pod template (an upgrade).
+    Roll { member: String },
     /// MemberPromote of a learner.
     Promote { member: String, id: u64 },
-    /// MoveLeader away from a member that is about to leave.
-    MoveLeader { from: String, to: String, to_id: u64 },
+    /// MoveLeader away from a member that is about to leave or restart (`before` says which).
+    MoveLeader {
+        from: String,
+        to: String,
+        to_id: u64,
+        before: &'static str,
+    },
     /// MemberRemove.
     Remove { member: String, id: u64 },
     /// Restart the surviving member of a lost quorum as a cluster of one (its bootstrap file
@@ -70,6 +77,7 @@ impl Step {
             Step::AddLearner { .. } => "add_learner",
             Step::WriteEntry { .. } => "write_entry",
             Step::RestartPod { .. } => "restart_pod",
+            Step::Roll { .. } => "roll",
             Step::Promote { .. } => "promote",
             Step::MoveLeader { .. } => "move_leader",
             Step::Remove { .. } => "remove",
@@ -88,9 +96,10 @@ impl Step {
             Step::AddLearner { member, .. } => format!("adding {member} as a learner"),
             Step::WriteEntry { member, .. } => format!("starting {member}"),
             Step::RestartPod { pod } => format!("restarting {pod} to join as a new member"),
+            Step::Roll { member } => format!("restarting {member} on the new pod template"),
             Step::Promote { member, .. } => format!("promoting {member} to voter"),
-            Step::MoveLeader { from, to, .. } => {
-                format!("moving leadership from {from} to {to} before {from} leaves")
+            Step::MoveLeader { from, to, before, .. } => {
+                format!("moving leadership from {from} to {to} before {from} {before}")
             }
             Step::Remove { member, .. } => format!("removing {member}"),
             Step::ForceNewCluster { survivor, why } => {
@@ -119,6 +128,9 @@ pub struct PodSeen {
     pub unready_seconds: Option<u64>,
     /// The pod's IP, once it has one.
     pub address: Option<String>,
+    /// Made from an older pod template than the StatefulSet's (which leaves its pods alone:
+    /// the operator restarts them, `upgrade`).
+    pub outdated: bool,
 }
 
 /// One member claim as the API shows it.
@@ -147,11 +159,11 @@ pub struct Current<'a> {
 }
 
 /// A member of the list, placed at its ordinal.
-struct Placed<'a> {
-    ordinal: i32,
-    name: String,
-    id: u64,
-    status: &'a crate::crd::MemberStatus,
+pub(crate) struct Placed<'a> {
+    pub ordinal: i32,
+    pub name: String,
+    pub id: u64,
+    pub status: &'a crate::crd::MemberStatus,
 }
 
 /// The members of the leader's list, each at its ordinal, in ordinal order; or why the list
@@ -402,7 +414,7 @@ pub fn next_step(current: &Current) -> Step {
 
     let target: BTreeSet<i32> = (0..current.desired).collect();
     if listed == target {
-        return Step::Settled;
+        return crate::upgrade::next_roll(&placed, current.pods);
     }
     if let Some(sick) = placed.iter().find(|p| !p.status.healthy) {
         return Step::Wait(format!(
@@ -452,6 +464,7 @@ pub fn next_step(current: &Current) -> Step {
             from: leaving.name.clone(),
             to: heir.name.clone(),
             to_id: heir.id,
+            before: "leaves",
         };
     }
     Step::Remove {
@@ -693,7 +706,8 @@ mod tests {
             Step::MoveLeader {
                 from: "kv-4".into(),
                 to: "kv-0".into(),
-                to_id: 0x10
+                to_id: 0x10,
+                before: "leaves",
             }
         );
         let step = plan(3, voters(5), entries(5), &[], &[]);

@@ -793,6 +793,24 @@ mod tests {
                 let target: BTreeSet<i32> = (0..desired).collect();
                 prop_assert_eq!(listed.keys().copied().collect::<BTreeSet<_>>(), target);
                 prop_assert!(listed.values().all(|m| !m.is_learner));
+                let outdated = |o: &i32| observed.pods.get(&names.member(*o)).is_some_and(|p| p.outdated);
+                prop_assert!(!listed.keys().any(outdated), "settled with members to roll");
+            }
+            Step::Roll { member } => {
+                let rolled = listed.get(&ordinal_of(member)).expect("a listed member");
+                prop_assert!(
+                    listed.values().all(|m| m.healthy && !m.is_learner),
+                    "rolled {member} with a member unhealthy"
+                );
+                prop_assert!(
+                    listed.keys().all(|o| observed
+                        .pods
+                        .get(&names.member(*o))
+                        .is_some_and(|p| !p.terminating && p.unready_seconds.is_none())),
+                    "rolled {member} with a member's pod away or not Ready"
+                );
+                prop_assert!(!rolled.is_leader || voters.len() == 1, "rolled the leader");
+                prop_assert!(observed.pods.get(member).is_some_and(|p| p.outdated));
             }
             Step::ForceNewCluster { survivor, .. } => {
                 prop_assert!(
@@ -816,7 +834,16 @@ mod tests {
         let claims = prop::collection::vec(prop::option::weighted(0.7, (any::<bool>(), any::<bool>())), n);
         let unready = prop::option::of(prop::sample::select(vec![5u64, 299, 300, 10_000]));
         let pods = prop::collection::vec(
-            prop::option::weighted(0.7, (any::<bool>(), any::<bool>(), any::<bool>(), unready)),
+            prop::option::weighted(
+                0.7,
+                (
+                    any::<bool>(),
+                    any::<bool>(),
+                    any::<bool>(),
+                    unready,
+                    any::<bool>(),
+                ),
+            ),
             n,
         );
         let markers = prop::collection::vec(prop::option::weighted(0.2, any::<bool>()), n);
@@ -896,13 +923,15 @@ mod tests {
                         .iter()
                         .enumerate()
                         .filter_map(|(o, flags)| {
-                            let (terminating, lost_data, not_yet_member, unready_seconds) = (*flags)?;
+                            let (terminating, lost_data, not_yet_member, unready_seconds, outdated) =
+                                (*flags)?;
                             let seen = PodSeen {
                                 terminating,
                                 lost_data,
                                 not_yet_member,
                                 unready_seconds,
                                 address: Some(format!("10.0.0.{o}")),
+                                outdated,
                             };
                             Some((names.member(o as i32), seen))
                         })
@@ -978,6 +1007,32 @@ mod tests {
             prop_assert_eq!(world.members.keys().copied().collect::<BTreeSet<_>>(), target);
             prop_assert!(world.claims.values().all(|c| !world.bad_disks.contains(&c.uid)));
         }
+
+        /// A new pod template (an upgrade) while the spec asks for any size: every member ends
+        /// on it, each restarted once at most, the leader of the time never, and the members
+        /// keep their claims (a roll is a restart, not a replacement).
+        #[test]
+        fn a_new_template_rolls_every_member_once_and_never_the_leader(
+            from in 1..=6i32,
+            to in 1..=6i32,
+            leader in 0..6i32,
+        ) {
+            let mut world = World::healthy(from, leader % from);
+            world.outdated = world.pods.clone();
+            let claims: BTreeMap<i32, u32> = world.claims.iter().map(|(&o, c)| (o, c.uid)).collect();
+            world.run(to, 120)?;
+            prop_assert!(world.outdated.is_empty(), "left on the old template: {:?}", world.outdated);
+            let mut once = BTreeSet::new();
+            for &(ordinal, was_leader) in &world.rolled {
+                prop_assert!(once.insert(ordinal), "{ordinal} restarted twice");
+                prop_assert!(!was_leader || from.min(to) == 1, "restarted leader {ordinal}");
+            }
+            for (ordinal, claim) in &world.claims {
+                if let Some(&uid) = claims.get(ordinal) {
+                    prop_assert_eq!(claim.uid, uid, "member {}'s claim was replaced", ordinal);
+                }
+            }
+        }
     }
 
     /// A cluster the way the planner's steps and Kubernetes change it: the StatefulSet runs one
@@ -995,6 +1050,10 @@ mod tests {
         next_uid: u32,
         size: i32,
         leader: i32,
+        /// Pods made from the previous template.
+        outdated: BTreeSet<i32>,
+        /// Members restarted onto the new template, and whether each was leading then.
+        rolled: Vec<(i32, bool)>,
     }
 
     struct Claim {
@@ -1014,6 +1073,8 @@ mod tests {
                 next_uid: 0,
                 size: n,
                 leader,
+                outdated: BTreeSet::new(),
+                rolled: Vec::new(),
             };
             world.statefulset();
             world
@@ -1043,6 +1104,7 @@ mod tests {
                     let seen = PodSeen {
                         unready_seconds: self.bad(o).then_some(10_000),
                         address: Some(format!("10.0.0.{o}")),
+                        outdated: self.outdated.contains(&o),
                         ..PodSeen::default()
                     };
                     (names.member(o), seen)
@@ -1127,9 +1189,16 @@ mod tests {
                         self.claims.remove(&ordinal);
                     }
                 }
+                Step::Roll { member } => {
+                    let ordinal = ordinal_of(member);
+                    self.rolled.push((ordinal, ordinal == self.leader));
+                    self.pods.remove(&ordinal);
+                    self.outdated.remove(&ordinal);
+                }
                 Step::RestartPod { pod } => {
                     let ordinal = ordinal_of(pod);
                     self.pods.remove(&ordinal);
+                    self.outdated.remove(&ordinal);
                     if self.claims.get(&ordinal).is_some_and(|c| c.terminating) {
                         self.claims.remove(&ordinal);
                     }
@@ -1143,6 +1212,8 @@ mod tests {
         /// none above; a member starts once its pod runs with its file on a good disk.
         fn statefulset(&mut self) {
             self.pods.retain(|&o| o < self.size);
+            let pods = self.pods.clone();
+            self.outdated.retain(|o| pods.contains(o));
             for ordinal in 0..self.size {
                 if self.pods.insert(ordinal) && !self.claims.contains_key(&ordinal) {
                     self.next_uid += 1;

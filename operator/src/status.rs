@@ -23,6 +23,8 @@ pub struct Observation<'a> {
     pub error: Option<String>,
     /// A storage edit under way or refused: the `StorageChange` condition's reason and message.
     pub storage: Option<(&'static str, String)>,
+    /// Member pods still on an older pod template (an upgrade under way).
+    pub outdated: Vec<String>,
     pub now: Time,
 }
 
@@ -51,6 +53,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             .collect(),
     };
     let settled = foreign.is_empty()
+        && seen.outdated.is_empty()
         && voters == spec.replicas as usize
         && view.members.len() == voters
         && unhealthy.is_empty()
@@ -92,6 +95,18 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             None => forming,
         };
         ("True", "Bootstrapping", message)
+    } else if !seen.outdated.is_empty() {
+        let rolling = format!(
+            "{} of {} members on an older pod template ({})",
+            seen.outdated.len(),
+            view.members.len(),
+            seen.outdated.join(", ")
+        );
+        let message = match &seen.change {
+            Some(change) => format!("{rolling}: {change}"),
+            None => rolling,
+        };
+        ("True", "RollingUpdate", message)
     } else if let Some(change) = &seen.change {
         ("True", "MembershipChange", change.clone())
     } else if view.members.len() != spec.replicas as usize {
@@ -147,6 +162,9 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         "Running"
     } else if progressing.1 == "Bootstrapping" {
         "Creating"
+    } else if progressing.1 == "RollingUpdate" && quorate && foreign.is_empty() {
+        // A member restarting onto the new template is briefly unhealthy; that is the roll.
+        "Upgrading"
     } else if !quorate || !unhealthy.is_empty() || !foreign.is_empty() {
         "Degraded"
     } else {
@@ -288,6 +306,26 @@ mod tests {
         Time(k8s_openapi::jiff::Timestamp::from_second(seconds).unwrap())
     }
 
+    /// A pass that saw `view` with `pods` member pods at `now` seconds, nothing under way.
+    fn observation<'a>(
+        previous: &'a KVClusterStatus,
+        view: &'a ClusterView,
+        pods: i32,
+        now: i64,
+    ) -> Observation<'a> {
+        Observation {
+            generation: None,
+            previous,
+            view,
+            pods,
+            change: None,
+            error: None,
+            storage: None,
+            outdated: Vec::new(),
+            now: time(now),
+        }
+    }
+
     fn condition<'a>(status: &'a KVClusterStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
     }
@@ -308,13 +346,7 @@ mod tests {
         let previous = KVClusterStatus::default();
         let seen = Observation {
             generation: Some(2),
-            previous: &previous,
-            view: &view,
-            pods: 3,
-            change: None,
-            error: None,
-            storage: None,
-            now: time(100),
+            ..observation(&previous, &view, 3, 100)
         };
         let status = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
         assert_eq!(condition(&status, "Available").status, "True");
@@ -339,13 +371,7 @@ mod tests {
         };
         let seen = Observation {
             generation: Some(2),
-            previous: &status,
-            view: &view,
-            pods: 3,
-            change: None,
-            error: None,
-            storage: None,
-            now: time(200),
+            ..observation(&status, &view, 3, 200)
         };
         let next = for_valid_spec(&valid("spec: {}"), "prod-kv-u", &seen);
         assert_eq!(condition(&next, "Available").last_transition_time, time(100));
@@ -375,13 +401,7 @@ mod tests {
         };
         let seen = Observation {
             generation: Some(1),
-            previous: &previous,
-            view: &view,
-            pods: 3,
-            change: None,
-            error: None,
-            storage: None,
-            now: time(1),
+            ..observation(&previous, &view, 3, 1)
         };
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
         let degraded = condition(&status, "Degraded");
@@ -420,16 +440,7 @@ mod tests {
     fn losing_quorum_and_bootstrapping_are_told_apart() {
         let previous = KVClusterStatus::default();
         let empty = ClusterView::default();
-        let seen = Observation {
-            generation: None,
-            previous: &previous,
-            view: &empty,
-            pods: 3,
-            change: None,
-            error: None,
-            storage: None,
-            now: time(1),
-        };
+        let seen = observation(&previous, &empty, 3, 1);
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
         assert_eq!(condition(&status, "Available").reason, "Unreachable");
         assert_eq!(condition(&status, "Progressing").reason, "Bootstrapping");
@@ -446,16 +457,7 @@ mod tests {
             list_from_leader: true,
             version: Some("0.1.0".into()),
         };
-        let seen = Observation {
-            generation: None,
-            previous: &previous,
-            view: &view,
-            pods: 3,
-            change: None,
-            error: None,
-            storage: None,
-            now: time(1),
-        };
+        let seen = observation(&previous, &view, 3, 1);
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
         assert_eq!(condition(&status, "Available").reason, "QuorumLost");
         assert_eq!(
@@ -473,13 +475,7 @@ mod tests {
         let view = ClusterView::default();
         let seen = Observation {
             generation: Some(5),
-            previous: &previous,
-            view: &view,
-            pods: 0,
-            change: None,
-            error: None,
-            storage: None,
-            now: time(1),
+            ..observation(&previous, &view, 0, 1)
         };
         let status = for_valid_spec(&valid("spec: {replicas: 2}"), "t", &seen);
         assert_eq!(condition(&status, "SpecWarnings").reason, "EvenSize");
@@ -495,6 +491,56 @@ mod tests {
         );
         assert_eq!(degraded.message, "spec.replicas is 0; it must be between 1 and 9");
         assert_eq!(degraded.observed_generation, Some(5));
+    }
+
+    #[test]
+    fn a_roll_onto_a_new_template_is_upgrading_until_the_last_member_is_on_it() {
+        let view = ClusterView {
+            members: vec![
+                member("kv-0", true, true),
+                member("kv-1", false, false),
+                member("kv-2", true, false),
+            ],
+            leader: Some("kv-0".into()),
+            cluster_id: Some("c1".into()),
+            list_from_leader: true,
+            version: None,
+        };
+        let previous = KVClusterStatus::default();
+        let seen = Observation {
+            change: Some("waiting for kv-1 to rejoin and catch up".into()),
+            outdated: vec!["kv-0".into(), "kv-2".into()],
+            ..observation(&previous, &view, 3, 1)
+        };
+        let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(progressing.reason, "RollingUpdate");
+        assert_eq!(
+            progressing.message,
+            "2 of 3 members on an older pod template (kv-0, kv-2): waiting for kv-1 to rejoin and \
+             catch up"
+        );
+        assert_eq!(status.phase.as_deref(), Some("Upgrading"));
+        assert_eq!(condition(&status, "Available").status, "True");
+
+        // All healthy and one left: still not Running until it is on the new template too.
+        let view = ClusterView {
+            members: vec![
+                member("kv-0", true, true),
+                member("kv-1", true, false),
+                member("kv-2", true, false),
+            ],
+            ..view
+        };
+        let seen = Observation {
+            outdated: vec!["kv-0".into()],
+            ..observation(&previous, &view, 3, 1)
+        };
+        let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
+        assert_eq!(status.phase.as_deref(), Some("Upgrading"));
+        let seen = observation(&previous, &view, 3, 1);
+        let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
+        assert_eq!(status.phase.as_deref(), Some("Running"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! environment (cairn reads `CAIRN_<FLAG>`), each member's bootstrap file picked by pod name.
 //! Pods start in parallel (members of a new cluster must find each other before any is ready);
 //! liveness asks only whether the process answers, readiness whether the member is healthy.
+//! Pods change template only when the operator restarts them (`OnDelete`, see `upgrade`).
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -155,6 +156,9 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         "replicas": replicas,
         "serviceName": names.peer_service(),
         "podManagementPolicy": "Parallel",
+        // A new template (version, image, settings) reaches the pods only as the operator
+        // restarts them: one at a time, each member healthy first, the leader last.
+        "updateStrategy": {"type": "OnDelete"},
         "selector": {"matchLabels": names.selector_labels()},
         "template": {"metadata": template_metadata, "spec": pod_spec},
     });
@@ -227,6 +231,7 @@ spec:
   replicas: 3
   serviceName: kv-peer
   podManagementPolicy: Parallel
+  updateStrategy: {{type: OnDelete}}
   selector: {{matchLabels: {{app.kubernetes.io/name: cairn, app.kubernetes.io/instance: kv}}}}
   template:
     metadata: {{labels: {{app.kubernetes.io/name: cairn, app.kubernetes.io/instance: kv}}}}

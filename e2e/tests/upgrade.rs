@@ -1,0 +1,279 @@
+//! A version change under the operator in the sandbox, while a client writes throughout: the
+//! members are restarted onto the new pod template one at a time, followers first, the leader
+//! last and only after leadership has moved off it, and every write the client saw acknowledged
+//! is on every member afterwards.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use cairn_e2e::testkit::{TestSandbox, is_ready, wait_for};
+use common::{OperatorSandbox, client_options, member_endpoint, wait_settled, with_operator};
+use etcd_client::{Client, GetOptions};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+const MEMBERS: [&str; 3] = ["kv-0", "kv-1", "kv-2"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_version_change_rolls_members_one_at_a_time_leader_last_under_writes() {
+    let OperatorSandbox {
+        env,
+        context,
+        dir: _dir,
+    } = OperatorSandbox::start(20343, 27490, 29).await;
+    with_operator(&env, context, upgrade(&env)).await;
+}
+
+/// What one look at the cluster saw: each member pod's UID (None while it is away or not
+/// Ready) and the leader's name.
+struct Look {
+    pods: BTreeMap<String, Option<String>>,
+    leader: Option<String>,
+}
+
+async fn upgrade(env: &TestSandbox) {
+    let ns = env.namespace("upgrade").await;
+    ns.apply(
+        "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {name: kv}\n\
+         spec: {replicas: 3, version: 0.1.0, storage: {size: 64Mi}}\n",
+    )
+    .await;
+    let before = wait_settled(&ns, 3, Duration::from_secs(120)).await;
+    let first_leader = before.leader.clone().expect("a leader");
+    let pods: Api<Pod> = ns.api();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = tokio::spawn(write_until(pods.clone(), stop.clone()));
+    let looker = tokio::spawn(look_until(pods.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let started = Instant::now();
+    let clusters: Api<cairn_operator::crd::KVCluster> = ns.api();
+    let next = serde_json::json!({"spec": {"version": "0.2.0"}});
+    clusters
+        .patch("kv", &PatchParams::default(), &Patch::Merge(&next))
+        .await
+        .unwrap();
+    // The roll begins (status leaves Running) and ends with every pod on the new image.
+    wait_for("the roll to begin", Duration::from_secs(60), || async {
+        let status = clusters.get("kv").await.ok()?.status?;
+        (status.phase.as_deref() == Some("Upgrading")).then_some(())
+    })
+    .await;
+    let after = wait_settled(&ns, 3, Duration::from_secs(240)).await;
+    let rolled_in = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acknowledged, failed) = writer.await.unwrap();
+    let looks = looker.await.unwrap();
+    eprintln!(
+        "rolled 3 members in {:.1}s; {} writes acknowledged, {failed} failed",
+        rolled_in.as_secs_f64(),
+        acknowledged.len()
+    );
+
+    for member in MEMBERS {
+        let pod = pods.get(member).await.unwrap();
+        let image = pod.spec.as_ref().unwrap().containers[0].image.clone();
+        assert_eq!(
+            image.as_deref(),
+            Some("ghcr.io/cairn-dev/cairn:0.2.0"),
+            "{member}"
+        );
+    }
+    assert_eq!(after.cluster_id, before.cluster_id, "the same cluster");
+    let ids = |status: &cairn_operator::crd::KVClusterStatus| -> BTreeSet<String> {
+        status.members.iter().map(|m| m.id.clone()).collect()
+    };
+    assert_eq!(
+        ids(&after),
+        ids(&before),
+        "the same members, restarted, not replaced"
+    );
+
+    // One at a time, each restarted once, the first leader last and no longer leading.
+    let history = looks
+        .iter()
+        .map(|l| {
+            let uids: Vec<String> = l
+                .pods
+                .values()
+                .map(|uid| uid.as_deref().map_or("-".into(), |u| u[..4].to_owned()))
+                .collect();
+            format!("{} leader {:?}", uids.join(" "), l.leader)
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let initial = &looks.first().expect("looks").pods;
+    let mut order = Vec::new();
+    for (i, look) in looks.iter().enumerate() {
+        let away: Vec<&String> = look
+            .pods
+            .iter()
+            .filter(|(_, uid)| uid.is_none())
+            .map(|(n, _)| n)
+            .collect();
+        assert!(away.len() <= 1, "{away:?} away at once in look {i}:\n{history}");
+        for (member, uid) in &look.pods {
+            let Some(uid) = uid else { continue };
+            if initial.get(member) != Some(&Some(uid.clone())) && !order.iter().any(|(m, _)| m == member) {
+                // Leading when it last was seen with its old pod?
+                let last_old = looks[..i]
+                    .iter()
+                    .rev()
+                    .find(|l| l.pods.get(member) == initial.get(member))
+                    .and_then(|l| l.leader.clone());
+                order.push((member.clone(), last_old));
+            }
+        }
+    }
+    let restarted: Vec<&String> = order.iter().map(|(m, _)| m).collect();
+    assert_eq!(restarted.len(), 3, "each member restarted once: {restarted:?}");
+    assert_eq!(
+        restarted.last(),
+        Some(&&first_leader),
+        "the leader goes last: {restarted:?}"
+    );
+    for (member, leader) in &order {
+        assert_ne!(
+            leader.as_ref(),
+            Some(member),
+            "{member} was leading when it restarted"
+        );
+    }
+    assert!(
+        looks
+            .iter()
+            .any(|l| l.leader.is_some() && l.leader.as_ref() != Some(&first_leader)),
+        "leadership moved"
+    );
+
+    // Every acknowledged write is on every member.
+    assert!(acknowledged.len() > 50, "the writer wrote throughout");
+    for member in MEMBERS {
+        let endpoint = member_endpoint(&ns, member).await;
+        wait_for(
+            &format!("{member} to have every acknowledged write"),
+            Duration::from_secs(30),
+            || async {
+                let keys = keys_on(&endpoint).await?;
+                acknowledged.iter().all(|k| keys.contains(k)).then_some(())
+            },
+        )
+        .await;
+    }
+    eprintln!("restart order {restarted:?}, first leader {first_leader}");
+}
+
+/// The client endpoints of the member pods that are Ready now.
+async fn ready_endpoints(pods: &Api<Pod>) -> Vec<String> {
+    let listed = pods.list(&ListParams::default()).await.map(|l| l.items);
+    listed
+        .unwrap_or_default()
+        .iter()
+        .filter(|pod| is_ready(pod) && pod.metadata.deletion_timestamp.is_none())
+        .filter_map(|pod| Some(format!("http://{}:2379", pod.status.as_ref()?.pod_ip.as_ref()?)))
+        .collect()
+}
+
+/// Puts `w/<n>` until told to stop, through the members that are Ready (found again after a
+/// failure, as a client behind a Service would); returns the acknowledged keys and the number of
+/// failures.
+async fn write_until(pods: Api<Pod>, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
+    let (mut acknowledged, mut failed) = (Vec::new(), 0);
+    let mut client: Option<Client> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(writer) = client.as_mut() else {
+            let endpoints = ready_endpoints(&pods).await;
+            client = Client::connect(endpoints, Some(client_options())).await.ok();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let key = format!("w/{n:06}");
+        n += 1;
+        match writer.put(key.as_str(), "value", None).await {
+            Ok(_) => acknowledged.push(key),
+            Err(_) => {
+                failed += 1;
+                client = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (acknowledged, failed)
+}
+
+/// Looks at the member pods and asks a Ready one for the leader, every 100 ms until told to stop.
+async fn look_until(pods: Api<Pod>, stop: Arc<AtomicBool>) -> Vec<Look> {
+    let mut looks = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(listed) = pods.list(&ListParams::default()).await else {
+            continue;
+        };
+        let mut seen: BTreeMap<String, Option<String>> =
+            MEMBERS.iter().map(|m| (m.to_string(), None)).collect();
+        for pod in &listed.items {
+            if is_ready(pod) && pod.metadata.deletion_timestamp.is_none() {
+                seen.insert(pod.name_any(), pod.uid());
+            }
+        }
+        looks.push(Look {
+            pods: seen,
+            leader: leader(&ready_endpoints(&pods).await).await,
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    looks
+}
+
+/// The leader's name, as the first member that answers tells it.
+async fn leader(endpoints: &[String]) -> Option<String> {
+    for endpoint in endpoints {
+        let Ok(mut client) = Client::connect([endpoint], Some(client_options())).await else {
+            continue;
+        };
+        let Ok(status) = client.status().await else {
+            continue;
+        };
+        let leader = status.leader();
+        if leader == 0 {
+            continue;
+        }
+        let members = client.member_list().await.ok()?;
+        return members
+            .members()
+            .iter()
+            .find(|m| m.id() == leader)
+            .map(|m| m.name().to_owned());
+    }
+    None
+}
+
+/// The keys under `w/` as one member has them (its own copy: a serializable read).
+async fn keys_on(endpoint: &str) -> Option<BTreeSet<String>> {
+    let mut client = Client::connect([endpoint], Some(client_options())).await.ok()?;
+    let got = client
+        .get(
+            "w/",
+            Some(
+                GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only()
+                    .with_serializable(),
+            ),
+        )
+        .await
+        .ok()?;
+    Some(
+        got.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect(),
+    )
+}
