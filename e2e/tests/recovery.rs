@@ -5,7 +5,8 @@
 //! member of the same name that catches up with everything written before. A member's log is
 //! corrupted: it crash-loops, and after `spec.recovery.memberTimeoutSeconds` the operator replaces
 //! it with an empty member on a new claim. A member's volume is on a node that is gone: its pod
-//! stays Pending, and it is replaced the same way.
+//! stays Pending, and it is replaced the same way. A member of another cluster answering at a
+//! member's address makes the cluster Degraded, by name.
 
 mod common;
 
@@ -36,7 +37,8 @@ async fn members_come_back_after_pod_deletion_and_data_loss() {
             leader_pod_deleted(&env),
             data_lost(&env),
             log_corrupted(&env),
-            node_lost(&env)
+            node_lost(&env),
+            another_cluster_answers(&env)
         )
     })
     .await;
@@ -245,6 +247,81 @@ async fn log_corrupted(env: &TestSandbox) {
     replaced_with_every_key(&ns, &before, &after, "kv-1").await;
 }
 
+async fn another_cluster_answers(env: &TestSandbox) {
+    let (ns, before) = three_members(env, "forged").await;
+    // Paused, the operator observes and reports but changes nothing: what answers at kv-2 stays.
+    let clusters: Api<KVCluster> = ns.api();
+    let pause = serde_json::json!({"spec": {"paused": true}});
+    clusters
+        .patch(
+            "kv",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&pause),
+        )
+        .await
+        .unwrap();
+    wait_for("the KVCluster to be paused", Duration::from_secs(30), || async {
+        let status = clusters.get("kv").await.ok()?.status?;
+        (status.phase.as_deref() == Some("Paused")).then_some(())
+    })
+    .await;
+
+    // kv-2 starts over, empty, as a cluster of its own (same token, so only the ID tells).
+    let peer_url = before
+        .members
+        .iter()
+        .find(|m| m.name == "kv-2")
+        .map(|m| m.peer_url.clone())
+        .expect("kv-2 listed");
+    let forged = serde_json::json!({"data": {
+        "kv-2.yaml": format!("initial-cluster: kv-2={peer_url}\ninitial-cluster-state: new\n")
+    }});
+    let maps: Api<k8s_openapi::api::core::v1::ConfigMap> = ns.api();
+    maps.patch(
+        "kv-bootstrap",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&forged),
+    )
+    .await
+    .unwrap();
+    let wiped = ns.exec("kv-2", None, &["rm", "-rf", "/var/lib/cairn/data"]);
+    assert!(wiped.status.success(), "{}", text(&wiped.stderr));
+    let started = std::time::Instant::now();
+    ns.delete_pod("kv-2").await;
+
+    let degraded = wait_for(
+        "Degraded with ClusterIDMismatch",
+        Duration::from_secs(90),
+        || async {
+            let status = clusters.get("kv").await.ok()?.status?;
+            let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded")?.clone();
+            (degraded.reason == "ClusterIDMismatch").then_some((degraded, status))
+        },
+    )
+    .await;
+    eprintln!(
+        "a member of another cluster at kv-2 was reported {:.1}s after its restart",
+        started.elapsed().as_secs_f64()
+    );
+    let (condition, status) = degraded;
+    assert_eq!(condition.status, "True");
+    let kv2 = status
+        .members
+        .iter()
+        .find(|m| m.name == "kv-2")
+        .expect("kv-2 listed");
+    let stranger = kv2.foreign_cluster_id.clone().expect("kv-2's foreign cluster ID");
+    assert_ne!(Some(&stranger), before.cluster_id.as_ref());
+    assert_eq!(
+        condition.message,
+        format!("kv-2 reports another cluster ({stranger})")
+    );
+    assert!(!kv2.healthy);
+    assert_eq!(status.cluster_id, before.cluster_id, "the latched ID stays");
+    let available = status.conditions.iter().find(|c| c.type_ == "Available").unwrap();
+    assert_eq!(available.status, "True", "kv-0 and kv-1 keep the quorum");
+}
+
 async fn node_lost(env: &TestSandbox) {
     let (ns, before) = three_members(env, "nodelost").await;
     write_before(&ns);
@@ -274,7 +351,13 @@ async fn node_lost(env: &TestSandbox) {
     })
     .await;
 
-    // After the timeout it is replaced on a new claim the scheduler can place.
+    // Status sees it (a settled status from before the loss must not pass for the end)...
+    let clusters: Api<KVCluster> = ns.api();
+    wait_for("status to show kv-2 gone", Duration::from_secs(30), || async {
+        shows_trouble(&clusters.get("kv").await.ok()?.status?).then_some(())
+    })
+    .await;
+    // ...and after the timeout it is replaced on a new claim the scheduler can place.
     let after = wait_settled(&ns, 3, Duration::from_secs(180)).await;
     eprintln!(
         "a member whose node was lost was replaced {:.1}s after its pod went Pending (timeout 10s)",

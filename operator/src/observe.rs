@@ -18,6 +18,8 @@ use crate::crd::MemberStatus;
 /// What one member said about itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberReport {
+    /// The pod that answered at its address.
+    pub pod: String,
     pub member_id: u64,
     pub cluster_id: u64,
     pub leader: u64,
@@ -124,6 +126,7 @@ async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
         }
     };
     let report = MemberReport {
+        pod: pod.to_owned(),
         member_id: status.header().map_or(0, |h| h.member_id()),
         cluster_id: status.header().map_or(0, |h| h.cluster_id()),
         leader: status.leader(),
@@ -210,7 +213,14 @@ pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterVie
             let lag = report
                 .zip(leader_report)
                 .map(|(r, leader)| leader.applied_index.saturating_sub(r.applied_index));
-            let foreign = report.map(|r| r.cluster_id).filter(|id| Some(*id) != cluster_id);
+            // Whatever answers at the member's pod counts: a member of another cluster there has
+            // an ID of its own, unknown to this cluster's list.
+            let at_its_pod = reports.iter().find(|r| r.pod == m.name);
+            let foreign = report
+                .copied()
+                .or(at_its_pod)
+                .map(|r| r.cluster_id)
+                .filter(|id| Some(*id) != cluster_id);
             MemberStatus {
                 name: m.name,
                 id: format!("{:x}", m.id),
@@ -252,6 +262,7 @@ mod tests {
 
     fn report(member_id: u64, leader: u64, applied_index: u64) -> MemberReport {
         MemberReport {
+            pod: format!("pod-of-{member_id}"),
             member_id,
             cluster_id: 0xabc,
             leader,
@@ -326,6 +337,20 @@ mod tests {
         assert!(a.healthy && a.lag == Some(0) && a.foreign_cluster_id.is_none());
         assert!(!b.healthy && b.lag == Some(MAX_LAG + 1));
         assert!(!c.healthy && c.foreign_cluster_id.as_deref() == Some("def"));
+
+        // A member of another cluster at c's pod has an ID this cluster never listed.
+        let impostor = MemberReport {
+            pod: "c".into(),
+            cluster_id: 0xdef,
+            ..report(99, 99, 3)
+        };
+        let view = assemble(
+            list.clone(),
+            &[report(1, 1, 10_000), report(2, 1, 10_000), impostor],
+        );
+        let c = &view.members[2];
+        assert!(!c.healthy && c.foreign_cluster_id.as_deref() == Some("def"));
+        assert_eq!((c.applied_index, view.leader.as_deref()), (None, Some("a")));
 
         // Just within the bound is healthy; without the leader's report there is no lag to tell.
         let close = report(2, 1, 10_000 - MAX_LAG);
