@@ -467,7 +467,8 @@ async fn observe_all(
                 terminating: pod.metadata.deletion_timestamp.is_some(),
                 lost_data: said(pod, DATA_LOST),
                 not_yet_member: said(pod, NOT_YET_MEMBER),
-                unready_seconds: unready_seconds(pod, now),
+                unready_seconds: in_readiness(pod, now, false),
+                ready_seconds: in_readiness(pod, now, true),
                 address: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
                 outdated: outdated(pod, revision.as_deref()),
             };
@@ -566,17 +567,18 @@ fn said(pod: &Pod, words: &str) -> bool {
         .any(|message| message.contains(words))
 }
 
-/// How long the pod has not been Ready: since its Ready condition turned false, or since it was
-/// made when it never had one (Pending); None while it is Ready.
-fn unready_seconds(pod: &Pod, now: &Time) -> Option<u64> {
-    let ready = pod
+/// How long the pod has been Ready (`ready`) or not: since its Ready condition last turned, or,
+/// not Ready without one (Pending), since it was made. None while it is the other way.
+fn in_readiness(pod: &Pod, now: &Time, ready: bool) -> Option<u64> {
+    let condition = pod
         .status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Ready"));
-    let since = match ready {
-        Some(c) if c.status == "True" => return None,
+    let since = match condition {
+        Some(c) if (c.status == "True") != ready => return None,
         Some(c) => c.last_transition_time.as_ref(),
+        None if ready => return None,
         None => pod.metadata.creation_timestamp.as_ref(),
     }?;
     let seconds = now.0.duration_since(since.0).as_secs();

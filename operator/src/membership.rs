@@ -126,6 +126,8 @@ pub struct PodSeen {
     pub not_yet_member: bool,
     /// How long the pod has not been Ready, in seconds; None while it is.
     pub unready_seconds: Option<u64>,
+    /// How long the pod has been Ready, in seconds; None while it is not.
+    pub ready_seconds: Option<u64>,
     /// The pod's IP, once it has one.
     pub address: Option<String>,
     /// Made from an older pod template than the StatefulSet's (which leaves its pods alone:
@@ -156,6 +158,8 @@ pub struct Current<'a> {
     pub pods: &'a BTreeMap<String, PodSeen>,
     /// Seconds a member may fail before it is replaced.
     pub member_timeout: u64,
+    /// Each member's applied index at the previous look.
+    pub last_seen: &'a BTreeMap<String, u64>,
 }
 
 /// A member of the list, placed at its ordinal.
@@ -315,8 +319,18 @@ pub fn next_step(current: &Current) -> Step {
                 ),
             };
         }
+        if let Some(why) = stalled(current, learner) {
+            return Step::Replace {
+                member: learner.name.clone(),
+                id: learner.id,
+                claim_uid: claim_uid(learner.ordinal),
+                why,
+            };
+        }
         if !learner.status.healthy {
-            return Step::Wait(format!("waiting for learner {} to start", learner.name));
+            let running = live_pod(&learner.name).is_some_and(|pod| pod.ready_seconds.is_some());
+            let what = if running { "catch up" } else { "start" };
+            return Step::Wait(format!("waiting for learner {} to {what}", learner.name));
         }
         if healthy_voters < quorum(voters.len()) {
             return Step::Wait(format!(
@@ -473,6 +487,30 @@ pub fn next_step(current: &Current) -> Step {
     }
 }
 
+/// Why a learner that runs (its pod Ready for the member timeout) counts as stuck: it has not
+/// caught up, and it applied nothing since the previous look (a learner still catching up, even
+/// slowly, is left to it). None while it is not.
+fn stalled(current: &Current, learner: &Placed) -> Option<String> {
+    let pod = current.pods.get(&learner.name).filter(|pod| !pod.terminating)?;
+    let running = pod.ready_seconds.filter(|&s| s >= current.member_timeout)?;
+    if learner.status.healthy {
+        return None;
+    }
+    let before = *current.last_seen.get(&learner.name)?;
+    let now = learner.status.applied_index.unwrap_or(0);
+    if now > before {
+        return None;
+    }
+    let behind = match learner.status.lag {
+        Some(lag) => format!("{lag} entries behind"),
+        None => "not answering".to_owned(),
+    };
+    Some(format!(
+        "learner {} has not caught up in {running}s ({behind}, applying nothing)",
+        learner.name
+    ))
+}
+
 /// The step that makes room for an empty member where a replaced one was: its old claim (UID
 /// `old`, empty when it had none) is deleted, and its pod too while the claim is still there or
 /// missing, so that the StatefulSet makes both anew. None once the claim is a new one.
@@ -626,7 +664,65 @@ mod tests {
             claims: &claims,
             pods: &pods,
             member_timeout: 300,
+            last_seen: &BTreeMap::new(),
         })
+    }
+
+    #[test]
+    fn a_learner_that_runs_but_applies_nothing_past_the_timeout_is_replaced() {
+        let names = names();
+        let mut members = voters(3);
+        members.push(MemberStatus {
+            is_learner: true,
+            healthy: false,
+            applied_index: Some(40),
+            lag: Some(9_000),
+            ..member(3, 0x13)
+        });
+        let view = view(members);
+        let files = entries(4);
+        let seen = ClaimSeen {
+            uid: Some("c3".into()),
+            ..ClaimSeen::default()
+        };
+        let claims = BTreeMap::from([("data-kv-3".to_owned(), seen)]);
+        let step = |ready: u64, before: Option<u64>| {
+            let pods = (0..4)
+                .map(|o| {
+                    let seen = PodSeen {
+                        ready_seconds: Some(ready),
+                        ..PodSeen::default()
+                    };
+                    (format!("kv-{o}"), seen)
+                })
+                .collect();
+            let last_seen = before
+                .map(|index| BTreeMap::from([("kv-3".to_owned(), index)]))
+                .unwrap_or_default();
+            next_step(&Current {
+                names: &names,
+                desired: 4,
+                entries: &files,
+                view: &view,
+                claims: &claims,
+                pods: &pods,
+                member_timeout: 300,
+                last_seen: &last_seen,
+            })
+        };
+        let waiting = Step::Wait("waiting for learner kv-3 to catch up".into());
+        assert_eq!(step(299, Some(40)), waiting, "within its timeout");
+        assert_eq!(step(300, Some(39)), waiting, "still applying");
+        assert_eq!(step(300, None), waiting, "no earlier look to compare");
+        assert_eq!(
+            step(300, Some(40)),
+            Step::Replace {
+                member: "kv-3".into(),
+                id: 0x13,
+                claim_uid: Some("c3".into()),
+                why: "learner kv-3 has not caught up in 300s (9000 entries behind, applying nothing)".into(),
+            }
+        );
     }
 
     #[test]
@@ -819,6 +915,7 @@ mod tests {
             claims: &BTreeMap::new(),
             pods: &BTreeMap::new(),
             member_timeout: 300,
+            last_seen: &BTreeMap::new(),
         });
         assert_eq!(step, Step::Wait("waiting for the leader's member list".into()));
     }

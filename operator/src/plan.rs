@@ -116,6 +116,7 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         claims: &observed.claims,
         pods: &observed.pods,
         member_timeout: spec.member_timeout_seconds,
+        last_seen: &observed.last_seen,
     });
     match &step {
         Step::WriteEntry { member, bootstrap } => {
@@ -342,6 +343,7 @@ mod tests {
             id: format!("{:x}", 0x100 + ordinal),
             is_learner: learner,
             healthy,
+            applied_index: started.then_some(7),
             ..MemberStatus::default()
         }
     }
@@ -930,6 +932,7 @@ mod tests {
                                 lost_data,
                                 not_yet_member,
                                 unready_seconds,
+                                ready_seconds: unready_seconds.is_none().then_some(10_000),
                                 address: Some(format!("10.0.0.{o}")),
                                 outdated,
                             };
@@ -942,6 +945,12 @@ mod tests {
                         statefulset_storage: None,
                         pods,
                         claims,
+                        // As far along as at the previous look: learners that run are stalled.
+                        last_seen: view
+                            .members
+                            .iter()
+                            .filter_map(|m| Some((m.name.clone(), m.applied_index?)))
+                            .collect(),
                         view,
                         formed_before,
                         ..Observed::default()
