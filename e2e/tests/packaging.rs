@@ -36,8 +36,13 @@ fn render(sets: &[&str]) -> Vec<serde_yaml::Value> {
     for set in sets {
         args.extend(["--set", set]);
     }
-    let output = helm(&args);
-    assert!(output.status.success(), "{sets:?}: {}", text(&output.stderr));
+    documents(&args)
+}
+
+/// The documents `helm args` prints.
+fn documents(args: &[&str]) -> Vec<serde_yaml::Value> {
+    let output = helm(args);
+    assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
     let rendered = text(&output.stdout);
     serde_yaml::Deserializer::from_str(&rendered)
         .map(|doc| serde::Deserialize::deserialize(doc).unwrap())
@@ -137,6 +142,25 @@ fn the_chart_lints_and_renders_with_each_value_set() {
     assert!(crd["metadata"]["annotations"].is_null());
     let image = &find(&monitored, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"];
     assert_eq!(image, "registry.local/cairn-operator:0.2.0");
+}
+
+/// The CRD's CEL rules go to servers that run CEL (1.25 and later); older servers' clients
+/// (kubectl, helm) refuse them as an unknown field, so there they are left out.
+#[test]
+fn the_crd_carries_its_cel_rules_only_where_the_server_runs_them() {
+    let storage_rules = |version: &str| {
+        let docs = documents(&["template", "cairn-operator", "--kube-version", version]);
+        let crd = find(&docs, "CustomResourceDefinition");
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let storage = &schema["properties"]["spec"]["properties"]["storage"];
+        storage["x-kubernetes-validations"]
+            .as_sequence()
+            .map_or(0, Vec::len)
+    };
+    assert_eq!(storage_rules("1.25.0"), 2);
+    assert_eq!(storage_rules("1.33.1"), 2);
+    assert_eq!(storage_rules("1.24.17"), 0);
+    assert_eq!(storage_rules("1.20.2"), 0);
 }
 
 #[test]

@@ -173,6 +173,20 @@ pub enum BootstrapMode {
 /// Where members keep their data.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+// Where the apiserver runs CEL (1.25 and later), edits no claim can follow are refused on
+// update; elsewhere the operator refuses them in the StorageChange condition. A smaller size is
+// refused there only: comparing quantities needs a CEL library older servers lack, and a rule
+// they cannot compile would keep the CRD from installing at all.
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.ephemeral == oldSelf.ephemeral",
+        "message": "spec.storage.ephemeral cannot change: the members' data cannot move between claims and emptyDirs"
+    },
+    {
+        "rule": "has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)",
+        "message": "spec.storage.storageClassName cannot change: the members' claims keep the class they were made with"
+    }
+]))]
 pub struct Storage {
     /// The size of each member's PersistentVolumeClaim (default 1Gi).
     #[serde(default, skip_serializing_if = "Option::is_none")]
