@@ -1,6 +1,8 @@
 //! CustomResourceDefinitions from YAML files, installed with server-side apply before the
 //! controller manager starts (its garbage collector then knows their types from the beginning), and
 //! waited for until they are Established and their schemas published (what `kubectl explain` reads).
+//! A server that runs no CEL (before 1.25) gets them without their CEL rules, which it would refuse
+//! as an unknown field, as the operator's chart does.
 
 use std::path::Path;
 use std::time::Duration;
@@ -20,12 +22,19 @@ pub async fn install(client: &Client, dir: &Path) -> Result<(), String> {
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
+    let version = client.apiserver_version().await.map_err(|e| e.to_string())?;
+    let runs_cel = version.minor.trim_end_matches('+').parse::<u32>().unwrap_or(0) >= 25;
     let mut names = Vec::new();
     let mut schemas = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
         for document in serde_yaml::Deserializer::from_str(&text) {
-            let crd = CustomResourceDefinition::deserialize(document)
+            let mut crd = serde_json::Value::deserialize(document)
+                .map_err(|e| format!("{}: not YAML: {e}", file.display()))?;
+            if !runs_cel {
+                drop_cel_rules(&mut crd);
+            }
+            let crd = CustomResourceDefinition::deserialize(crd)
                 .map_err(|e| format!("{}: not a CustomResourceDefinition: {e}", file.display()))?;
             let name = crd.metadata.name.clone().unwrap_or_default();
             schemas.extend(schema_names(&crd));
@@ -64,6 +73,18 @@ pub async fn install(client: &Client, dir: &Path) -> Result<(), String> {
             return Err(format!("the OpenAPI document lacks {missing:?} after 30s"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Removes every `x-kubernetes-validations` (CEL rules) from a CRD.
+fn drop_cel_rules(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.remove("x-kubernetes-validations");
+            map.values_mut().for_each(drop_cel_rules);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(drop_cel_rules),
+        _ => {}
     }
 }
 
