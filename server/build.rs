@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Snapshot chunks are slices of one buffer, not copies of it.
         .bytes(".peerpb.SnapshotChunk.data")
+        // A membership encodes to the same bytes every time (nodes in ID order), as the peer
+        // plane's fixtures of each protocol version check.
+        .btree_map(".peerpb.Membership.nodes")
         .build_client(true)
         .build_server(true)
         .file_descriptor_set_path(&descriptors)

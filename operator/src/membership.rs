@@ -12,9 +12,10 @@
 //! Replacing: a member whose data was lost refuses to start (cairn says so in its pod's status).
 //! It is removed, then added again as a new learner under the same name, and its pod restarted.
 //! A member that fails otherwise (unhealthy, its pod not Ready for `spec.recovery`'s timeout:
-//! crash-looping on a corrupt log, Pending, stuck) is removed with a marker in the bootstrap
-//! ConfigMap naming its claim; that claim is deleted (it is no member's any more), the
-//! StatefulSet makes pod and claim anew, and the empty member joins as a learner.
+//! crash-looping on a corrupt log, Pending, stuck; or a learner that runs for that long but
+//! applies nothing without having caught up) is removed with a marker in the bootstrap ConfigMap
+//! naming its claim; that claim is deleted (it is no member's any more), the StatefulSet makes
+//! pod and claim anew, and the empty member joins as a learner.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -424,6 +424,127 @@ mod tests {
         assert_eq!(transfer_reply_from(transfer_reply_to(&refused)).unwrap(), refused);
     }
 
+    /// Peer messages of protocol version 1 as this release's members put them on the wire, kept
+    /// as bytes in tests/fixtures/peer-v1: every later build must read each to the same value and
+    /// write the same bytes, so members one release apart understand each other: a renumbered or
+    /// retyped field fails here. What an older member could not act on comes with a new protocol
+    /// version (`protocol::MAX_VERSION`) and fixtures of its own; these stay. Missing files are
+    /// written with `CAIRN_WRITE_PEER_FIXTURES=1`; existing ones never are.
+    #[test]
+    fn version_1_peer_messages_read_and_write_as_their_fixtures() {
+        use prost::Message;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/peer-v1");
+        let check = |name: &str, bytes: Vec<u8>| -> Vec<u8> {
+            let path = dir.join(name);
+            if !path.exists() && std::env::var_os("CAIRN_WRITE_PEER_FIXTURES").is_some() {
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::write(&path, &bytes).unwrap();
+            }
+            let kept = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert_eq!(
+                bytes, kept,
+                "{name}: this build writes other bytes than version 1"
+            );
+            kept
+        };
+        let put = RaftRequest {
+            request: Some(raft_request::Request::Put(PutRequest {
+                key: b"key".to_vec(),
+                value: b"value".to_vec(),
+                lease: 7,
+                prev_kv: true,
+                ..Default::default()
+            })),
+        };
+        let append = AppendEntriesRequest::<TypeConfig> {
+            vote: Vote::new_committed(4, 2),
+            prev_log_id: Some(log_id(3, 1, 9)),
+            entries: vec![
+                Entry {
+                    log_id: log_id(4, 2, 10),
+                    payload: EntryPayload::Blank,
+                },
+                Entry {
+                    log_id: log_id(4, 2, 11),
+                    payload: EntryPayload::Normal(put.clone()),
+                },
+                Entry {
+                    log_id: log_id(4, 2, 12),
+                    payload: EntryPayload::Membership(membership()),
+                },
+            ],
+            leader_commit: Some(log_id(4, 2, 10)),
+        };
+        let kept = check(
+            "append-entries-request.bin",
+            append_request_to(append.clone()).encode_to_vec(),
+        );
+        let read = append_request_from(peerpb::AppendEntriesRequest::decode(&kept[..]).unwrap());
+        assert_eq!(format!("{:?}", read.unwrap()), format!("{append:?}"));
+
+        let partial = AppendEntriesResponse::<TypeConfig>::PartialSuccess(Some(log_id(4, 2, 11)));
+        let kept = check(
+            "append-entries-reply.bin",
+            append_reply_to(&partial).encode_to_vec(),
+        );
+        let read = append_reply_from(peerpb::AppendEntriesReply::decode(&kept[..]).unwrap());
+        assert_eq!(read.unwrap(), partial);
+
+        let mut vote = VoteRequest::<TypeConfig>::new(Vote::new(5, 3), Some(log_id(4, 1, 20)));
+        vote.leadership_transfer = true;
+        let kept = check("vote-request.bin", vote_request_to(&vote).encode_to_vec());
+        let read = vote_request_from(peerpb::VoteRequest::decode(&kept[..]).unwrap());
+        assert_eq!(read.unwrap(), vote);
+
+        let granted =
+            VoteResponse::<TypeConfig>::new(Vote::new_committed(5, 3), Some(log_id(4, 1, 20)), true);
+        let kept = check("vote-reply.bin", vote_reply_to(&granted).encode_to_vec());
+        let read = vote_reply_from(peerpb::VoteReply::decode(&kept[..]).unwrap());
+        assert_eq!(read.unwrap(), granted);
+
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(2, 1, 100)),
+            last_membership: StoredMembership::new(Some(log_id(1, 1, 3)), membership()),
+        };
+        let first_chunk = peerpb::SnapshotChunk {
+            vote: Some(vote_to(&Vote::new_committed(2, 1))),
+            meta: Some(snapshot_meta_to(&meta)),
+            data: b"snapshot bytes".to_vec().into(),
+            done: false,
+        };
+        let kept = check("snapshot-chunk.bin", first_chunk.encode_to_vec());
+        let read = peerpb::SnapshotChunk::decode(&kept[..]).unwrap();
+        assert_eq!(snapshot_meta_from(read.meta).unwrap(), meta);
+        assert_eq!(vote_from(read.vote, "vote").unwrap(), Vote::new_committed(2, 1));
+        assert_eq!((&read.data[..], read.done), (&b"snapshot bytes"[..], false));
+
+        let transfer =
+            TransferLeaderRequest::<TypeConfig>::new(Vote::new_committed(2, 1), 3, Some(log_id(2, 1, 8)));
+        let kept = check(
+            "transfer-leader-request.bin",
+            transfer_request_to(&transfer).encode_to_vec(),
+        );
+        let read = transfer_request_from(peerpb::TransferLeaderRequest::decode(&kept[..]).unwrap());
+        assert_eq!(format!("{:?}", read.unwrap()), format!("{transfer:?}"));
+
+        let hello = peerpb::HelloRequest {
+            min_version: 1,
+            max_version: 1,
+        };
+        let kept = check("hello-request.bin", hello.encode_to_vec());
+        assert_eq!(peerpb::HelloRequest::decode(&kept[..]).unwrap(), hello);
+
+        let forward = peerpb::ForwardRequest {
+            request: Some(peerpb::forward_request::Request::Put(PutRequest {
+                key: b"key".to_vec(),
+                value: b"value".to_vec(),
+                ..Default::default()
+            })),
+        };
+        let kept = check("forward-put-request.bin", forward.encode_to_vec());
+        assert_eq!(peerpb::ForwardRequest::decode(&kept[..]).unwrap(), forward);
+    }
+
     #[test]
     fn messages_missing_a_field_are_refused_by_name() {
         let error = append_request_from(peerpb::AppendEntriesRequest::default()).unwrap_err();
