@@ -460,8 +460,12 @@ async fn observe_all(
     let revision = statefulset
         .as_ref()
         .and_then(|set| set.status.as_ref()?.update_revision.clone());
+    // Only this cluster's pods are observed: an earlier cluster's still answer while they are
+    // garbage-collected, and what they say (their cluster ID, their members) must not be taken
+    // for this cluster's, nor latched in its status.
     let pods: BTreeMap<String, PodSeen> = listed_pods
         .iter()
+        .filter(|pod| !owned_by_another(*pod, &set_uid))
         .map(|pod| {
             let seen = PodSeen {
                 terminating: pod.metadata.deletion_timestamp.is_some(),
