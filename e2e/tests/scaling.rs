@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cairn_e2e::testkit::{TestSandbox, succeed, wait_for};
-use common::{OperatorSandbox, client_options, member_endpoint, wait_settled, with_operator};
-use etcd_client::{Client, GetOptions};
+use common::{OperatorSandbox, client_options, keys_on, member_endpoint, wait_settled, with_operator};
+use etcd_client::Client;
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -168,29 +168,6 @@ async fn write_until(endpoint: String, stop: Arc<AtomicBool>) -> (Vec<String>, u
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     (acknowledged, failed)
-}
-
-/// The keys under `w/` as one member has them (its own copy: a serializable read).
-async fn keys_on(endpoint: &str) -> Option<BTreeSet<String>> {
-    let mut client = Client::connect([endpoint], Some(client_options())).await.ok()?;
-    let got = client
-        .get(
-            "w/",
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only()
-                    .with_serializable(),
-            ),
-        )
-        .await
-        .ok()?;
-    Some(
-        got.kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .collect(),
-    )
 }
 
 /// One look at the member list.

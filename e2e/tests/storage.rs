@@ -208,8 +208,27 @@ fn collector_log(env: &TestSandbox) -> String {
 async fn leftovers(ns: &TestNamespace) -> String {
     use k8s_openapi::api::apps::v1::StatefulSet;
     use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-    use kube::Resource;
-    fn line<K: Resource>(kind: &str, object: &K) -> String {
+    [
+        lines::<ConfigMap>(ns, "ConfigMap").await,
+        lines::<StatefulSet>(ns, "StatefulSet").await,
+        lines::<Pod>(ns, "Pod").await,
+        lines::<PersistentVolumeClaim>(ns, "PersistentVolumeClaim").await,
+    ]
+    .concat()
+}
+
+/// One line per object of a kind in the namespace: name, UID, owners, deletion and finalizers.
+async fn lines<K>(ns: &TestNamespace, kind: &str) -> String
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    let objects = ns.api::<K>().list(&Default::default()).await;
+    let mut out = String::new();
+    for object in objects.map(|l| l.items).unwrap_or_default() {
         let meta = object.meta();
         let owners: Vec<String> = meta
             .owner_references
@@ -217,51 +236,13 @@ async fn leftovers(ns: &TestNamespace) -> String {
             .flatten()
             .map(|o| format!("{}/{} {}", o.kind, o.name, o.uid))
             .collect();
-        format!(
+        out.push_str(&format!(
             "{kind} {} uid {:?} owners {owners:?} deleting {:?} finalizers {:?}\n",
             meta.name.clone().unwrap_or_default(),
             meta.uid,
             meta.deletion_timestamp,
             meta.finalizers
-        )
-    }
-    let mut out = String::new();
-    let list = Default::default();
-    for map in ns
-        .api::<ConfigMap>()
-        .list(&list)
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        out.push_str(&line("ConfigMap", &map));
-    }
-    for set in ns
-        .api::<StatefulSet>()
-        .list(&list)
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        out.push_str(&line("StatefulSet", &set));
-    }
-    for pod in ns
-        .api::<Pod>()
-        .list(&list)
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        out.push_str(&line("Pod", &pod));
-    }
-    for claim in ns
-        .api::<PersistentVolumeClaim>()
-        .list(&list)
-        .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-    {
-        out.push_str(&line("PersistentVolumeClaim", &claim));
+        ));
     }
     out
 }

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_e2e::testkit::{TestSandbox, is_ready, wait_for};
-use common::{OperatorSandbox, client_options, member_endpoint, wait_settled, with_operator};
-use etcd_client::{Client, GetOptions};
+use common::{OperatorSandbox, client_options, keys_on, member_endpoint, wait_settled, with_operator};
+use etcd_client::Client;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
@@ -253,27 +253,4 @@ async fn leader(endpoints: &[String]) -> Option<String> {
             .map(|m| m.name().to_owned());
     }
     None
-}
-
-/// The keys under `w/` as one member has them (its own copy: a serializable read).
-async fn keys_on(endpoint: &str) -> Option<BTreeSet<String>> {
-    let mut client = Client::connect([endpoint], Some(client_options())).await.ok()?;
-    let got = client
-        .get(
-            "w/",
-            Some(
-                GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only()
-                    .with_serializable(),
-            ),
-        )
-        .await
-        .ok()?;
-    Some(
-        got.kvs()
-            .iter()
-            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
-            .collect(),
-    )
 }

@@ -5,6 +5,7 @@
 // Every test binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -14,7 +15,7 @@ use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until};
 use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
-use etcd_client::ConnectOptions;
+use etcd_client::{Client, ConnectOptions, GetOptions};
 use futures::FutureExt;
 use kube::Api;
 
@@ -126,4 +127,21 @@ pub fn client_options() -> ConnectOptions {
     ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
         .with_timeout(Duration::from_secs(5))
+}
+
+/// The keys under `w/` (what the writers of the operator tests put) as one member has them: its
+/// own copy, a serializable read.
+pub async fn keys_on(endpoint: &str) -> Option<BTreeSet<String>> {
+    let mut client = Client::connect([endpoint], Some(client_options())).await.ok()?;
+    let options = GetOptions::new()
+        .with_prefix()
+        .with_keys_only()
+        .with_serializable();
+    let got = client.get("w/", Some(options)).await.ok()?;
+    Some(
+        got.kvs()
+            .iter()
+            .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+            .collect(),
+    )
 }

@@ -361,16 +361,18 @@ mod tests {
         Membership::new(vec![BTreeSet::from([1, 2]), BTreeSet::from([1, 2, 3])], nodes).unwrap()
     }
 
-    #[test]
-    fn append_entries_survive_the_round_trip() {
+    /// An append with an entry of every kind, and a commit point.
+    fn sample_append() -> AppendEntriesRequest<TypeConfig> {
         let put = RaftRequest {
             request: Some(raft_request::Request::Put(PutRequest {
-                key: b"k".to_vec(),
-                value: b"v".to_vec(),
+                key: b"key".to_vec(),
+                value: b"value".to_vec(),
+                lease: 7,
+                prev_kv: true,
                 ..Default::default()
             })),
         };
-        let rpc = AppendEntriesRequest::<TypeConfig> {
+        AppendEntriesRequest {
             vote: Vote::new_committed(4, 2),
             prev_log_id: Some(log_id(3, 1, 9)),
             entries: vec![
@@ -387,8 +389,13 @@ mod tests {
                     payload: EntryPayload::Membership(membership()),
                 },
             ],
-            leader_commit: None,
-        };
+            leader_commit: Some(log_id(4, 2, 10)),
+        }
+    }
+
+    #[test]
+    fn append_entries_survive_the_round_trip() {
+        let rpc = sample_append();
         let back = append_request_from(append_request_to(rpc.clone())).unwrap();
         assert_eq!(format!("{back:?}"), format!("{rpc:?}"));
         for response in [
@@ -447,34 +454,7 @@ mod tests {
             );
             kept
         };
-        let put = RaftRequest {
-            request: Some(raft_request::Request::Put(PutRequest {
-                key: b"key".to_vec(),
-                value: b"value".to_vec(),
-                lease: 7,
-                prev_kv: true,
-                ..Default::default()
-            })),
-        };
-        let append = AppendEntriesRequest::<TypeConfig> {
-            vote: Vote::new_committed(4, 2),
-            prev_log_id: Some(log_id(3, 1, 9)),
-            entries: vec![
-                Entry {
-                    log_id: log_id(4, 2, 10),
-                    payload: EntryPayload::Blank,
-                },
-                Entry {
-                    log_id: log_id(4, 2, 11),
-                    payload: EntryPayload::Normal(put.clone()),
-                },
-                Entry {
-                    log_id: log_id(4, 2, 12),
-                    payload: EntryPayload::Membership(membership()),
-                },
-            ],
-            leader_commit: Some(log_id(4, 2, 10)),
-        };
+        let append = sample_append();
         let kept = check(
             "append-entries-request.bin",
             append_request_to(append.clone()).encode_to_vec(),
