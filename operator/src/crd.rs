@@ -105,7 +105,8 @@ pub struct Recovery {
     /// What happens when a majority of members is lost for good. `Manual` (the default): status
     /// says which member would carry on and what could be lost, and recovery starts when the
     /// KVCluster is annotated `cairn.dev/recover-quorum=true` (or `=<member>` to choose the
-    /// survivor). `Automatic`: recovery starts after `quorumLossSeconds`. Recovery restarts the
+    /// survivor). `Automatic`: recovery starts after `quorumLossSeconds`, unless another member's
+    /// pod is Ready (it may serve a majority the operator cannot reach). Recovery restarts the
     /// surviving member with the most applied entries as a cluster of one with its data
     /// (`--force-new-cluster`) and replaces the others with empty members.
     #[serde(default)]

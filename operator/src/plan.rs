@@ -195,6 +195,7 @@ fn recover_quorum(
         approval: observed.approval.as_deref(),
         last_seen: &observed.last_seen,
         claims: &observed.claims,
+        pods: &observed.pods,
     });
     match decision {
         Decision::NotLost => Recovery::Go { done: false },
@@ -499,6 +500,10 @@ mod tests {
         for (ordinal, claim) in observed.claims.values_mut().enumerate() {
             claim.uid = Some(format!("old-{ordinal}"));
         }
+        // The lost members' pods fail their readiness probe (no leader).
+        for lost in ["kv-1", "kv-2"] {
+            observed.pods.get_mut(lost).unwrap().unready_seconds = Some(30);
+        }
         observed.view.members[2].healthy = false;
         let failing = observed.pods.get_mut("kv-2").unwrap();
         failing.unready_seconds = Some(59);
@@ -582,6 +587,10 @@ mod tests {
         };
         for (ordinal, claim) in observed.claims.values_mut().enumerate() {
             claim.uid = Some(format!("old-{ordinal}"));
+        }
+        // The lost members' pods fail their readiness probe (no leader).
+        for lost in ["kv-1", "kv-2"] {
+            observed.pods.get_mut(lost).unwrap().unready_seconds = Some(30);
         }
         let waiting = plan(&spec, &observed);
         assert!(

@@ -1,16 +1,17 @@
 //! Recovering from the loss of a quorum, decided purely. When fewer than a majority of the voters
 //! answer and none leads, status says which member would carry on (the one that answers with the
 //! most applied entries) and what could be lost. Once recovery is allowed (`Automatic` after the
-//! grace period, or the `cairn.dev/recover-quorum` annotation), that member's bootstrap file gets
-//! `force-new-cluster` and its pod is restarted: it comes back as a cluster of one with its data.
-//! Every other member is marked for replacement, so once the survivor leads alone, they are
-//! replaced by empty members one at a time, as after any other failure.
+//! grace period while no other member's pod is Ready, or the `cairn.dev/recover-quorum`
+//! annotation), that member's bootstrap file gets `force-new-cluster` and its pod is restarted:
+//! it comes back as a cluster of one with its data. Every other member is marked for
+//! replacement, so once the survivor leads alone, they are replaced by empty members one at a
+//! time, as after any other failure.
 
 use std::collections::BTreeMap;
 
 use crate::build::names::Names;
 use crate::crd::QuorumLossPolicy;
-use crate::membership::ClaimSeen;
+use crate::membership::{ClaimSeen, PodSeen};
 use crate::observe::ClusterView;
 
 /// The annotation that allows a manual recovery: `true`, or the name of the member to keep.
@@ -34,6 +35,9 @@ pub struct Lost<'a> {
     /// Each member's applied index when it was last seen (the previous status).
     pub last_seen: &'a BTreeMap<String, u64>,
     pub claims: &'a BTreeMap<String, ClaimSeen>,
+    /// The member pods, as the kubelets report them (a path to the members that does not go
+    /// through this operator's network).
+    pub pods: &'a BTreeMap<String, PodSeen>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,11 +113,30 @@ pub fn decide(lost: &Lost) -> Decision {
             ahead.join(", ")
         )
     };
-    let plan = format!(
+    // Their readiness probe passes only with a leader and a quorum read: a member whose pod is
+    // Ready may be serving a majority this operator cannot reach (a partition), and forcing a
+    // second cluster then would split the data in two.
+    let ready: Vec<&str> = others
+        .iter()
+        .filter(|name| {
+            lost.pods
+                .get(*name)
+                .is_some_and(|pod| !pod.terminating && pod.unready_seconds.is_none())
+        })
+        .map(String::as_str)
+        .collect();
+    let mut plan = format!(
         "{heading}. Recovery keeps {survivor} (applied index {applied}) as a cluster of one with its \
          data and replaces {} with empty members; {risk}",
         others.join(", ")
     );
+    if !ready.is_empty() {
+        plan.push_str(&format!(
+            ". But the pods of {} are Ready: they may still serve a quorum this operator cannot \
+             reach, and recovering would make two clusters",
+            ready.join(", ")
+        ));
+    }
     let allowed = match lost.policy {
         QuorumLossPolicy::Automatic => {
             let lost_for = lost.lost_for.unwrap_or(0);
@@ -121,6 +144,12 @@ pub fn decide(lost: &Lost) -> Decision {
                 return Decision::Wait(format!(
                     "{plan}. Automatic recovery in {}s",
                     lost.grace - lost_for
+                ));
+            }
+            if !ready.is_empty() && lost.approval.is_none() {
+                return Decision::Wait(format!(
+                    "{plan}. Automatic recovery waits; annotate the KVCluster {ANNOTATION}=true \
+                     to recover anyway"
                 ));
             }
             true
@@ -205,6 +234,16 @@ mod tests {
         lost_for: u64,
         approval: Option<&str>,
     ) -> Decision {
+        decide_with_pods(members, policy, lost_for, approval, &BTreeMap::new())
+    }
+
+    fn decide_with_pods(
+        members: Vec<MemberStatus>,
+        policy: QuorumLossPolicy,
+        lost_for: u64,
+        approval: Option<&str>,
+        pods: &BTreeMap<String, PodSeen>,
+    ) -> Decision {
         let names = names();
         let view = ClusterView {
             members,
@@ -227,6 +266,7 @@ mod tests {
             approval,
             last_seen: &last_seen,
             claims: &claims,
+            pods,
         })
     }
 
@@ -289,6 +329,44 @@ mod tests {
     }
 
     #[test]
+    fn automatic_recovery_never_forces_while_another_member_s_pod_is_ready() {
+        // kv-1 does not answer this operator, but its kubelet finds it Ready: it may lead a
+        // majority behind a partition.
+        let pods = BTreeMap::from([
+            ("kv-0".to_owned(), PodSeen::default()),
+            ("kv-1".to_owned(), PodSeen::default()),
+            (
+                "kv-2".to_owned(),
+                PodSeen {
+                    unready_seconds: Some(400),
+                    ..PodSeen::default()
+                },
+            ),
+        ]);
+        let auto = decide_with_pods(lost_two_of_three(), QuorumLossPolicy::Automatic, 999, None, &pods);
+        let Decision::Wait(why) = auto else {
+            panic!("forced with a Ready pod: {auto:?}");
+        };
+        assert!(
+            why.ends_with(
+                "But the pods of kv-1 are Ready: they may still serve a quorum this operator cannot \
+                 reach, and recovering would make two clusters. Automatic recovery waits; annotate \
+                 the KVCluster cairn.dev/recover-quorum=true to recover anyway"
+            ),
+            "{why}"
+        );
+        // The user may know better (the pod is Ready but cut off from everyone).
+        let approved = decide_with_pods(
+            lost_two_of_three(),
+            QuorumLossPolicy::Automatic,
+            999,
+            Some("true"),
+            &pods,
+        );
+        assert!(matches!(approved, Decision::Recover { .. }), "{approved:?}");
+    }
+
+    #[test]
     fn a_leader_that_lost_the_others_does_not_hide_the_loss() {
         let mut members = lost_two_of_three();
         members[0].is_leader = true;
@@ -309,6 +387,7 @@ mod tests {
             approval: Some("true"),
             last_seen: &BTreeMap::new(),
             claims: &BTreeMap::new(),
+            pods: &BTreeMap::new(),
         });
         assert!(matches!(decision, Decision::Recover { ref survivor, .. } if survivor == "kv-0"));
     }
