@@ -14,6 +14,7 @@ use cairn_e2e::testkit::{TestSandbox, is_ready, wait_for};
 use common::{OperatorSandbox, client_options, keys_on, member_endpoint, wait_settled, with_operator};
 use etcd_client::Client;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
@@ -46,6 +47,10 @@ async fn upgrade(env: &TestSandbox) {
     let before = wait_settled(&ns, 3, Duration::from_secs(120)).await;
     let first_leader = before.leader.clone().expect("a leader");
     let pods: Api<Pod> = ns.api();
+    // The members answer (settled) a little before their readiness probes have passed.
+    for member in MEMBERS {
+        ns.wait_pod_ready(member, Duration::from_secs(60)).await;
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer = tokio::spawn(write_until(pods.clone(), stop.clone()));
@@ -96,7 +101,7 @@ async fn upgrade(env: &TestSandbox) {
         "the same members, restarted, not replaced"
     );
 
-    // One at a time, each restarted once, the first leader last and no longer leading.
+    // One at a time (never two members away), each restarted once, the first leader last.
     let history = looks
         .iter()
         .map(|l| {
@@ -110,7 +115,7 @@ async fn upgrade(env: &TestSandbox) {
         .collect::<Vec<_>>()
         .join("\n");
     let initial = &looks.first().expect("looks").pods;
-    let mut order = Vec::new();
+    let mut restarted: Vec<String> = Vec::new();
     for (i, look) in looks.iter().enumerate() {
         let away: Vec<&String> = look
             .pods
@@ -120,37 +125,46 @@ async fn upgrade(env: &TestSandbox) {
             .collect();
         assert!(away.len() <= 1, "{away:?} away at once in look {i}:\n{history}");
         for (member, uid) in &look.pods {
-            let Some(uid) = uid else { continue };
-            if initial.get(member) != Some(&Some(uid.clone())) && !order.iter().any(|(m, _)| m == member) {
-                // Leading when it last was seen with its old pod?
-                let last_old = looks[..i]
-                    .iter()
-                    .rev()
-                    .find(|l| l.pods.get(member) == initial.get(member))
-                    .and_then(|l| l.leader.clone());
-                order.push((member.clone(), last_old));
+            let renewed = uid.is_some() && initial.get(member) != Some(uid);
+            if renewed && !restarted.contains(member) {
+                restarted.push(member.clone());
             }
         }
     }
-    let restarted: Vec<&String> = order.iter().map(|(m, _)| m).collect();
-    assert_eq!(restarted.len(), 3, "each member restarted once: {restarted:?}");
+    assert_eq!(
+        restarted.len(),
+        3,
+        "each member restarted once: {restarted:?}\n{history}"
+    );
     assert_eq!(
         restarted.last(),
-        Some(&&first_leader),
+        Some(&first_leader),
         "the leader goes last: {restarted:?}"
     );
-    for (member, leader) in &order {
-        assert_ne!(
-            leader.as_ref(),
-            Some(member),
-            "{member} was leading when it restarted"
-        );
-    }
     assert!(
         looks
             .iter()
             .any(|l| l.leader.is_some() && l.leader.as_ref() != Some(&first_leader)),
         "leadership moved"
+    );
+    // The operator's own record, in the order it acted: the followers restarted, leadership
+    // moved off the first leader, and only then the first leader restarted.
+    let steps = roll_events(&ns).await;
+    let position = |wanted: &str| steps.iter().position(|step| step == wanted);
+    let moved = steps
+        .iter()
+        .position(|step| step.starts_with(&format!("LeaderMoved: moving leadership from {first_leader} ")));
+    let leader_restarted = position(&format!(
+        "MemberRestarted: restarting {first_leader} on the new pod template"
+    ));
+    assert!(
+        matches!((moved, leader_restarted), (Some(m), Some(r)) if m < r),
+        "leadership moves before the leader restarts: {steps:#?}"
+    );
+    assert_eq!(
+        steps.iter().filter(|s| s.starts_with("MemberRestarted")).count(),
+        3,
+        "{steps:#?}"
     );
 
     // Every acknowledged write is on every member.
@@ -168,6 +182,24 @@ async fn upgrade(env: &TestSandbox) {
         .await;
     }
     eprintln!("restart order {restarted:?}, first leader {first_leader}");
+}
+
+/// The operator's Events about the roll (`reason: note`), in the order they happened.
+async fn roll_events(ns: &cairn_e2e::testkit::TestNamespace) -> Vec<String> {
+    let events: Api<Event> = ns.api();
+    let mut listed: Vec<Event> = events
+        .list(&ListParams::default())
+        .await
+        .expect("list the events")
+        .items
+        .into_iter()
+        .filter(|e| matches!(e.reason.as_deref(), Some("MemberRestarted" | "LeaderMoved")))
+        .collect();
+    listed.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    listed
+        .into_iter()
+        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
 }
 
 /// The client endpoints of the member pods that are Ready now.

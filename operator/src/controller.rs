@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -93,18 +93,57 @@ impl Context {
     }
 
     /// Records a Kubernetes Event on the KVCluster; a failure to record is logged, not fatal.
-    async fn publish(&self, cluster: &KVCluster, type_: EventType, reason: &str, note: String) {
+    /// `about` names the member pod or claim it concerns: events are aggregated by reason and
+    /// related object, so without it a step on kv-2 would only count up kv-1's event.
+    async fn publish(
+        &self,
+        cluster: &KVCluster,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        about: Option<ObjectReference>,
+    ) {
         let event = Event {
             type_,
             reason: reason.to_owned(),
             note: Some(note),
             action: reason.to_owned(),
-            secondary: None,
+            secondary: about,
         };
         if let Err(error) = self.recorder.publish(&event, &cluster.object_ref(&())).await {
             tracing::warn!(%error, reason, "cannot record an event");
         }
     }
+}
+
+/// A member's pod (or, `claim`, a member's claim) as an Event's related object.
+fn member_object(namespace: &str, name: &str, claim: bool) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some(if claim { "PersistentVolumeClaim" } else { "Pod" }.to_owned()),
+        name: Some(name.to_owned()),
+        namespace: Some(namespace.to_owned()),
+        ..ObjectReference::default()
+    }
+}
+
+/// The member pod or claim a step concerns.
+fn subject(step: &Step, namespace: &str) -> Option<ObjectReference> {
+    let (name, claim) = match step {
+        Step::AddLearner { member, .. }
+        | Step::Promote { member, .. }
+        | Step::Remove { member, .. }
+        | Step::Replace { member, .. }
+        | Step::Roll { member }
+        | Step::WriteEntry { member, .. }
+        | Step::DropEntry { member }
+        | Step::MoveLeader { from: member, .. }
+        | Step::ForceNewCluster { survivor: member, .. } => (member, false),
+        Step::RestartPod { pod } => (pod, false),
+        Step::DeleteClaim { claim } => (claim, true),
+        Step::Settled | Step::Wait(_) => return None,
+    };
+    Some(member_object(namespace, name, claim))
 }
 
 /// The Event a membership step is announced with.
@@ -138,8 +177,10 @@ async fn announce_transitions(
         && before != now
     {
         let note = format!("{now} leads (was {before})");
+        let namespace = cluster.namespace().unwrap_or_default();
+        let leader = Some(member_object(&namespace, now, false));
         context
-            .publish(cluster, EventType::Normal, "LeaderChanged", note)
+            .publish(cluster, EventType::Normal, "LeaderChanged", note, leader)
             .await;
     }
     let available = |s: &KVClusterStatus| {
@@ -151,12 +192,12 @@ async fn announce_transitions(
     match (available(previous), available(status)) {
         (Some((true, _)), Some((false, message))) => {
             context
-                .publish(cluster, EventType::Warning, "QuorumLost", message)
+                .publish(cluster, EventType::Warning, "QuorumLost", message, None)
                 .await;
         }
         (Some((false, _)), Some((true, message))) if previous.cluster_id.is_some() => {
             context
-                .publish(cluster, EventType::Normal, "QuorumRegained", message)
+                .publish(cluster, EventType::Normal, "QuorumRegained", message, None)
                 .await;
         }
         _ => {}
@@ -241,7 +282,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
                 .map_err(api_error("release the member claims"))?;
             tracing::info!(cluster = %name, %done, "KVCluster deleted");
             context
-                .publish(&cluster, EventType::Normal, "Deleted", done)
+                .publish(&cluster, EventType::Normal, "Deleted", done, None)
                 .await;
         }
         deletion::write_finalizers(&clusters, &cluster, finalizers)
@@ -693,7 +734,10 @@ async fn act(
         context.metrics.step_taken(step.kind());
         tracing::info!(cluster = %spec.name, step = %described, "membership step taken");
         if let Some((reason, note)) = event_for(step) {
-            context.publish(cluster, EventType::Normal, reason, note).await;
+            let about = subject(step, namespace);
+            context
+                .publish(cluster, EventType::Normal, reason, note, about)
+                .await;
         }
     }
     Ok(Some(described))
