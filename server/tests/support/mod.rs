@@ -514,6 +514,15 @@ fn run_until(
             break;
         }
         if out.iter().filter(|b| **b == b'\n').count() >= lines || Instant::now() >= deadline {
+            // The rest of a burst (a replayed history prints event by event) is read before the
+            // client goes: until it has been quiet for half a second, for at most 5 s more.
+            let settle = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < settle {
+                match out_rx.recv_timeout(Duration::from_millis(500)) {
+                    Ok(chunk) => out.extend(chunk),
+                    Err(_) => break,
+                }
+            }
             let _ = child.kill();
             let _ = child.wait();
             while let Ok(chunk) = out_rx.recv_timeout(Duration::from_millis(100)) {
