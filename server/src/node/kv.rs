@@ -33,8 +33,12 @@ impl Node {
             }
             self.linearizable_barrier().await?;
         }
-        let response = self.raft.read(|m| m.app.mvcc.range(&request))?;
-        Ok((response, self.revision()))
+        // The header's revision is the one the data was read at: taken under the same look at
+        // the store, never after it (apply may have moved on in between).
+        let (response, revision) = self
+            .raft
+            .read(|m| (m.app.mvcc.range(&request), m.app.mvcc.revision()));
+        Ok((response?, revision))
     }
 
     pub async fn put(&self, request: PutRequest) -> Result<(PutResponse, i64), NodeError> {
