@@ -9,6 +9,7 @@ pub mod mvcc;
 pub mod network;
 pub mod node;
 pub mod pb;
+pub mod planted;
 pub mod recipes;
 pub mod server;
 pub mod service;

@@ -29,6 +29,12 @@ fn init_logging(level: &str, format: LogFormat) -> anyhow::Result<()> {
 async fn run() -> anyhow::Result<()> {
     let mut config = Args::parse().with_config_file()?.validate()?;
     init_logging(&config.log_level, config.log_format)?;
+    if let Some(bug) = cairn::planted::planted() {
+        tracing::warn!(
+            bug = bug.name(),
+            "a bug is planted on purpose (robustness self-test build): never use this member's data"
+        );
+    }
     let initialized = cairn::bootstrap::data_dir::load(&config.data_dir)?.is_some();
     // An initialized data dir knows its cluster; DNS is only asked on first start.
     if let (Some(srv), false) = (&config.discovery, initialized) {

@@ -236,6 +236,9 @@ impl Node {
     /// Waits until this member's state reflects every write committed before the call (ReadIndex:
     /// the leader confirms its leadership with a quorum; followers ask the leader for the index).
     pub async fn linearizable_barrier(&self) -> Result<(), NodeError> {
+        if crate::planted::active(crate::planted::Bug::StaleReads) {
+            return Ok(());
+        }
         let call = LeaderCall::ReadIndex(crate::pb::peerpb::ReadIndexRequest {});
         let index = self.on_leader(call).await?.read_index()?;
         self.raft.applied(index).await
