@@ -153,3 +153,49 @@ pub async fn leader_of(url: &str) -> Result<(u64, u64), etcd_client::Error> {
 pub async fn member_id(url: &str) -> Result<u64, etcd_client::Error> {
     Ok(leader_of(url).await?.1)
 }
+
+/// A member as the cluster lists it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub id: u64,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+fn listed(members: &[etcd_client::Member]) -> Vec<Listed> {
+    members
+        .iter()
+        .map(|m| Listed {
+            id: m.id(),
+            name: m.name().to_owned(),
+            peer_urls: m.peer_urls().to_vec(),
+            is_learner: m.is_learner(),
+        })
+        .collect()
+}
+
+pub async fn member_list(url: &str) -> Result<Vec<Listed>, etcd_client::Error> {
+    let mut client = connect(url).await?;
+    Ok(listed(client.member_list().await?.members()))
+}
+
+pub async fn member_remove(url: &str, id: u64) -> Result<(), etcd_client::Error> {
+    connect(url).await?.member_remove(id).await.map(drop)
+}
+
+/// Adds a member at `peer_url`; its new ID and the members after the change.
+pub async fn member_add(
+    url: &str,
+    peer_url: &str,
+    learner: bool,
+) -> Result<(u64, Vec<Listed>), etcd_client::Error> {
+    let options = learner.then(|| etcd_client::MemberAddOptions::new().with_is_learner());
+    let response = connect(url).await?.member_add([peer_url], options).await?;
+    let id = response.member().map_or(0, |m| m.id());
+    Ok((id, listed(response.member_list())))
+}
+
+pub async fn member_promote(url: &str, id: u64) -> Result<(), etcd_client::Error> {
+    connect(url).await?.member_promote(id).await.map(drop)
+}

@@ -49,7 +49,7 @@ impl Member {
         format!("http://{}:2379", self.ip)
     }
 
-    fn peer_url(&self) -> String {
+    pub fn peer_url(&self) -> String {
         format!("http://{}:2380", self.ip)
     }
 
@@ -61,8 +61,9 @@ impl Member {
         self.paused
     }
 
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
+    /// Where its write-ahead log's segments are (the server's layout).
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("member").join("wal")
     }
 }
 
@@ -70,7 +71,7 @@ pub struct Cluster {
     root: TempDir,
     binary: PathBuf,
     token: String,
-    planted: Option<&'static str>,
+    planted: Option<String>,
     pub members: Vec<Member>,
     sources: PodSources,
     links: Links,
@@ -85,7 +86,7 @@ impl Cluster {
     /// Starts `size` members of `binary` (the server's `cairn` program) bootstrapped statically.
     /// Must run in a private network namespace.
     /// `planted` names a planted bug every member runs with (self-tests only).
-    pub fn start(binary: &Path, size: usize, planted: Option<&'static str>) -> Result<Cluster, ClusterError> {
+    pub fn start(binary: &Path, size: usize, planted: Option<String>) -> Result<Cluster, ClusterError> {
         if !binary.is_file() {
             return Err(ClusterError::NoBinary(binary.to_owned()));
         }
@@ -160,8 +161,10 @@ impl Cluster {
             .gid(member.group)
             .stdout(Stdio::null())
             .stderr(log);
-        command.env_remove("CAIRN_PLANTED_BUG");
-        if let Some(bug) = self.planted {
+        command
+            .env_remove("CAIRN_PLANTED_BUG")
+            .env("CAIRN_DISK_FAULTS", "1");
+        if let Some(bug) = &self.planted {
             command.env("CAIRN_PLANTED_BUG", bug);
         }
         let child = command.spawn().map_err(|source| ClusterError::Io {
@@ -234,6 +237,46 @@ impl Cluster {
         Ok(())
     }
 
+    /// Forgets member `index`'s data: it must be stopped, and joins again as a new member.
+    pub fn wipe(&mut self, index: usize) -> Result<(), ClusterError> {
+        self.kill(index);
+        let dir = &self.members[index].data_dir;
+        match std::fs::remove_dir_all(dir) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(ClusterError::Io {
+                what: format!("cannot remove {}", dir.display()),
+                source: error,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Starts member `index` (wiped) as a new member of the cluster `initial_cluster` lists.
+    pub fn rejoin(&mut self, index: usize, initial_cluster: String) -> Result<(), ClusterError> {
+        let member = &mut self.members[index];
+        member.initial_cluster = initial_cluster;
+        member.state = "existing";
+        self.spawn(index)
+    }
+
+    /// Waits up to `within` for member `index` to exit by itself; its exit status if it did.
+    pub async fn wait_exit(&mut self, index: usize, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let child = self.members[index].process.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.members[index].process = None;
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// The end of member `index`'s log.
+    pub fn log_tail(&self, index: usize, lines: usize) -> String {
+        tail(&self.members[index].log, lines)
+    }
+
     /// Exits of members that stopped by themselves (a member that refuses to go on), with the
     /// end of their log.
     pub fn exited(&mut self) -> Vec<String> {
@@ -302,8 +345,11 @@ impl Cluster {
         None
     }
 
-    pub fn root(&self) -> &Path {
-        self.root.path()
+    /// Keeps the members' data directories and logs after the cluster is gone (for a failed run);
+    /// returns where they are.
+    pub fn keep_files(&mut self) -> PathBuf {
+        self.root.disable_cleanup(true);
+        self.root.path().to_owned()
     }
 }
 

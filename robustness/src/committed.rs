@@ -116,43 +116,106 @@ pub struct Settled {
     pub open: usize,
 }
 
-/// Settles unknown writes from the committed history; reads that failed are dropped (they change
-/// nothing).
+/// Settles unknown writes from the committed history. Reads that failed are dropped (they change
+/// nothing), and so are lease grants that failed (a lease nobody was told about is never used).
+/// A deletion that failed is kept only if the history has a deletion no known operation explains
+/// and this one could have made; otherwise it deleted nothing, which changes nothing.
 pub fn settle(history: &mut History, committed: &Committed) -> Settled {
     let mut settled = Settled::default();
     history.operations.retain_mut(|op| {
         if op.response != Response::Unknown {
             return true;
         }
-        if !op.request.writes() {
+        if !op.request.writes() || matches!(op.request, Request::LeaseGrant { .. }) {
             return false;
         }
-        match put_values(&op.request) {
-            Some(puts) => match puts.first().and_then(|(k, v)| committed.put_at(k, v)) {
-                Some(revision) => {
-                    settled.happened += 1;
-                    op.response = match op.request {
-                        Request::Put { .. } => Response::Put { revision },
-                        _ => Response::Txn {
-                            revision,
-                            succeeded: true,
-                            gets: Vec::new(),
-                        },
-                    };
-                    true
-                }
-                None => {
-                    settled.never += 1;
-                    false
-                }
-            },
-            None => {
-                settled.open += 1;
+        let Some(puts) = put_values(&op.request) else {
+            return true;
+        };
+        match puts.first().and_then(|(k, v)| committed.put_at(k, v)) {
+            Some(revision) => {
+                settled.happened += 1;
+                op.response = match op.request {
+                    Request::Put { .. } => Response::Put { revision },
+                    _ => Response::Txn {
+                        revision,
+                        succeeded: true,
+                        gets: Vec::new(),
+                    },
+                };
                 true
+            }
+            None => {
+                settled.never += 1;
+                false
             }
         }
     });
+    let unexplained = unexplained_deletions(history, committed);
+    history.operations.retain(|op| {
+        if op.response != Response::Unknown {
+            return true;
+        }
+        let could = unexplained.iter().any(|(key, lease)| match &op.request {
+            Request::Delete { key: deleted } => deleted == key,
+            Request::Txn { success, .. } => success
+                .iter()
+                .any(|o| matches!(o, TxnOp::Delete { key: deleted } if deleted == key)),
+            Request::LeaseRevoke { id } => id == lease,
+            _ => true,
+        });
+        if could {
+            settled.open += 1;
+        } else {
+            settled.never += 1;
+        }
+        could
+    });
     settled
+}
+
+/// Deletions in the committed history that no operation with a known outcome made: (key, the
+/// lease the key was under when it went).
+fn unexplained_deletions(history: &History, committed: &Committed) -> Vec<(String, i64)> {
+    let mut explained_keys = std::collections::HashSet::new();
+    let mut revoked_at = std::collections::HashSet::new();
+    for op in &history.operations {
+        match (&op.request, &op.response) {
+            (Request::Delete { key }, Response::Delete { revision, deleted }) if *deleted > 0 => {
+                explained_keys.insert((*revision, key.clone()));
+            }
+            (
+                Request::Txn { success, .. },
+                Response::Txn {
+                    revision,
+                    succeeded: true,
+                    ..
+                },
+            ) => {
+                for o in success {
+                    if let TxnOp::Delete { key } = o {
+                        explained_keys.insert((*revision, key.clone()));
+                    }
+                }
+            }
+            (Request::LeaseRevoke { .. }, Response::LeaseRevoke { revision }) => {
+                revoked_at.insert(*revision);
+            }
+            _ => {}
+        }
+    }
+    committed
+        .changes
+        .iter()
+        .filter(|c| c.kv.is_none())
+        .filter(|c| {
+            !revoked_at.contains(&c.revision) && !explained_keys.contains(&(c.revision, c.key.clone()))
+        })
+        .map(|c| {
+            let lease = committed.at(&c.key, c.revision - 1).map_or(0, |kv| kv.lease);
+            (c.key.clone(), lease)
+        })
+        .collect()
 }
 
 /// The unique values a write puts, when seeing one of them in the history is proof it happened
@@ -317,6 +380,51 @@ mod tests {
         );
         assert_eq!(history.operations.len(), 2);
         assert_eq!(history.operations[0].response, Response::Put { revision: 2 });
+    }
+
+    #[test]
+    fn an_unknown_deletion_is_kept_only_if_a_deletion_is_left_to_explain() {
+        let unknown = |request| op(request, Response::Unknown, None);
+        let mut history = History {
+            operations: vec![
+                unknown(Request::Delete { key: "b".into() }),
+                unknown(Request::LeaseRevoke { id: 9 }),
+                unknown(Request::LeaseGrant { ttl: 60 }),
+                unknown(Request::Delete { key: "a".into() }),
+            ],
+        };
+        // "a" went at revision 3 and nothing known explains it: only the delete of "a" could have.
+        let settled = settle(&mut history, &committed());
+        assert_eq!(
+            settled,
+            Settled {
+                happened: 0,
+                never: 2,
+                open: 1
+            }
+        );
+        assert_eq!(history.operations.len(), 1);
+        assert_eq!(history.operations[0].request, Request::Delete { key: "a".into() });
+
+        // Once a known delete explains it, the unknown one deleted nothing.
+        history.operations.push(op(
+            Request::Delete { key: "a".into() },
+            Response::Delete {
+                revision: 3,
+                deleted: 1,
+            },
+            Some(1),
+        ));
+        let settled = settle(&mut history, &committed());
+        assert_eq!(
+            settled,
+            Settled {
+                happened: 0,
+                never: 1,
+                open: 0
+            }
+        );
+        assert_eq!(history.operations.len(), 1);
     }
 
     #[test]

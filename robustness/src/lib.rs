@@ -5,6 +5,7 @@
 pub mod client;
 pub mod cluster;
 pub mod committed;
+pub mod disk;
 pub mod history;
 pub mod linearizability;
 pub mod model;

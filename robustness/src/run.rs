@@ -152,8 +152,7 @@ pub fn run(plan: Plan) -> Result<Report, RunError> {
 }
 
 async fn run_here(plan: Plan) -> Result<Report, RunError> {
-    let planted = plan.planted.clone().map(|b| &*Box::leak(b.into_boxed_str()));
-    let cluster = Cluster::start(&plan.member, plan.members, planted)?;
+    let cluster = Cluster::start(&plan.member, plan.members, plan.planted.clone())?;
     cluster.wait_healthy(Duration::from_secs(30)).await?;
     let urls = cluster.client_urls();
     let cluster = Arc::new(Mutex::new(cluster));
@@ -183,7 +182,11 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
         .map_err(|_| RunError::Committed("the nemesis still holds the cluster".into()))?
         .into_inner();
     let mut problems: Vec<String> = cluster.exited();
-    let faults = faults?;
+    let nemesis::Outcome {
+        faults,
+        problems: nemesis_problems,
+    } = faults?;
+    problems.extend(nemesis_problems);
     cluster.recover()?;
     if let Err(error) = cluster.wait_healthy(Duration::from_secs(30)).await {
         problems.push(error.to_string());
@@ -219,9 +222,11 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
     report.faults = faults;
     report.problems.splice(0..0, problems);
     if !report.passed() {
-        report
-            .problems
-            .push(format!("member logs:\n{}", cluster.logs(15)));
+        report.problems.push(format!(
+            "members' data and logs kept in {}; the logs end:\n{}",
+            cluster.keep_files().display(),
+            cluster.logs(15)
+        ));
     }
     Ok(report)
 }

@@ -1,6 +1,6 @@
 //! The robustness suite's short profile, run by the workspace's test command: every nemesis for
-//! about 15 seconds on a fresh 3-member cluster (and a kill on a single member) with fixed seeds,
-//! each history checked; then the self-tests, in which a planted bug must make the check fail.
+//! 15 seconds on a fresh 3-member cluster (and a kill on a single member) with fixed seeds, each
+//! history checked; then the self-tests, in which a planted bug must make the check fail.
 //! Runs one at a time (a shared lock): the machine has few cores and every run is a cluster.
 //! Needs root, for the private network namespace each run makes.
 
@@ -87,6 +87,44 @@ fn isolate_a_member() {
 #[test]
 fn bridge_two_members_through_a_third() {
     passes(plan(Nemesis::Bridge, Profile::Kv, 1, RUN));
+}
+
+/// Members removed, wiped and added back (as voters, and as learners then promoted) mid-traffic.
+#[test]
+fn replace_members() {
+    passes(plan(Nemesis::MemberChange, Profile::Kubernetes, 8, RUN));
+}
+
+/// A crash in the middle of a write leaves part of a record: replay drops it and the member rejoins.
+#[test]
+fn a_write_cut_short_by_a_crash() {
+    passes(plan(Nemesis::TornWal, Profile::Kv, 9, RUN));
+}
+
+/// Seed 2 (like 4 and 5) showed a leader that came back from a power loss serving reads that
+/// missed writes it had acknowledged: openraft restored it as leader at once, from a commit point
+/// that was not synced.
+#[test]
+fn the_leader_loses_power() {
+    passes(plan(Nemesis::PowerLossLeader, Profile::Kv, 2, RUN));
+}
+
+#[test]
+fn a_member_loses_power() {
+    passes(plan(Nemesis::PowerLoss, Profile::Leases, 10, RUN));
+}
+
+/// A flipped bit near the end of a log: repaired if it only cut the last record short, otherwise
+/// the member refuses to start by name and is replaced.
+#[test]
+fn a_damaged_log() {
+    passes(plan(Nemesis::CorruptWal, Profile::Kv, 11, RUN));
+}
+
+/// A member whose log syncs fail stops instead of acknowledging what is not durable.
+#[test]
+fn failing_fsync_stops_the_member() {
+    passes(plan(Nemesis::FsyncFailure, Profile::Kubernetes, 12, RUN));
 }
 
 /// Self-test: linearizable reads served without ReadIndex are caught, with no fault at all (a

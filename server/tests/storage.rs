@@ -131,6 +131,33 @@ async fn corruption_before_valid_records_refuses_to_start() {
 }
 
 #[tokio::test]
+async fn a_whole_last_record_that_fails_its_checksum_refuses_to_start() {
+    let dir = TempDir::new().unwrap();
+    {
+        let (mut log, _) = open_stores(dir.path()).await;
+        append_durably(&mut log, vec![entry(1, 1)]).await;
+        append_durably(&mut log, vec![entry(1, 2)]).await;
+    }
+    // One bit of the last, acknowledged record flips on disk: nothing follows it, but it is whole,
+    // so this is damage, not a crash mid-write, and dropping it would lose an acknowledged entry.
+    let segment = newest_segment(dir.path());
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    std::fs::write(&segment, &bytes).unwrap();
+    let error = LogStore::open(&wal_dir(dir.path()), no_metrics())
+        .await
+        .err()
+        .expect("must refuse");
+    assert!(
+        error
+            .to_string()
+            .contains("its last record is whole but fails its checksum"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn a_damaged_record_length_is_corruption_not_a_torn_tail() {
     let dir = TempDir::new().unwrap();
     {

@@ -111,6 +111,18 @@ impl Node {
             // Keep some log after a snapshot so briefly lagging members catch up without one.
             max_in_snapshot_log_to_keep: config.snapshot_count.min(5_000),
             install_snapshot_timeout: 60_000,
+            // A member that lost the end of its log (a disk that dropped synced writes, or a flipped
+            // bit in its last record's length, which replay takes for a write cut short) is caught
+            // up again from where it really is. Without this the leader would keep believing the
+            // member holds what it lost: replication to it would stall, and a debug build's leader
+            // panics (the robustness suite's first disk faults hit both).
+            allow_log_reversion: Some(true),
+            // A restarted leader wins an election again before it leads, as in etcd. Restored at
+            // once (openraft's default) it would serve read indexes from the commit point it last
+            // wrote, which is not synced and can be behind, while its state machine (rebuilt from
+            // the log) starts from that point: reads would miss writes it had acknowledged before
+            // the restart. The robustness suite's power loss of a leader showed such reads.
+            enable_leader_restore: Some(false),
             ..Default::default()
         };
         let raft_config = Arc::new(

@@ -112,6 +112,12 @@ pub enum WalError {
     )]
     Corrupt { path: PathBuf, offset: u64 },
     #[error(
+        "write-ahead log {path} is corrupt at byte {offset}: its last record is whole but fails its \
+         checksum, which is damage, not a write cut short by a crash; refusing to start rather than \
+         lose an acknowledged write"
+    )]
+    CorruptLast { path: PathBuf, offset: u64 },
+    #[error(
         "write-ahead log {path} is in format version {version}, newer than this cairn reads (versions 1 to \
          {WAL_FORMAT_VERSION}); start the member with the cairn release that wrote it, or a newer one"
     )]
@@ -228,6 +234,12 @@ impl Wal {
                         offset: offset as u64,
                     });
                 }
+                if !cut_short(&data, offset) {
+                    return Err(WalError::CorruptLast {
+                        path,
+                        offset: offset as u64,
+                    });
+                }
                 // A write the crash interrupted: it was never acknowledged, so drop it.
                 torn_tail_bytes = (data.len() - offset) as u64;
                 let file = OpenOptions::new().write(true).open(&path).map_err(io_at(&path))?;
@@ -253,6 +265,7 @@ impl Wal {
             purged_through: None,
             observe_fsync,
         };
+        writer.note_synced();
         let (jobs, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("wal-writer".into())
@@ -295,6 +308,28 @@ impl Wal {
     pub fn set_preamble(&self, records: Vec<Vec<u8>>) {
         let _ = self.jobs.send(Job::SetPreamble(records));
     }
+}
+
+/// Whether the frame at `offset` is a write a crash cut short: it runs past the end of the data,
+/// or a disk sector it covers holds only zeros (a file system may grow a file before the data
+/// reaches the disk). A whole frame that fails its checksum is damage instead (etcd draws the same
+/// line: only a torn record is repaired).
+fn cut_short(data: &[u8], offset: usize) -> bool {
+    const SECTOR: usize = 512;
+    let Some(header) = data.get(offset..offset + FRAME_HEADER) else {
+        return true;
+    };
+    let len = u32::from_le_bytes(header[0..4].try_into().expect("four bytes")) as usize;
+    let end = offset + FRAME_HEADER + len;
+    if end > data.len() {
+        return true;
+    }
+    let first = offset / SECTOR * SECTOR;
+    (first..end).step_by(SECTOR).any(|sector| {
+        data[sector.max(offset)..(sector + SECTOR).min(end)]
+            .iter()
+            .all(|&b| b == 0)
+    })
 }
 
 fn tail_has_valid_frame(data: &[u8], bad_offset: usize) -> bool {
@@ -382,10 +417,19 @@ impl Writer {
 
     fn sync(&mut self) -> io::Result<()> {
         self.file.flush()?;
+        if crate::planted::sync_fails(&self.dir) {
+            return Err(io::Error::other("fsync failed (injected fault)"));
+        }
         let started = Instant::now();
         self.file.get_ref().sync_data()?;
         (self.observe_fsync)(started.elapsed());
+        self.note_synced();
         Ok(())
+    }
+
+    fn note_synced(&self) {
+        let seq = self.segments.last().map_or(0, |s| s.seq);
+        crate::planted::note_synced(&self.dir, &segment_path(&self.dir, seq), self.size);
     }
 
     /// Starts a new segment when the current one is full, and deletes segments whose entries are all
@@ -404,6 +448,7 @@ impl Writer {
             self.size = file.get_ref().metadata()?.len();
             self.file = file;
             self.segments.push(Segment { seq, max_index: None });
+            self.note_synced();
         }
         let Some(purged) = self.purged_through else {
             return Ok(());
