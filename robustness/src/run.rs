@@ -1,7 +1,8 @@
-//! One run: a fresh cluster in a private network namespace, clients on every member, one nemesis,
-//! then every fault undone and the history checked — unknown outcomes settled from the committed
-//! history, acknowledged writes looked for, serializable reads matched to their revision, and the
-//! rest checked for linearizability against etcd's model.
+//! One run: a fresh cluster in a private network namespace, clients and a watcher on every member,
+//! one nemesis, then every fault undone and the history checked — unknown outcomes settled from the
+//! committed history, acknowledged writes looked for, serializable reads matched to their revision,
+//! every watcher's events compared with the committed history, and the rest checked for
+//! linearizability against etcd's model.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::linearizability::{self, Timed, Verdict};
 use crate::model::{Call, Store};
 use crate::nemesis::{self, Nemesis};
 use crate::traffic::{self, Profile, Recorder};
+use crate::watching::{self, Watched};
 
 /// States the linearizability search may visit before it gives up (a few GB at most).
 const SEARCH_BUDGET: usize = 2_000_000;
@@ -64,6 +66,9 @@ pub struct Report {
     /// Operations the linearizability check ran over, and how long it took.
     pub checked: usize,
     pub checker_millis: u128,
+    /// Events the watchers received (one watcher per member), and how often they resumed.
+    pub watch_events: usize,
+    pub watch_resumptions: usize,
     /// Everything found wrong; empty when the run passed.
     pub problems: Vec<String>,
     /// The history as recorded (unknown outcomes not yet settled) and the committed one, which
@@ -80,7 +85,7 @@ impl Report {
     /// One line for a run's log.
     pub fn summary(&self) -> String {
         format!(
-            "{} nemesis={} profile={:?} seed={} members={}{} ops={} unknown={} (happened {}, never {}, open {}) faults={} revision={} checked={} checker={}ms{}",
+            "{} nemesis={} profile={:?} seed={} members={}{} ops={} unknown={} (happened {}, never {}, open {}) faults={} revision={} checked={} checker={}ms watched={} resumed={}{}",
             if self.passed() { "PASS" } else { "FAIL" },
             self.plan.nemesis.name(),
             self.plan.profile,
@@ -100,6 +105,8 @@ impl Report {
             self.final_revision,
             self.checked,
             self.checker_millis,
+            self.watch_events,
+            self.watch_resumptions,
             self.problems
                 .first()
                 .map(|p| format!(": {p}"))
@@ -156,6 +163,21 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
     cluster.wait_healthy(Duration::from_secs(30)).await?;
     let urls = cluster.client_urls();
     let cluster = Arc::new(Mutex::new(cluster));
+
+    let watchers: Vec<Arc<std::sync::Mutex<Watched>>> = urls.iter().map(|_| Arc::default()).collect();
+    let watch_until: Arc<std::sync::Mutex<Option<i64>>> = Arc::default();
+    let watch_tasks: Vec<_> = watchers
+        .iter()
+        .enumerate()
+        .map(|(member, seen)| {
+            tokio::spawn(watching::watch(
+                urls.clone(),
+                member,
+                seen.clone(),
+                watch_until.clone(),
+            ))
+        })
+        .collect();
 
     let recorder = Recorder::new();
     let until = Instant::now() + plan.duration;
@@ -218,8 +240,32 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
         response,
     });
     let committed = Committed::read(&urls[0]).await.map_err(RunError::Committed)?;
+
+    // Every watcher must arrive at the last revision, then show exactly the committed history.
+    *watch_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(committed.revision);
+    let caught_up = watching::wait_caught_up(&watchers, committed.revision, Duration::from_secs(30)).await;
+    for task in watch_tasks {
+        task.abort();
+    }
+    let mut watch_events = 0;
+    let mut watch_resumptions = 0;
+    for (member, seen) in watchers.iter().enumerate() {
+        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        watch_events += seen.events.len();
+        watch_resumptions += seen.resumptions;
+        problems.extend(watching::check(&format!("w{member}"), &seen, &committed));
+    }
+    if !caught_up {
+        problems.push(format!(
+            "a watcher did not reach revision {} within 30 s of the end",
+            committed.revision
+        ));
+    }
+
     let mut report = check(plan, history, &committed);
     report.faults = faults;
+    report.watch_events = watch_events;
+    report.watch_resumptions = watch_resumptions;
     report.problems.splice(0..0, problems);
     if !report.passed() {
         report.problems.push(format!(
@@ -288,6 +334,8 @@ pub fn check(plan: Plan, recorded: History, committed: &Committed) -> Report {
         final_revision: committed.revision,
         checked: timed.len(),
         checker_millis,
+        watch_events: 0,
+        watch_resumptions: 0,
         problems,
         history: recorded,
         committed: committed.changes.clone(),
