@@ -149,6 +149,38 @@ mod tests {
     }
 
     #[test]
+    fn a_power_loss_keeps_what_was_synced_and_drops_only_what_was_not() {
+        let data = segment(&[b"first", b"second record", b"third"]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0000000000000003.wal");
+        let synced = 12 + 8 + 5;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut lengths = std::collections::BTreeSet::new();
+        for _ in 0..50 {
+            std::fs::write(&path, &data).unwrap();
+            std::fs::write(
+                dir.path().join(cairn::planted::SYNCED),
+                format!("0000000000000003.wal {synced}\n"),
+            )
+            .unwrap();
+            lose_unsynced(dir.path(), &mut rng).unwrap();
+            let after = std::fs::read(&path).unwrap();
+            assert!(after.len() >= synced && data.starts_with(&after));
+            lengths.insert(after.len());
+        }
+        assert!(
+            lengths.len() > 10,
+            "cuts land all over the unsynced part: {lengths:?}"
+        );
+        std::fs::write(&path, &data[..synced]).unwrap();
+        assert!(
+            lose_unsynced(dir.path(), &mut rng)
+                .unwrap()
+                .starts_with("nothing unsynced")
+        );
+    }
+
+    #[test]
     fn a_flip_changes_one_byte_after_the_header() {
         let data = segment(&[b"first", b"second record"]);
         let dir = tempfile::tempdir().unwrap();

@@ -109,75 +109,63 @@ async fn torn_final_write_is_dropped_and_everything_acknowledged_is_kept() {
     assert_eq!(indexes(&mut log).await, vec![1, 2, 3, 4, 5]);
 }
 
-#[tokio::test]
-async fn corruption_before_valid_records_refuses_to_start() {
+/// Writes `records` entries one record each, damages the newest segment with `damage`, and
+/// returns why the log then refuses to open.
+async fn refusal_after(records: u64, damage: impl FnOnce(&mut Vec<u8>)) -> String {
     let dir = TempDir::new().unwrap();
     {
         let (mut log, _) = open_stores(dir.path()).await;
-        append_durably(&mut log, vec![entry(1, 1)]).await;
-        append_durably(&mut log, vec![entry(1, 2)]).await;
+        for index in 1..=records {
+            append_durably(&mut log, vec![entry(1, index)]).await;
+        }
     }
-    // Damage the first entry's record while the second, acknowledged one follows it intact.
     let segment = newest_segment(dir.path());
     let mut bytes = std::fs::read(&segment).unwrap();
-    let damaged = second_to_last_frame(&bytes) + 8;
-    bytes[damaged] ^= 0xff;
+    damage(&mut bytes);
     std::fs::write(&segment, &bytes).unwrap();
-    let error = LogStore::open(&wal_dir(dir.path()), no_metrics())
+    LogStore::open(&wal_dir(dir.path()), no_metrics())
         .await
         .err()
-        .expect("must refuse");
-    assert!(error.to_string().contains("is corrupt at byte"), "{error}");
+        .expect("must refuse")
+        .to_string()
+}
+
+#[tokio::test]
+async fn corruption_before_valid_records_refuses_to_start() {
+    // Damage the first entry's record while the second, acknowledged one follows it intact.
+    let error = refusal_after(2, |bytes| {
+        let damaged = second_to_last_frame(bytes) + 8;
+        bytes[damaged] ^= 0xff;
+    })
+    .await;
+    assert!(error.contains("is corrupt at byte"), "{error}");
 }
 
 #[tokio::test]
 async fn a_whole_last_record_that_fails_its_checksum_refuses_to_start() {
-    let dir = TempDir::new().unwrap();
-    {
-        let (mut log, _) = open_stores(dir.path()).await;
-        append_durably(&mut log, vec![entry(1, 1)]).await;
-        append_durably(&mut log, vec![entry(1, 2)]).await;
-    }
     // One bit of the last, acknowledged record flips on disk: nothing follows it, but it is whole,
     // so this is damage, not a crash mid-write, and dropping it would lose an acknowledged entry.
-    let segment = newest_segment(dir.path());
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x10;
-    std::fs::write(&segment, &bytes).unwrap();
-    let error = LogStore::open(&wal_dir(dir.path()), no_metrics())
-        .await
-        .err()
-        .expect("must refuse");
+    let error = refusal_after(2, |bytes| {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x10;
+    })
+    .await;
     assert!(
-        error
-            .to_string()
-            .contains("its last record is whole but fails its checksum"),
+        error.contains("its last record is whole but fails its checksum"),
         "{error}"
     );
 }
 
 #[tokio::test]
 async fn a_damaged_record_length_is_corruption_not_a_torn_tail() {
-    let dir = TempDir::new().unwrap();
-    {
-        let (mut log, _) = open_stores(dir.path()).await;
-        for index in 1..=3 {
-            append_durably(&mut log, vec![entry(1, index)]).await;
-        }
-    }
     // The length of an early record reads as far more than the segment holds: the records
     // after it were acknowledged, so dropping them as a torn tail would lose them.
-    let segment = newest_segment(dir.path());
-    let mut bytes = std::fs::read(&segment).unwrap();
-    let damaged = second_to_last_frame(&bytes);
-    bytes[damaged..damaged + 4].copy_from_slice(b"CORR");
-    std::fs::write(&segment, &bytes).unwrap();
-    let error = LogStore::open(&wal_dir(dir.path()), no_metrics())
-        .await
-        .err()
-        .expect("must refuse");
-    assert!(error.to_string().contains("is corrupt at byte"), "{error}");
+    let error = refusal_after(3, |bytes| {
+        let damaged = second_to_last_frame(bytes);
+        bytes[damaged..damaged + 4].copy_from_slice(b"CORR");
+    })
+    .await;
+    assert!(error.contains("is corrupt at byte"), "{error}");
 }
 
 /// Offset of the second-to-last frame in a segment, found by walking the frames after the
