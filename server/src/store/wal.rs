@@ -479,6 +479,24 @@ mod tests {
     }
 
     #[test]
+    fn only_a_frame_cut_short_or_with_a_zeroed_sector_counts_as_torn() {
+        let mut data = segment_header().to_vec();
+        let offset = data.len();
+        data.extend(frame(&[7u8; 1500]));
+        // Whole but failing its checksum: damage.
+        let mut flipped = data.clone();
+        flipped[offset + 700] ^= 1;
+        assert!(!cut_short(&flipped, offset));
+        // Running past the end of the data, or not even a whole header: a write cut short.
+        assert!(cut_short(&data[..data.len() - 1], offset));
+        assert!(cut_short(&data[..offset + 5], offset));
+        // A whole sector of zeros inside it: the file grew before the data reached the disk.
+        let mut zeroed = data.clone();
+        zeroed[512..1024].fill(0);
+        assert!(cut_short(&zeroed, offset));
+    }
+
+    #[test]
     fn segments_open_with_their_format_version_and_replay_across_versions() {
         let dir = tempfile::tempdir().unwrap();
         // A first-release segment: records from the first byte.
