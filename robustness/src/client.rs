@@ -150,10 +150,6 @@ pub async fn leader_of(url: &str) -> Result<(u64, u64), etcd_client::Error> {
     Ok((status.leader(), status.header().map_or(0, |h| h.member_id())))
 }
 
-pub async fn member_id(url: &str) -> Result<u64, etcd_client::Error> {
-    Ok(leader_of(url).await?.1)
-}
-
 /// A member as the cluster lists it.
 #[derive(Debug, Clone)]
 pub struct Listed {

@@ -325,21 +325,15 @@ impl Cluster {
         Ok(())
     }
 
-    /// The member that leads now, as the members that answer see it.
+    /// The member that leads now: the one that answers that it does.
     pub async fn leader(&self) -> Option<usize> {
-        for member in self.members.iter().filter(|m| m.is_running() && !m.paused) {
-            if let Ok((leader, ids)) = crate::client::leader_of(&member.client_url()).await {
-                if leader == ids {
-                    return self.members.iter().position(|m| m.name == member.name);
-                }
-                for (index, other) in self.members.iter().enumerate() {
-                    if other.is_running()
-                        && !other.paused
-                        && crate::client::member_id(&other.client_url()).await.ok() == Some(leader)
-                    {
-                        return Some(index);
-                    }
-                }
+        for (index, member) in self.members.iter().enumerate() {
+            if member.is_running()
+                && !member.paused
+                && let Ok((leader, me)) = crate::client::leader_of(&member.client_url()).await
+                && leader == me
+            {
+                return Some(index);
             }
         }
         None

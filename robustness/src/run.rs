@@ -162,7 +162,7 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
     let cluster = Cluster::start(&plan.member, plan.members, plan.planted.clone())?;
     cluster.wait_healthy(Duration::from_secs(30)).await?;
     let urls = cluster.client_urls();
-    let cluster = Arc::new(Mutex::new(cluster));
+    let cluster = Mutex::new(cluster);
 
     let watchers: Vec<Arc<std::sync::Mutex<Watched>>> = urls.iter().map(|_| Arc::default()).collect();
     let watch_until: Arc<std::sync::Mutex<Option<i64>>> = Arc::default();
@@ -200,9 +200,7 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
     for client in clients {
         let _ = client.await;
     }
-    let mut cluster = Arc::try_unwrap(cluster)
-        .map_err(|_| RunError::Committed("the nemesis still holds the cluster".into()))?
-        .into_inner();
+    let mut cluster = cluster.into_inner();
     let mut problems: Vec<String> = cluster.exited();
     let nemesis::Outcome {
         faults,
@@ -214,31 +212,24 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
         problems.push(error.to_string());
     }
 
-    let mut history = recorder.history();
     // A last read of everything, after every fault is over: it must see every write that stuck.
     let mut last = crate::client::connect(&urls[0])
         .await
         .map_err(|e| RunError::Committed(e.to_string()))?;
     let request = Request::List { prefix: "k".into() };
-    let invoked = Instant::now();
+    let invoked = recorder.now();
     let response = crate::client::call(&mut last, &request)
         .await
         .map_err(RunError::Committed)?;
-    let after = history
-        .operations
-        .iter()
-        .filter_map(|op| op.returned)
-        .max()
-        .unwrap_or(0);
-    let at = after + 1 + invoked.elapsed().as_nanos() as u64;
-    history.operations.push(Operation {
+    recorder.record(Operation {
         client: usize::MAX,
         member: 0,
-        invoked: at,
-        returned: Some(at + 1),
+        invoked,
+        returned: Some(recorder.now()),
         request,
         response,
     });
+    let history = recorder.history();
     let committed = Committed::read(&urls[0]).await.map_err(RunError::Committed)?;
 
     // Every watcher must arrive at the last revision, then show exactly the committed history.

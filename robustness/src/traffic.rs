@@ -39,11 +39,12 @@ impl Recorder {
         })
     }
 
-    fn now(&self) -> u64 {
+    /// Nanoseconds since the recorder was made.
+    pub fn now(&self) -> u64 {
         self.origin.elapsed().as_nanos() as u64
     }
 
-    fn record(&self, operation: Operation) {
+    pub fn record(&self, operation: Operation) {
         self.operations
             .lock()
             .unwrap_or_else(|e| e.into_inner())
