@@ -86,6 +86,9 @@ impl Nemesis {
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub faults: usize,
+    /// Members that stopped or refused to start because of a fault, as they must (a failing
+    /// fsync, a damaged log), and were then started again or replaced.
+    pub stopped: usize,
     pub problems: Vec<String>,
 }
 
@@ -161,8 +164,9 @@ pub async fn run(
                 })?;
                 tracing::info!(member = target, %damage, "log damaged");
                 guard.restart(target)?;
-                if let Some(problem) = check_restart(&mut guard, target, nemesis, &damage).await {
-                    outcome.problems.push(problem);
+                match check_restart(&mut guard, target, nemesis, &damage).await {
+                    Ok(refused) => outcome.stopped += usize::from(refused),
+                    Err(problem) => outcome.problems.push(problem),
                 }
             }
             Nemesis::FsyncFailure => {
@@ -175,7 +179,7 @@ pub async fn run(
                 let exit = guard.wait_exit(target, STOP_WITHIN).await;
                 std::fs::remove_file(&flag).map_err(io)?;
                 match exit {
-                    Some(status) if !status.success() => {}
+                    Some(status) if !status.success() => outcome.stopped += 1,
                     Some(status) => outcome.problems.push(format!(
                         "{} stopped with {status} after its log's fsync failed, as if nothing were wrong",
                         guard.members[target].name
@@ -194,34 +198,35 @@ pub async fn run(
     }
 }
 
-/// After a damaged log: the member either runs (it repaired a torn final record) or refused to
-/// start with an error naming the damage, and is then replaced. Anything else is a problem.
+/// After a damaged log: the member either runs (it repaired a write cut short) or refused to
+/// start with an error naming the damage, and is then replaced (`Ok(true)`). Anything else is a
+/// problem.
 async fn check_restart(
     cluster: &mut Cluster,
     target: usize,
     nemesis: Nemesis,
     damage: &str,
-) -> Option<String> {
-    let status = cluster.wait_exit(target, Duration::from_secs(3)).await?;
+) -> Result<bool, String> {
+    let Some(status) = cluster.wait_exit(target, Duration::from_secs(3)).await else {
+        return Ok(false);
+    };
     let log = cluster.log_tail(target, 5);
-    let named = log.contains("corrupt") || log.contains("checksum");
+    let name = &cluster.members[target].name;
     if nemesis != Nemesis::CorruptWal {
-        return Some(format!(
-            "{} did not start after a crash ({damage}); exited {status}:\n{log}",
-            cluster.members[target].name
+        return Err(format!(
+            "{name} did not start after a crash ({damage}); exited {status}:\n{log}"
         ));
     }
-    if status.success() || !named {
-        return Some(format!(
-            "{} exited {status} after its log was damaged ({damage}), without naming the damage:\n{log}",
-            cluster.members[target].name
+    if status.success() || !(log.contains("corrupt") || log.contains("checksum")) {
+        return Err(format!(
+            "{name} exited {status} after its log was damaged ({damage}), without naming the damage:\n{log}"
         ));
     }
     tracing::info!(
         member = target,
         "refused its damaged log, as it must; replacing it"
     );
-    replace(cluster, target, false).await.err()
+    replace(cluster, target, false).await.map(|()| true)
 }
 
 /// Removes member `target`, wipes its data and adds it back (as a learner, then promoted, or as a

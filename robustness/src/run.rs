@@ -62,6 +62,8 @@ pub struct Report {
     pub never: usize,
     pub open: usize,
     pub faults: usize,
+    /// Members that stopped or refused to start naming the fault, as they must.
+    pub stopped: usize,
     pub final_revision: i64,
     /// Operations the linearizability check ran over, and how long it took.
     pub checked: usize,
@@ -85,7 +87,7 @@ impl Report {
     /// One line for a run's log.
     pub fn summary(&self) -> String {
         format!(
-            "{} nemesis={} profile={:?} seed={} members={}{} ops={} unknown={} (happened {}, never {}, open {}) faults={} revision={} checked={} checker={}ms watched={} resumed={}{}",
+            "{} nemesis={} profile={:?} seed={} members={}{} ops={} unknown={} (happened {}, never {}, open {}) faults={} stopped={} revision={} checked={} checker={}ms watched={} resumed={}{}",
             if self.passed() { "PASS" } else { "FAIL" },
             self.plan.nemesis.name(),
             self.plan.profile,
@@ -102,6 +104,7 @@ impl Report {
             self.never,
             self.open,
             self.faults,
+            self.stopped,
             self.final_revision,
             self.checked,
             self.checker_millis,
@@ -204,6 +207,7 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
     let mut problems: Vec<String> = cluster.exited();
     let nemesis::Outcome {
         faults,
+        stopped,
         problems: nemesis_problems,
     } = faults?;
     problems.extend(nemesis_problems);
@@ -255,6 +259,7 @@ async fn run_here(plan: Plan) -> Result<Report, RunError> {
 
     let mut report = check(plan, history, &committed);
     report.faults = faults;
+    report.stopped = stopped;
     report.watch_events = watch_events;
     report.watch_resumptions = watch_resumptions;
     report.problems.splice(0..0, problems);
@@ -322,6 +327,7 @@ pub fn check(plan: Plan, recorded: History, committed: &Committed) -> Report {
         never,
         open,
         faults: 0,
+        stopped: 0,
         final_revision: committed.revision,
         checked: timed.len(),
         checker_millis,
