@@ -198,23 +198,27 @@ fn unexplained_deletions(history: &History, committed: &Committed) -> Vec<(Strin
                     }
                 }
             }
-            (Request::LeaseRevoke { .. }, Response::LeaseRevoke { revision }) => {
-                revoked_at.insert(*revision);
+            (Request::LeaseRevoke { id }, Response::LeaseRevoke { revision }) => {
+                revoked_at.insert((*revision, *id));
             }
             _ => {}
         }
     }
+    // A revocation explains only the deletions of its own lease's keys: a lease with no keys left
+    // deletes nothing, and its response still carries the revision of the moment.
     committed
         .changes
         .iter()
         .filter(|c| c.kv.is_none())
-        .filter(|c| {
-            !revoked_at.contains(&c.revision) && !explained_keys.contains(&(c.revision, c.key.clone()))
-        })
         .map(|c| {
             let lease = committed.at(&c.key, c.revision - 1).map_or(0, |kv| kv.lease);
-            (c.key.clone(), lease)
+            (c, lease)
         })
+        .filter(|(c, lease)| {
+            !revoked_at.contains(&(c.revision, *lease))
+                && !explained_keys.contains(&(c.revision, c.key.clone()))
+        })
+        .map(|(c, lease)| (c.key.clone(), lease))
         .collect()
 }
 
@@ -425,6 +429,31 @@ mod tests {
             }
         );
         assert_eq!(history.operations.len(), 1);
+    }
+
+    #[test]
+    fn a_revocation_explains_only_deletions_of_its_own_keys() {
+        // "a" went at revision 3; a revocation of some other lease answered at that revision too
+        // (its lease had no keys). The unknown delete of "a" is still the only explanation.
+        let mut history = History {
+            operations: vec![
+                op(
+                    Request::LeaseRevoke { id: 4 },
+                    Response::LeaseRevoke { revision: 3 },
+                    Some(1),
+                ),
+                op(Request::Delete { key: "a".into() }, Response::Unknown, None),
+            ],
+        };
+        let settled = settle(&mut history, &committed());
+        assert_eq!(
+            settled,
+            Settled {
+                happened: 0,
+                never: 0,
+                open: 1
+            }
+        );
     }
 
     #[test]

@@ -143,8 +143,15 @@ pub async fn run(
             Nemesis::Bridge if size >= 3 => guard.cut(target, (target + 1) % size)?,
             Nemesis::Bridge => {}
             Nemesis::MemberChange => {
+                // One change at a time: the previous one must have settled (every member answering
+                // a linearizable read), or this one would take a second member out of a quorum.
                 let learner = outcome.faults % 2 == 0;
-                if let Err(problem) = replace(&mut guard, target, learner).await {
+                let settled = guard.wait_healthy(Duration::from_secs(10)).await;
+                if let Err(error) = settled {
+                    outcome
+                        .problems
+                        .push(format!("before a membership change: {error}"));
+                } else if let Err(problem) = replace(&mut guard, target, learner).await {
                     outcome.problems.push(problem);
                 }
             }
@@ -245,8 +252,13 @@ async fn replace(cluster: &mut Cluster, target: usize, learner: bool) -> Result<
     .await?;
     if let Some(old) = listed.iter().find(|m| m.peer_urls.contains(&peer_url)) {
         let id = old.id;
+        // A removal whose answer was lost (the leader removing itself steps down) and is sent
+        // again finds the member gone: that is done, too.
         retry(&others, |url| async move {
-            crate::client::member_remove(&url, id).await
+            match crate::client::member_remove(&url, id).await {
+                Err(error) if error.to_string().contains("member not found") => Ok(()),
+                done => done,
+            }
         })
         .await?;
     }

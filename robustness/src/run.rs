@@ -63,13 +63,16 @@ pub struct Report {
     pub open: usize,
     pub faults: usize,
     /// Members that stopped or refused to start naming the fault, as they must.
+    #[serde(default)]
     pub stopped: usize,
     pub final_revision: i64,
     /// Operations the linearizability check ran over, and how long it took.
     pub checked: usize,
     pub checker_millis: u128,
     /// Events the watchers received (one watcher per member), and how often they resumed.
+    #[serde(default)]
     pub watch_events: usize,
+    #[serde(default)]
     pub watch_resumptions: usize,
     /// Everything found wrong; empty when the run passed.
     pub problems: Vec<String>,
