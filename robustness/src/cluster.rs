@@ -53,6 +53,13 @@ impl Member {
         format!("http://{}:2380", self.ip)
     }
 
+    /// Its exit status if its process has exited by itself (which is then no longer running).
+    fn reap(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.process.as_mut()?.try_wait().ok().flatten()?;
+        self.process = None;
+        Some(status)
+    }
+
     pub fn is_running(&self) -> bool {
         self.process.is_some()
     }
@@ -262,9 +269,8 @@ impl Cluster {
     pub async fn wait_exit(&mut self, index: usize, within: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
-            let child = self.members[index].process.as_mut()?;
-            if let Ok(Some(status)) = child.try_wait() {
-                self.members[index].process = None;
+            self.members[index].process.as_ref()?;
+            if let Some(status) = self.members[index].reap() {
                 return Some(status);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -282,11 +288,7 @@ impl Cluster {
     pub fn exited(&mut self) -> Vec<String> {
         let mut exits = Vec::new();
         for member in &mut self.members {
-            let Some(child) = member.process.as_mut() else {
-                continue;
-            };
-            if let Ok(Some(status)) = child.try_wait() {
-                member.process = None;
+            if let Some(status) = member.reap() {
                 exits.push(format!(
                     "{} exited ({status}):\n{}",
                     member.name,

@@ -26,6 +26,18 @@ pub struct Change {
     pub kv: Option<KeyValue>,
 }
 
+impl Change {
+    /// The change a watch event reports (`None` for an event without a key-value).
+    pub fn of_event(event: &etcd_client::Event) -> Option<Change> {
+        let kv = crate::client::key_value(event.kv()?);
+        Some(Change {
+            revision: kv.mod_revision,
+            key: kv.key.clone(),
+            kv: (event.event_type() == EventType::Put).then_some(kv),
+        })
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Committed {
     pub revision: i64,
@@ -78,15 +90,7 @@ impl Committed {
                         reply.cancel_reason()
                     ));
                 }
-                for event in reply.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let kv = crate::client::key_value(kv);
-                    changes.push(Change {
-                        revision: kv.mod_revision,
-                        key: kv.key.clone(),
-                        kv: (event.event_type() == EventType::Put).then_some(kv),
-                    });
-                }
+                changes.extend(reply.events().iter().filter_map(Change::of_event));
             }
         }
         Ok(Committed::new(revision, changes))

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::WatchOptions;
 
 use crate::committed::{Change, Committed};
 use crate::history::KeyValue;
@@ -78,14 +78,11 @@ pub async fn watch(
                 responses += 1;
                 let mut seen = lock(&seen);
                 for event in reply.events() {
-                    let Some(kv) = event.kv() else { continue };
-                    let kv = crate::client::key_value(kv);
+                    let Some(change) = Change::of_event(event) else {
+                        continue;
+                    };
                     seen.events.push(Seen {
-                        change: Change {
-                            revision: kv.mod_revision,
-                            key: kv.key.clone(),
-                            kv: (event.event_type() == EventType::Put).then_some(kv),
-                        },
+                        change,
                         previous: event.prev_kv().map(crate::client::key_value),
                         response: responses,
                     });
