@@ -31,27 +31,30 @@ fn a_stopping_leader_hands_over_and_no_write_fails() {
         .map(|i| cluster.members[i].endpoint())
         .collect();
 
-    // Writes through the two other members, one after another, all through the stop.
+    // Writes through the two other members, four writers one write after another each, all
+    // through the stop: several writes are usually in flight on the leader when it hands over.
     let stop = Arc::new(AtomicBool::new(false));
     let failures = Arc::new(Mutex::new(Vec::new()));
-    let writer = {
-        let (stop, failures, others) = (stop.clone(), failures.clone(), others.clone());
-        std::thread::spawn(move || {
-            let mut written = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let endpoint = &others[written % 2];
-                let out = etcdctl(endpoint, &["put", &format!("k{written}"), "v"]);
-                if !out.status.success() {
-                    failures
-                        .lock()
-                        .unwrap()
-                        .push(String::from_utf8_lossy(&out.stderr).into_owned());
+    let writers: Vec<_> = (0..4)
+        .map(|writer| {
+            let (stop, failures, others) = (stop.clone(), failures.clone(), others.clone());
+            std::thread::spawn(move || {
+                let mut written = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    let endpoint = &others[(written + writer) % 2];
+                    let out = etcdctl(endpoint, &["put", &format!("w{writer}-k{written}"), "v"]);
+                    if !out.status.success() {
+                        failures
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&out.stderr).into_owned());
+                    }
+                    written += 1;
                 }
-                written += 1;
-            }
-            written
+                written
+            })
         })
-    };
+        .collect();
     std::thread::sleep(Duration::from_millis(500));
 
     let pid = cluster.members[leader].process.as_ref().unwrap().id();
@@ -91,15 +94,21 @@ fn a_stopping_leader_hands_over_and_no_write_fails() {
 
     std::thread::sleep(Duration::from_millis(500));
     stop.store(true, Ordering::SeqCst);
-    let written = writer.join().unwrap();
+    let counts: Vec<usize> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let written: usize = counts.iter().sum();
     let failures = failures.lock().unwrap();
     assert!(
         failures.is_empty(),
         "{} of {written} writes failed: {failures:?}",
         failures.len()
     );
-    assert!(written > 5, "only {written} writes were made");
-    let last = format!("k{}", written - 1);
-    assert_eq!(ok(&others[0], &["get", &last, "--print-value-only"]), "v\n");
+    assert!(
+        counts.iter().all(|c| *c > 5),
+        "too few writes were made: {counts:?}"
+    );
+    for (writer, count) in counts.iter().enumerate() {
+        let last = format!("w{writer}-k{}", count - 1);
+        assert_eq!(ok(&others[0], &["get", &last, "--print-value-only"]), "v\n");
+    }
     assert!(new_term > old_term);
 }

@@ -99,7 +99,8 @@ impl Node {
     /// Before a leader stops, it hands leadership to the voter with the most of its log and waits,
     /// at most `within`, until that voter leads — so writes go on without waiting for an election
     /// (etcd's leadership transfer on stop). Answers the new leader, or None when this member does
-    /// not lead or has no other voter.
+    /// not lead or has no other voter. From then on this member takes no proposals, and the ones
+    /// in flight are answered before the hand-over starts.
     pub async fn hand_over_leadership(&self, within: std::time::Duration) -> Result<Option<u64>, NodeError> {
         let metrics = self.raft.metrics();
         if metrics.state != openraft::ServerState::Leader {
@@ -121,6 +122,9 @@ impl Node {
         else {
             return Ok(None);
         };
+        if !self.raft.close_proposals(within).await {
+            tracing::warn!("proposals still unanswered when handing leadership over");
+        }
         let me = self.member_id;
         self.raft
             .transfer_leadership(target, within, move |m| m.current_leader.is_some_and(|l| l != me))

@@ -2,6 +2,7 @@
 //! reads on this member, and the shared state machine that applied entries land in. Knows
 //! nothing of clients or of forwarding.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
@@ -19,6 +20,11 @@ pub struct RaftNode {
     machine: SharedMachine,
     /// How long a proposal or read may wait for Raft.
     timeout: Duration,
+    /// Proposals in flight hold this shared; closing proposals takes it exclusively, which waits
+    /// until every admitted proposal has its answer.
+    in_flight: tokio::sync::RwLock<()>,
+    /// Set once this member stops taking proposals (it is handing leadership over to stop).
+    closed: AtomicBool,
 }
 
 impl RaftNode {
@@ -27,6 +33,8 @@ impl RaftNode {
             raft,
             machine,
             timeout,
+            in_flight: tokio::sync::RwLock::new(()),
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -82,6 +90,10 @@ impl RaftNode {
     /// Commits `request` on this member, which must lead; `NotLeader` otherwise.
     pub async fn propose(&self, request: RaftRequest) -> Result<RaftResponse, NodeError> {
         use openraft::error::ClientWriteError;
+        let _in_flight = self.in_flight.read().await;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(NodeError::NotLeader);
+        }
         match tokio::time::timeout(self.timeout, self.raft.client_write(request)).await {
             Err(_) => Err(NodeError::Timeout),
             Ok(Ok(written)) => Ok(written.data),
@@ -91,6 +103,16 @@ impl RaftNode {
                 None => Err(NodeError::Stopped),
             },
         }
+    }
+
+    /// Stops taking proposals, and waits at most `within` for those in flight to be answered. A
+    /// leader about to stop calls this before handing over: an entry proposed here but committed
+    /// under the next leader is answered only when this member applies it, and a member that
+    /// stopped first would leave its caller (often a forwarding member) not knowing the outcome.
+    /// Proposals refused from now on get `NotLeader`, which forwarding members retry elsewhere.
+    pub async fn close_proposals(&self, within: Duration) -> bool {
+        self.closed.store(true, Ordering::SeqCst);
+        tokio::time::timeout(within, self.in_flight.write()).await.is_ok()
     }
 
     /// The leader's read index: leadership confirmed with a quorum, and applied here.
