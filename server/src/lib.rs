@@ -15,6 +15,7 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod watch;
 
 use serde::{Deserialize, Serialize};

@@ -9,6 +9,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+use crate::config::Listen;
 use crate::http;
 use crate::node::Node;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
@@ -25,18 +26,57 @@ use crate::service::lease::LeaseService;
 use crate::service::lock::LockService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
+use crate::tls::{CertificateRules, ServerTls, TlsFiles, TlsListener};
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct ListenError {
-    addr: SocketAddr,
-    source: std::io::Error,
+pub enum ListenError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{port} port TLS: {source}")]
+    Tls {
+        port: &'static str,
+        source: crate::tls::TlsError,
+    },
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, ListenError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|source| ListenError { addr, source })
+        .map_err(|source| ListenError::Bind { addr, source })
+}
+
+/// A bound port, served over TLS when its URL was https://.
+enum Bound {
+    Plain(TcpListener),
+    Tls(TlsListener),
+}
+
+/// Binds every address of one port kind; TLS ones handshake with `tls` and check `rules`.
+async fn bind_all(
+    listens: &[Listen],
+    tls: Option<&TlsFiles>,
+    rules: &CertificateRules,
+    kind: &'static str,
+) -> Result<Vec<Bound>, ListenError> {
+    let tls = match tls {
+        Some(files) if listens.iter().any(|l| l.tls) => Some(Arc::new(
+            ServerTls::new(files).map_err(|source| ListenError::Tls { port: kind, source })?,
+        )),
+        _ => None,
+    };
+    let mut bound = Vec::new();
+    for listen in listens {
+        let listener = bind(listen.addr).await?;
+        bound.push(match (&tls, listen.tls) {
+            (Some(tls), true) => Bound::Tls(TlsListener::new(listener, tls.clone(), rules.clone(), kind)),
+            // Validation made sure every https:// URL has its certificate.
+            _ => Bound::Plain(listener),
+        });
+    }
+    Ok(bound)
 }
 
 /// Answers leave at once: without TCP_NODELAY a response written in two parts waits for the
@@ -117,17 +157,24 @@ impl ClientListeners {
 /// Binds every listener, then serves in the background. Binding first means a port conflict fails
 /// start-up with a clear error instead of a half-started member.
 pub async fn serve(node: Arc<Node>) -> Result<ClientListeners, ListenError> {
-    let mut peer_listeners = Vec::new();
-    for addr in &node.config.listen_peer {
-        peer_listeners.push(bind(*addr).await?);
-    }
-    let mut client_listeners = Vec::new();
-    for addr in &node.config.listen_client {
-        client_listeners.push(bind(*addr).await?);
-    }
+    let tls = &node.config.tls;
+    let peer_listeners = bind_all(
+        &node.config.listen_peer,
+        tls.peer.as_ref(),
+        &tls.peer_rules,
+        "peer",
+    )
+    .await?;
+    let client_listeners = bind_all(
+        &node.config.listen_client,
+        tls.client.as_ref(),
+        &CertificateRules::default(),
+        "client",
+    )
+    .await?;
     let mut metrics_listeners = Vec::new();
     for addr in &node.config.listen_metrics {
-        metrics_listeners.push(bind(*addr).await?);
+        metrics_listeners.push(Bound::Plain(bind(*addr).await?));
     }
     // Peers and scrapers are served until the process ends: Raft needs its peers to the last.
     let (_, never) = tokio::sync::watch::channel(false);
@@ -145,7 +192,7 @@ pub async fn serve(node: Arc<Node>) -> Result<ClientListeners, ListenError> {
 
 /// Serves `router` on every listener of one kind until `stop` turns true or the process ends.
 fn spawn_all(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Bound>,
     router: Router,
     kind: &'static str,
     stop: &tokio::sync::watch::Receiver<bool>,
@@ -154,24 +201,37 @@ fn spawn_all(
         .into_iter()
         .map(|listener| {
             let router = router.clone();
-            let mut stop = stop.clone();
-            tokio::spawn(async move {
-                let stopped = async move {
-                    // A dropped sender means "never": only an explicit stop closes the listener.
-                    while stop.changed().await.is_ok() {
-                        if *stop.borrow() {
-                            return;
-                        }
-                    }
-                    std::future::pending::<()>().await;
-                };
-                let served = axum::serve(no_delay(listener), router).with_graceful_shutdown(stopped);
-                if let Err(error) = served.await {
-                    tracing::error!(%error, "{kind} listener stopped");
-                }
-            })
+            let stop = stop.clone();
+            match listener {
+                Bound::Plain(listener) => tokio::spawn(serve_one(no_delay(listener), router, kind, stop)),
+                Bound::Tls(listener) => tokio::spawn(serve_one(listener, router, kind, stop)),
+            }
         })
         .collect()
+}
+
+async fn serve_one<L>(
+    listener: L,
+    router: Router,
+    kind: &'static str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    let stopped = async move {
+        // A dropped sender means "never": only an explicit stop closes the listener.
+        while stop.changed().await.is_ok() {
+            if *stop.borrow() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    let served = axum::serve(listener, router).with_graceful_shutdown(stopped);
+    if let Err(error) = served.await {
+        tracing::error!(%error, "{kind} listener stopped");
+    }
 }
 
 /// Counts handled gRPC calls by method and status code (from the grpc-status header, which tonic

@@ -1,7 +1,7 @@
 //! DNS SRV bootstrap (etcd's `--discovery-srv`): the initial members are the targets of
 //! `_cairn-server._tcp.<domain>` (or `_cairn-server-<name>._tcp.<domain>` with
-//! `--discovery-srv-name`). `_cairn-server-ssl._tcp` is reserved for TLS peers and not served yet.
-//! This member is the target that resolves to its own advertised peer address. Peers that start
+//! `--discovery-srv-name`); a member whose own peer URLs are https:// looks up
+//! `_cairn-server-ssl._tcp` instead and reaches its peers over TLS. This member is the target that resolves to its own advertised peer address. Peers that start
 //! later are published later, so with `--initial-cluster-size` the member looks again until the
 //! records list the whole initial cluster instead of bootstrapping from part of it.
 
@@ -55,13 +55,22 @@ impl SrvError {
     }
 }
 
-/// The SRV record name for a domain and optional service name suffix.
-pub fn record_name(domain: &str, service_name: Option<&str>) -> String {
+/// The SRV record name for a domain and optional service name suffix, of TLS peers or plain ones.
+pub fn record_name(domain: &str, service_name: Option<&str>, tls: bool) -> String {
+    let ssl = if tls { "-ssl" } else { "" };
     let suffix = service_name
         .filter(|s| !s.is_empty())
         .map(|s| format!("-{s}"))
         .unwrap_or_default();
-    format!("_cairn-server{suffix}._tcp.{}.", domain.trim_end_matches('.'))
+    format!(
+        "_cairn-server{ssl}{suffix}._tcp.{}.",
+        domain.trim_end_matches('.')
+    )
+}
+
+/// Whether this member's peers are reached over TLS: its own peer URLs say so.
+fn tls_peers(advertised_peer_urls: &[String]) -> bool {
+    advertised_peer_urls.iter().any(|u| u.starts_with("https://"))
 }
 
 fn resolver(nameserver: Option<SocketAddr>) -> Result<Resolver<TokioRuntimeProvider>, SrvError> {
@@ -116,7 +125,11 @@ pub async fn initial_cluster(
     let Some(expected) = srv.expected_members else {
         return look().await;
     };
-    let record = record_name(&srv.domain, srv.service_name.as_deref());
+    let record = record_name(
+        &srv.domain,
+        srv.service_name.as_deref(),
+        tls_peers(advertised_peer_urls),
+    );
     let mut pause = Duration::from_millis(200);
     let mut attempt = 0u64;
     loop {
@@ -155,7 +168,8 @@ pub async fn discover(
     name: &str,
     advertised_peer_urls: &[String],
 ) -> Result<BTreeMap<String, Vec<String>>, SrvError> {
-    let record = record_name(domain, service_name);
+    let tls = tls_peers(advertised_peer_urls);
+    let record = record_name(domain, service_name, tls);
     let answer = resolver(nameserver)?
         .lookup(record.as_str(), RecordType::SRV)
         .await
@@ -165,7 +179,8 @@ pub async fn discover(
         })?;
     let mut mine = Vec::new();
     for url in advertised_peer_urls {
-        mine.extend(addresses(url.trim_start_matches("http://")).await?);
+        let host_port = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        mine.extend(addresses(host_port).await?);
     }
     let mut members = BTreeMap::new();
     let mut others = 0;
@@ -173,7 +188,7 @@ pub async fn discover(
         let RData::SRV(srv) = &item.data else { continue };
         let target = srv.target.to_utf8();
         let host_port = format!("{}:{}", target.trim_end_matches('.'), srv.port);
-        let url = format!("http://{host_port}");
+        let url = format!("{}://{host_port}", if tls { "https" } else { "http" });
         let resolved = addresses(&host_port).await?;
         if resolved.iter().any(|a| mine.contains(a)) {
             members.insert(name.to_owned(), vec![url]);

@@ -8,6 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+mod tls;
+pub use tls::{TlsArgs, TlsConfig};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ClusterState {
     New,
@@ -160,6 +163,8 @@ pub struct Args {
     /// YAML file of flag-name: value pairs; when given, other flags and variables are ignored (as in etcd).
     #[arg(long, env = "CAIRN_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -214,6 +219,15 @@ pub enum ConfigError {
     },
     #[error("cannot read --config-file {path}: {reason}")]
     ConfigFile { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Tls(String),
+}
+
+/// An address to listen on, and whether its URL asked for TLS (`https://`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listen {
+    pub addr: SocketAddr,
+    pub tls: bool,
 }
 
 /// Where to find the initial members through DNS.
@@ -231,9 +245,9 @@ pub struct SrvDiscovery {
 pub struct Config {
     pub name: String,
     pub data_dir: PathBuf,
-    pub listen_client: Vec<SocketAddr>,
+    pub listen_client: Vec<Listen>,
     pub advertise_client_urls: Vec<String>,
-    pub listen_peer: Vec<SocketAddr>,
+    pub listen_peer: Vec<Listen>,
     pub advertise_peer_urls: Vec<String>,
     /// Initial members by name, each with its peer URLs (filled by SRV discovery when used).
     pub initial_cluster: BTreeMap<String, Vec<String>>,
@@ -253,6 +267,7 @@ pub struct Config {
     pub listen_metrics: Vec<SocketAddr>,
     pub log_level: String,
     pub log_format: LogFormat,
+    pub tls: TlsConfig,
 }
 
 const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
@@ -311,7 +326,7 @@ fn parse_progress_interval(value: &str) -> Result<Duration, ConfigError> {
     Ok(interval)
 }
 
-/// Checks a URL is `http://host:port` and normalizes it (no trailing slash).
+/// Checks a URL is `http://host:port` or `https://host:port` and normalizes it (no trailing slash).
 fn check_url(flag: &'static str, raw: &str) -> Result<String, ConfigError> {
     let bad = |reason: &str| ConfigError::Url {
         flag,
@@ -319,11 +334,10 @@ fn check_url(flag: &'static str, raw: &str) -> Result<String, ConfigError> {
         reason: reason.to_owned(),
     };
     let url = url::Url::parse(raw).map_err(|e| bad(&e.to_string()))?;
-    match url.scheme() {
-        "http" => {}
-        "https" => return Err(bad("TLS (https) is not supported yet; use http")),
-        other => return Err(bad(&format!("unsupported scheme {other:?}; use http"))),
-    }
+    let scheme = match url.scheme() {
+        scheme @ ("http" | "https") => scheme,
+        other => return Err(bad(&format!("unsupported scheme {other:?}; use http or https"))),
+    };
     if url.host_str().is_none_or(str::is_empty) {
         return Err(bad("no host"));
     }
@@ -331,7 +345,10 @@ fn check_url(flag: &'static str, raw: &str) -> Result<String, ConfigError> {
     if url.path() != "/" && !url.path().is_empty() {
         return Err(bad("a path is not allowed"));
     }
-    Ok(format!("http://{}:{port}", url.host_str().unwrap_or_default()))
+    Ok(format!(
+        "{scheme}://{}:{port}",
+        url.host_str().unwrap_or_default()
+    ))
 }
 
 fn urls(flag: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
@@ -345,17 +362,23 @@ fn urls(flag: &'static str, value: &str) -> Result<Vec<String>, ConfigError> {
     Ok(list)
 }
 
-fn listen_addrs(flag: &'static str, value: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+fn listen_addrs(flag: &'static str, value: &str) -> Result<Vec<Listen>, ConfigError> {
     let mut addrs = Vec::new();
     for url in urls(flag, value)? {
-        let host_port = url.trim_start_matches("http://");
+        let (scheme, host_port) = url.split_once("://").unwrap_or(("http", &url));
+        let tls = scheme == "https";
         let resolved = host_port.to_socket_addrs().map_err(|e| ConfigError::Url {
             flag,
             url: url.clone(),
             reason: e.to_string(),
         })?;
         // etcd binds IPs; localhost resolves to its loopback address(es).
-        addrs.extend(resolved.filter(|a| a.is_ipv4()).take(1));
+        addrs.extend(
+            resolved
+                .filter(|a| a.is_ipv4())
+                .take(1)
+                .map(|addr| Listen { addr, tls }),
+        );
     }
     Ok(addrs)
 }
@@ -490,16 +513,31 @@ impl Args {
         let listen_metrics = if self.listen_metrics_urls.is_empty() {
             vec![]
         } else {
-            listen_addrs("listen-metrics-urls", &self.listen_metrics_urls)?
+            let listens = listen_addrs("listen-metrics-urls", &self.listen_metrics_urls)?;
+            if listens.iter().any(|l| l.tls) {
+                return Err(ConfigError::Tls(
+                    "--listen-metrics-urls serve plain HTTP only; use http:// URLs".into(),
+                ));
+            }
+            listens.into_iter().map(|l| l.addr).collect()
         };
+        let listen_client = listen_addrs("listen-client-urls", &self.listen_client_urls)?;
+        let listen_peer = listen_addrs("listen-peer-urls", &self.listen_peer_urls)?;
+        let https = |url: &String| url.starts_with("https://");
+        let peer_https = listen_peer.iter().any(|l| l.tls)
+            || advertise_peer_urls.iter().any(https)
+            || initial_cluster.values().flatten().any(https);
+        let tls = self
+            .tls
+            .validate(listen_client.iter().any(|l| l.tls), peer_https)?;
         Ok(Config {
             data_dir: self
                 .data_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(format!("{}.cairn", self.name))),
-            listen_client: listen_addrs("listen-client-urls", &self.listen_client_urls)?,
+            listen_client,
             advertise_client_urls: urls("advertise-client-urls", &self.advertise_client_urls)?,
-            listen_peer: listen_addrs("listen-peer-urls", &self.listen_peer_urls)?,
+            listen_peer,
             advertise_peer_urls,
             initial_cluster,
             discovery,
@@ -521,6 +559,7 @@ impl Args {
             listen_metrics,
             log_level: self.log_level,
             log_format: self.log_format,
+            tls,
             name: self.name,
         })
     }
@@ -546,7 +585,8 @@ mod tests {
         let config = args(&[]).validate().unwrap();
         assert_eq!(config.data_dir, PathBuf::from("default.cairn"));
         assert_eq!(config.initial_cluster.len(), 1);
-        assert_eq!(config.listen_client[0].port(), 2379);
+        assert_eq!(config.listen_client[0].addr.port(), 2379);
+        assert!(!config.listen_client[0].tls && config.tls == TlsConfig::default());
         assert_eq!(config.quota_bytes, DEFAULT_QUOTA);
     }
 
@@ -584,13 +624,108 @@ mod tests {
         .unwrap();
         let discovery = config.discovery.expect("discovery configured");
         assert_eq!(
-            crate::bootstrap::srv::record_name(&discovery.domain, discovery.service_name.as_deref()),
+            crate::bootstrap::srv::record_name(&discovery.domain, discovery.service_name.as_deref(), false),
             "_cairn-server-blue._tcp.example.com."
         );
         assert_eq!(
-            crate::bootstrap::srv::record_name("example.com.", None),
+            crate::bootstrap::srv::record_name("example.com.", None, false),
             "_cairn-server._tcp.example.com."
         );
+        assert_eq!(
+            crate::bootstrap::srv::record_name("example.com", Some("blue"), true),
+            "_cairn-server-ssl-blue._tcp.example.com."
+        );
+    }
+
+    #[test]
+    fn https_urls_need_their_certificates_and_every_tls_flag_its_partners() {
+        let refused = |flags: &[&str], expected: &str| {
+            let error = args(flags).validate().unwrap_err().to_string();
+            assert!(error.contains(expected), "{flags:?}: {error}");
+        };
+        let client_https = ["--listen-client-urls", "https://127.0.0.1:2379"];
+        refused(
+            &client_https,
+            "https:// client URL needs --cert-file and --key-file",
+        );
+        refused(&["--cert-file", "c.pem"], "--cert-file needs --key-file");
+        refused(&["--key-file", "k.pem"], "--key-file needs --cert-file");
+        refused(
+            &[
+                "--cert-file",
+                "c.pem",
+                "--key-file",
+                "k.pem",
+                "--client-cert-auth",
+            ],
+            "--client-cert-auth needs --trusted-ca-file",
+        );
+        let peer_https = [
+            "--listen-peer-urls",
+            "https://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "https://127.0.0.1:2380",
+        ];
+        refused(
+            &peer_https,
+            "https:// peer URLs need --peer-cert-file and --peer-key-file",
+        );
+        let peer_files = ["--peer-cert-file", "p.pem", "--peer-key-file", "pk.pem"];
+        refused(
+            &[&peer_https[..], &peer_files[..]].concat(),
+            "https:// peer URLs need --peer-trusted-ca-file",
+        );
+        refused(
+            &["--peer-cert-allowed-cn", "member"],
+            "--peer-cert-allowed-cn and --peer-cert-allowed-hostname need --peer-client-cert-auth",
+        );
+        refused(
+            &["--peer-cert-allowed-cn", "a", "--peer-cert-allowed-hostname", "b"],
+            "cannot both be set",
+        );
+        refused(
+            &["--listen-metrics-urls", "https://127.0.0.1:2381"],
+            "--listen-metrics-urls serve plain HTTP only",
+        );
+        let old_tls = Args::try_parse_from(["cairn", "--tls-min-version", "TLS1.1"]).unwrap_err();
+        assert!(old_tls.to_string().contains("TLS1.1"), "{old_tls}");
+
+        let config = args(
+            &[
+                &client_https[..],
+                &peer_https[..],
+                &peer_files[..],
+                &[
+                    "--cert-file",
+                    "c.pem",
+                    "--key-file",
+                    "k.pem",
+                    "--trusted-ca-file",
+                    "ca.pem",
+                    "--client-cert-auth",
+                    "--peer-trusted-ca-file",
+                    "pca.pem",
+                    "--peer-client-cert-auth=true",
+                    "--peer-cert-allowed-cn",
+                    "member",
+                    "--tls-min-version",
+                    "TLS1.3",
+                ][..],
+            ]
+            .concat(),
+        )
+        .validate()
+        .unwrap();
+        assert!(config.listen_client[0].tls && config.listen_peer[0].tls);
+        assert_eq!(config.advertise_peer_urls, ["https://127.0.0.1:2380"]);
+        let client = config.tls.client.unwrap();
+        assert_eq!(client.cert, PathBuf::from("c.pem"));
+        assert!(client.client_cert_auth);
+        assert_eq!(client.min_version, crate::tls::TlsVersion::Tls13);
+        let peer = config.tls.peer.unwrap();
+        assert_eq!(peer.trusted_ca, Some(PathBuf::from("pca.pem")));
+        assert!(peer.client_cert_auth);
+        assert_eq!(config.tls.peer_rules.allowed_cn.as_deref(), Some("member"));
     }
 
     #[test]

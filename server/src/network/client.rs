@@ -17,6 +17,7 @@ use super::protocol::{
 use super::{ClusterInfo, Malformed};
 use crate::pb::peerpb;
 use crate::pb::peerpb::peer_client::PeerClient as GrpcPeerClient;
+use crate::tls::{ClientTls, PeerConnector};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
@@ -71,18 +72,21 @@ pub struct PeerClient {
     cluster_id: u64,
     message_limit: usize,
     links: Arc<Mutex<HashMap<String, Link>>>,
+    /// How to reach https:// peers; None when this member has no peer certificate.
+    tls: Option<Arc<ClientTls>>,
     /// Set once a peer has said this member was removed (as etcd members learn it).
     removed: Arc<AtomicBool>,
 }
 
 impl PeerClient {
     /// A client for a member of cluster `cluster_id` (0 for a member that has not joined one yet).
-    pub fn new(member_id: u64, cluster_id: u64, message_limit: usize) -> Self {
+    pub fn new(member_id: u64, cluster_id: u64, message_limit: usize, tls: Option<Arc<ClientTls>>) -> Self {
         PeerClient {
             member_id,
             cluster_id,
             message_limit,
             links: Arc::default(),
+            tls,
             removed: Arc::default(),
         }
     }
@@ -108,16 +112,30 @@ impl PeerClient {
         if let Some(link) = links.get(url) {
             return Ok(link.clone());
         }
-        let endpoint = Endpoint::from_shared(url.to_owned())
-            .map_err(|e| PeerError::Unreachable {
-                url: url.to_owned(),
-                reason: e.to_string(),
-            })?
+        let unreachable = |reason: String| PeerError::Unreachable {
+            url: url.to_owned(),
+            reason,
+        };
+        // The connector makes the TLS connection itself (with certificates read again when their
+        // files change), so the channel is given the plain form of the URL.
+        let (connector, address) = match url.strip_prefix("https://") {
+            Some(address) => match &self.tls {
+                Some(tls) => (PeerConnector::tls(tls.clone()), address),
+                None => {
+                    return Err(unreachable(
+                        "its URL is https:// but this member has no peer certificate (--peer-cert-file)"
+                            .into(),
+                    ));
+                }
+            },
+            None => (PeerConnector::plain(), url.strip_prefix("http://").unwrap_or(url)),
+        };
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| unreachable(e.to_string()))?
             .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10));
         let link = Link {
-            channel: endpoint.connect_lazy(),
+            channel: endpoint.connect_with_connector_lazy(connector),
             version: Arc::default(),
         };
         links.insert(url.to_owned(), link.clone());
@@ -393,7 +411,7 @@ mod tests {
             .unwrap()
             .port();
         let url = format!("http://127.0.0.1:{port}");
-        let client = PeerClient::new(1, 2, 1 << 20);
+        let client = PeerClient::new(1, 2, 1 << 20, None);
         let call = || client.forward(&url, Duration::from_secs(2), peerpb::ForwardRequest::default());
         assert!(
             matches!(call().await, Err(PeerError::NotDelivered { .. })),

@@ -10,6 +10,8 @@ use crate::network::{ClusterInfo, PeerClient};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("peer TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     DataDir(#[from] data_dir::DataDirError),
     #[error("cannot open the Raft log: {0}")]
@@ -98,6 +100,16 @@ pub(super) async fn resolve_identity(config: &Config) -> Result<data_dir::Member
     Ok(identity)
 }
 
+/// The client side of TLS towards peers, when this member has a peer certificate.
+pub fn peer_tls(config: &Config) -> Result<Option<std::sync::Arc<crate::tls::ClientTls>>, StartError> {
+    match &config.tls.peer {
+        Some(files) if files.trusted_ca.is_some() => {
+            Ok(Some(std::sync::Arc::new(crate::tls::ClientTls::new(files)?)))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Asks the members listed in `--initial-cluster` who is in the cluster, and checks the list matches
 /// what this member was started with (etcd's ValidateClusterAndAssignIDs).
 async fn join_existing(config: &Config) -> Result<data_dir::MemberIdentity, StartError> {
@@ -105,6 +117,7 @@ async fn join_existing(config: &Config) -> Result<data_dir::MemberIdentity, Star
         0,
         0,
         crate::network::protocol::message_limit(config.max_request_bytes),
+        peer_tls(config)?,
     );
     let mut errors = Vec::new();
     for (name, urls) in &config.initial_cluster {

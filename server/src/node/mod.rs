@@ -83,6 +83,7 @@ impl Node {
             identity.member_id,
             identity.cluster_id,
             protocol::message_limit(config.max_request_bytes),
+            identity::peer_tls(&config)?,
         );
         let fsync_metrics = metrics.clone();
         let log = LogStore::open(

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
+pub mod pki;
+
 /// A port for a member to listen on. Taken from below the kernel's ephemeral range (32768+), so
 /// that a restarted member never finds its port taken by some client's outgoing connection; each
 /// test process walks its own stretch of the range (seeded by its pid) and skips ports in use.

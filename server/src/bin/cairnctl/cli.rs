@@ -1,5 +1,6 @@
 //! cairnctl's command line: etcdctl's verbs, flags and defaults, so etcdctl habits carry over.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use cairn::duration::parse_duration;
@@ -38,6 +39,28 @@ pub struct Global {
     /// Output format.
     #[arg(short = 'w', long, global = true, value_enum, default_value = "simple")]
     pub write_out: Format,
+    /// Verify the servers' certificates with this CA bundle (PEM); turns TLS on.
+    #[arg(long, global = true, env = "CAIRNCTL_CACERT")]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate (PEM) to identify with over TLS; needs --key.
+    #[arg(
+        long = "cert",
+        id = "tls_cert",
+        global = true,
+        env = "CAIRNCTL_CERT",
+        requires = "tls_key"
+    )]
+    pub cert: Option<PathBuf>,
+    /// Key of --cert (PEM).
+    // Its own id: commands have a positional `key` argument.
+    #[arg(
+        long = "key",
+        id = "tls_key",
+        global = true,
+        env = "CAIRNCTL_KEY",
+        requires = "tls_cert"
+    )]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -54,12 +54,37 @@ impl Session {
 
 /// Opens a client on `endpoints`; connections are made lazily, on the first request.
 pub async fn connect(endpoints: &[String], global: &Global) -> anyhow::Result<Client> {
-    let options = ConnectOptions::new()
+    let mut options = ConnectOptions::new()
         .with_connect_timeout(global.dial_timeout)
         .with_timeout(global.command_timeout);
+    if let Some(tls) = tls_options(global)? {
+        options = options.with_tls(tls);
+    }
     Client::connect(endpoints, Some(options))
         .await
         .map_err(|e| anyhow::anyhow!("cannot use endpoints {}: {}", endpoints.join(","), describe(&e)))
+}
+
+/// TLS as etcdctl's flags ask: on with a CA bundle or a client certificate.
+fn tls_options(global: &Global) -> anyhow::Result<Option<etcd_client::TlsOptions>> {
+    use anyhow::Context;
+    if global.cacert.is_none() && global.cert.is_none() {
+        return Ok(None);
+    }
+    let read = |path: &std::path::Path, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read {what} {}", path.display()))
+    };
+    let mut tls = etcd_client::TlsOptions::new();
+    if let Some(ca) = &global.cacert {
+        tls = tls.ca_certificate(etcd_client::Certificate::from_pem(read(ca, "--cacert")?));
+    }
+    if let (Some(cert), Some(key)) = (&global.cert, &global.key) {
+        tls = tls.identity(etcd_client::Identity::from_pem(
+            read(cert, "--cert")?,
+            read(key, "--key")?,
+        ));
+    }
+    Ok(Some(tls))
 }
 
 /// An error that ends cairnctl with one of etcdctl's exit codes rather than 1.
