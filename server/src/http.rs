@@ -33,7 +33,7 @@ async fn health(State(node): State<Arc<Node>>) -> impl IntoResponse {
 }
 
 async fn readyz(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    match node.health().await {
+    match node.readiness().await {
         Ok(()) => (StatusCode::OK, "ok\n".to_owned()),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -62,6 +62,13 @@ fn space_quota_raises_nospace_until_freed_and_disarmed() {
         "{refused}"
     );
     assert!(ok(&endpoint, &["alarm", "list"]).contains("alarm:NOSPACE"));
+    // /health reports the alarm as etcd's does; readiness does not take the member out of its
+    // Service for it, since reads, deletes and compactions are still served.
+    assert_eq!(
+        http_get(&endpoint, "/health"),
+        (503, r#"{"health":"false","reason":"ALARM NOSPACE"}"#.to_owned())
+    );
+    assert_eq!(http_get(&endpoint, "/readyz"), (200, "ok\n".to_owned()));
     // Read and delete still work; writes stay refused while the alarm is on.
     assert!(!ok(&endpoint, &["get", "k0", "--print-value-only"]).is_empty());
     let deleted = ok(&endpoint, &["del", "k", "--prefix"]);
@@ -75,4 +82,17 @@ fn space_quota_raises_nospace_until_freed_and_disarmed() {
     ok(&endpoint, &["defrag"]);
     ok(&endpoint, &["alarm", "disarm"]);
     assert_eq!(ok(&endpoint, &["put", "after", "x"]).trim(), "OK");
+    assert_eq!(http_get(&endpoint, "/health").0, 200);
+}
+
+/// GET with curl: the status code and body.
+fn http_get(endpoint: &str, path: &str) -> (u16, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .arg(format!("http://{endpoint}{path}"))
+        .output()
+        .expect("run curl (apt-get install curl)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
 }

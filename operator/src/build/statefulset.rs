@@ -76,8 +76,10 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
+        // /readyz, not /health: a NOSPACE alarm (which any client could raise) must not take
+        // every member out of the client Service while reads and deletes still work.
         "readinessProbe": {
-            "httpGet": {"path": "/health", "port": CLIENT_PORT_NAME},
+            "httpGet": {"path": "/readyz", "port": CLIENT_PORT_NAME},
             "periodSeconds": 2,
             "failureThreshold": 3,
         },
@@ -261,7 +263,7 @@ spec:
         - {{name: cairn-client, containerPort: 2379, protocol: TCP}}
         - {{name: cairn-server, containerPort: 2380, protocol: TCP}}
         livenessProbe: {{httpGet: {{path: /livez, port: cairn-client}}, periodSeconds: 10, failureThreshold: 3}}
-        readinessProbe: {{httpGet: {{path: /health, port: cairn-client}}, periodSeconds: 2, failureThreshold: 3}}
+        readinessProbe: {{httpGet: {{path: /readyz, port: cairn-client}}, periodSeconds: 2, failureThreshold: 3}}
         terminationMessagePolicy: FallbackToLogsOnError
         securityContext: {{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}
         volumeMounts:

@@ -6,7 +6,9 @@ use std::sync::atomic::Ordering;
 use super::leader::{LeaderCall, pick};
 use super::{ETCD_API_VERSION, Node, NodeError};
 use crate::pb::cairnpb::raft_response::Response;
-use crate::pb::etcdserverpb::{AlarmMember, AlarmRequest, StatusResponse, alarm_request::AlarmAction};
+use crate::pb::etcdserverpb::{
+    AlarmMember, AlarmRequest, AlarmType, StatusResponse, alarm_request::AlarmAction,
+};
 
 impl Node {
     /// Gets, raises or disarms alarms; answers with the alarms in force.
@@ -135,9 +137,20 @@ impl Node {
     /// Healthy means: no alarm, a leader, and a linearizable read that succeeds. The error is the
     /// reason, in etcd's words.
     pub async fn health(&self) -> Result<(), String> {
+        self.health_ignoring(&[]).await
+    }
+
+    /// Readiness to serve clients: `health`, except that a NOSPACE alarm does not count. Such a
+    /// member still serves reads, deletes and compactions (which are how an operator frees space),
+    /// so taking every member out of its Service for it would only cut clients off.
+    pub async fn readiness(&self) -> Result<(), String> {
+        self.health_ignoring(&[AlarmType::Nospace]).await
+    }
+
+    async fn health_ignoring(&self, ignored: &[AlarmType]) -> Result<(), String> {
         let alarms = self.raft.read(|m| m.app.alarm_members());
-        if let Some(alarm) = alarms.first() {
-            return Err(format!("ALARM {:?}", alarm.alarm()));
+        if let Some(alarm) = alarms.iter().find(|a| !ignored.contains(&a.alarm())) {
+            return Err(format!("ALARM {}", alarm.alarm().as_str_name()));
         }
         if self.raft.leader_id().is_none() {
             return Err("RAFT NO LEADER".into());
