@@ -133,30 +133,39 @@ fn client_router(node: &Arc<Node>) -> Router {
         .merge(crate::gateway::router(node.clone()))
 }
 
-/// The client listeners, which a stopping member closes before it stops Raft.
-pub struct ClientListeners {
+/// The listeners of one port kind, which a stopping member closes in order: clients before it
+/// stops Raft, peers after (a former leader still answers forwarded calls meanwhile).
+pub struct Listeners {
+    kind: &'static str,
     stop: tokio::sync::watch::Sender<bool>,
     served: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl ClientListeners {
-    /// Stops accepting clients and lets requests in flight finish, waiting at most `within` (long
-    /// streams such as lease keep-alives are cut off then).
+impl Listeners {
+    /// Stops accepting connections and lets requests in flight finish, waiting at most `within`
+    /// (long streams such as lease keep-alives are cut off then).
     pub async fn close(self, within: std::time::Duration) {
         self.stop.send_replace(true);
         let drained = futures::future::join_all(self.served);
         if tokio::time::timeout(within, drained).await.is_err() {
             tracing::info!(
                 ?within,
-                "client requests still open after the grace period; closing them"
+                "{} requests still open after the grace period; closing them",
+                self.kind
             );
         }
     }
 }
 
+/// Every port of a member, once bound.
+pub struct Served {
+    pub clients: Listeners,
+    pub peers: Listeners,
+}
+
 /// Binds every listener, then serves in the background. Binding first means a port conflict fails
 /// start-up with a clear error instead of a half-started member.
-pub async fn serve(node: Arc<Node>) -> Result<ClientListeners, ListenError> {
+pub async fn serve(node: Arc<Node>) -> Result<Served, ListenError> {
     let tls = &node.config.tls;
     let peer_listeners = bind_all(
         &node.config.listen_peer,
@@ -176,18 +185,29 @@ pub async fn serve(node: Arc<Node>) -> Result<ClientListeners, ListenError> {
     for addr in &node.config.listen_metrics {
         metrics_listeners.push(Bound::Plain(bind(*addr).await?));
     }
-    // Peers and scrapers are served until the process ends: Raft needs its peers to the last.
+    // Scrapers are served until the process ends.
     let (_, never) = tokio::sync::watch::channel(false);
-    spawn_all(
+    spawn_all(metrics_listeners, http::router(node.clone()), "metrics", &never);
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let served = spawn_all(
         peer_listeners,
         crate::service::peer::router(node.clone()),
         "peer",
-        &never,
+        &stopping,
     );
-    spawn_all(metrics_listeners, http::router(node.clone()), "metrics", &never);
+    let peers = Listeners {
+        kind: "peer",
+        stop,
+        served,
+    };
     let (stop, stopping) = tokio::sync::watch::channel(false);
     let served = spawn_all(client_listeners, client_router(&node), "client", &stopping);
-    Ok(ClientListeners { stop, served })
+    let clients = Listeners {
+        kind: "client",
+        stop,
+        served,
+    };
+    Ok(Served { clients, peers })
 }
 
 /// Serves `router` on every listener of one kind until `stop` turns true or the process ends.

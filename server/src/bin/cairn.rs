@@ -43,7 +43,7 @@ async fn run() -> anyhow::Result<()> {
         tracing::info!(members = ?config.initial_cluster, "initial cluster found through DNS SRV");
     }
     let node = Node::open(config, Arc::default()).await?;
-    let clients = cairn::server::serve(node.clone()).await?;
+    let served = cairn::server::serve(node.clone()).await?;
     node.bootstrap().await?;
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -59,8 +59,13 @@ async fn run() -> anyhow::Result<()> {
         Ok(None) => {}
         Err(error) => tracing::warn!(%error, "leadership hand-over failed; stopping anyway"),
     }
-    clients.close(Duration::from_secs(2)).await;
+    served.clients.close(Duration::from_secs(2)).await;
     node.shutdown().await;
+    // A member that has not heard from the new leader yet may still forward to this one: it gets
+    // "not leader" (and retries elsewhere) for a few heartbeats, then calls in flight finish before
+    // the peer port closes, so none is cut off with an unknown outcome.
+    tokio::time::sleep(node.config.heartbeat * 3).await;
+    served.peers.close(Duration::from_secs(1)).await;
     tracing::info!("member stopped");
     Ok(())
 }
