@@ -165,10 +165,33 @@ async fn the_peer_port_refuses_what_a_client_port_would_and_more() {
     let member = &cluster.members[0];
     let mut peer = RawPeer::connect(&member.peer_url).await;
 
-    // A stranger may ask who is in the cluster, and nothing else.
+    // A stranger learns nothing of the cluster: not its IDs from Hello, not its members.
+    let hello = peerpb::HelloRequest {
+        min_version: 1,
+        max_version: 1,
+    };
+    let greeted = peer.client.hello(peer.stamp(hello)).await.unwrap().into_inner();
+    assert_eq!(
+        (greeted.version, greeted.cluster_id, greeted.member_id),
+        (1, 0, 0)
+    );
+    let status = peer
+        .client
+        .cluster_info(peer.stamp(peerpb::ClusterInfoRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("only members of this cluster"),
+        "{}",
+        status.message()
+    );
+    // A member being added asks with the peer URLs it was added with, and is answered.
     let info = peer
         .client
-        .cluster_info(peer.stamp(peerpb::ClusterInfoRequest {}))
+        .cluster_info(peer.stamp(peerpb::ClusterInfoRequest {
+            peer_urls: vec![member.peer_url.clone()],
+        }))
         .await
         .unwrap()
         .into_inner();

@@ -302,7 +302,8 @@ fn peers_without_a_certificate_of_the_peer_ca_and_the_allowed_name_are_refused()
     let ask = |pair: &Pair| {
         let tls = Arc::new(cairn::tls::ClientTls::new(&files(pair)).unwrap());
         let client = cairn::network::PeerClient::new(0, 0, 1 << 20, Some(tls));
-        runtime().block_on(client.cluster_info(&member.peer_url, Duration::from_secs(3)))
+        let own_urls = [member.peer_url.clone()];
+        runtime().block_on(client.cluster_info(&member.peer_url, Duration::from_secs(3), &own_urls))
     };
     assert!(ask(&ours).is_ok());
     let refused = ask(&stranger).unwrap_err();

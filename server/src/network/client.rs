@@ -224,13 +224,21 @@ impl PeerClient {
         result
     }
 
-    /// Who is in the peer's cluster. Allowed before this member belongs to one.
-    pub async fn cluster_info(&self, url: &str, timeout: Duration) -> Result<ClusterInfo, PeerError> {
+    /// Who is in the peer's cluster. Before this member belongs to one, answered only when a member
+    /// of that cluster has `own_peer_urls` (it was added and this is it, joining).
+    pub async fn cluster_info(
+        &self,
+        url: &str,
+        timeout: Duration,
+        own_peer_urls: &[String],
+    ) -> Result<ClusterInfo, PeerError> {
         let reply = self
             .call(
                 url,
                 timeout,
-                peerpb::ClusterInfoRequest {},
+                peerpb::ClusterInfoRequest {
+                    peer_urls: own_peer_urls.to_vec(),
+                },
                 |mut c, r| async move { c.cluster_info(r).await },
             )
             .await?;

@@ -125,7 +125,10 @@ async fn join_existing(config: &Config) -> Result<data_dir::MemberIdentity, Star
             continue;
         }
         for url in urls {
-            match client.cluster_info(url, Duration::from_secs(3)).await {
+            match client
+                .cluster_info(url, Duration::from_secs(3), &config.advertise_peer_urls)
+                .await
+            {
                 Ok(info) => return identity_from_cluster(config, info),
                 Err(error) => errors.push(error.to_string()),
             }

@@ -340,7 +340,10 @@ impl Node {
                 .flat_map(|(_, u)| u.clone()),
         );
         for url in urls {
-            if let Ok(info) = self.peers.cluster_info(&url, Duration::from_secs(1)).await
+            if let Ok(info) = self
+                .peers
+                .cluster_info(&url, Duration::from_secs(1), &self.config.advertise_peer_urls)
+                .await
                 && info.cluster_id == self.cluster_id
             {
                 return info.removed.contains(&self.member_id);

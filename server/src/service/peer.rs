@@ -76,6 +76,7 @@ impl Peer for PeerService {
         &self,
         request: Request<peerpb::HelloRequest>,
     ) -> Result<Response<peerpb::HelloReply>, Status> {
+        let caller = caller(&request)?;
         let hello = request.into_inner();
         let Some(version) = protocol::agree(hello.min_version, hello.max_version) else {
             return Err(Status::failed_precondition(format!(
@@ -84,18 +85,37 @@ impl Peer for PeerService {
                 hello.min_version, hello.max_version
             )));
         };
+        // Who this member is stays between members: a caller from outside the cluster (one
+        // joining it included) learns only the protocol version.
+        let member = caller.cluster_id == self.node.cluster_id;
         Ok(Response::new(peerpb::HelloReply {
             version,
-            cluster_id: self.node.cluster_id,
-            member_id: self.node.member_id,
+            cluster_id: if member { self.node.cluster_id } else { 0 },
+            member_id: if member { self.node.member_id } else { 0 },
         }))
     }
 
     async fn cluster_info(
         &self,
-        _: Request<peerpb::ClusterInfoRequest>,
+        request: Request<peerpb::ClusterInfoRequest>,
     ) -> Result<Response<peerpb::ClusterInfoReply>, Status> {
-        Ok(Response::new(self.node.cluster_info().into()))
+        let caller = caller(&request)?;
+        let asked = request.into_inner();
+        let info = self.node.cluster_info();
+        let joining = |urls: &Vec<String>| {
+            let (mut listed, mut given) = (urls.clone(), asked.peer_urls.clone());
+            listed.sort();
+            given.sort();
+            !given.is_empty() && listed == given
+        };
+        if caller.cluster_id != self.node.cluster_id && !info.members.iter().any(|(_, urls)| joining(urls)) {
+            return Err(Status::permission_denied(format!(
+                "only members of this cluster may ask who is in it, and no member has the peer URLs {:?}; \
+                 add the new member first (member add) with the peer URLs it advertises",
+                asked.peer_urls
+            )));
+        }
+        Ok(Response::new(info.into()))
     }
 
     async fn append_entries(
