@@ -67,13 +67,6 @@ impl Node {
         Ok(hashed)
     }
 
-    /// The whole applied state, encoded, and the revision it holds.
-    pub fn snapshot_state(&self) -> Result<(Vec<u8>, i64), NodeError> {
-        self.raft
-            .read(|m| postcard::to_stdvec(m).map(|bytes| (bytes, m.app.mvcc.revision())))
-            .map_err(|e| NodeError::Internal(e.to_string()))
-    }
-
     /// Hands leadership to `target` (etcd's MoveLeader); must run on the leader.
     pub async fn move_leader(&self, target: u64) -> Result<(), NodeError> {
         if !self.raft.is_leader() {

@@ -12,6 +12,7 @@ mod lessor;
 mod maintenance;
 mod members;
 mod raft_node;
+mod snapshot;
 mod validate;
 mod watches;
 

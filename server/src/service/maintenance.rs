@@ -3,8 +3,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use futures::Stream;
-use sha2::{Digest, Sha256};
+use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::error::node_status;
@@ -22,21 +21,6 @@ pub struct MaintenanceService {
 
 /// Snapshot stream chunk size (etcd's).
 const CHUNK: usize = 32 * 1024;
-/// Marks a Cairn snapshot file, followed by the length of the state it holds.
-pub const SNAPSHOT_MAGIC: &[u8; 8] = b"CAIRNSN1";
-
-/// Lays out a snapshot as etcdctl expects: padded to a multiple of 512 bytes, then the SHA-256 of
-/// everything before it.
-pub fn snapshot_bytes(state: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(state.len() + 560);
-    bytes.extend_from_slice(SNAPSHOT_MAGIC);
-    bytes.extend_from_slice(&(state.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(state);
-    bytes.resize(bytes.len().div_ceil(512) * 512, 0);
-    let digest = Sha256::digest(&bytes);
-    bytes.extend_from_slice(&digest);
-    bytes
-}
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
@@ -86,23 +70,24 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let (state, revision) = self.node.snapshot_state().map_err(node_status)?;
-        let bytes = snapshot_bytes(&state);
-        let header = self.node.header(revision);
-        let total = bytes.len();
-        let chunks: Vec<Result<SnapshotResponse, Status>> = bytes
-            .chunks(CHUNK)
-            .scan(0usize, |sent, chunk| {
-                *sent += chunk.len();
-                Some(Ok(SnapshotResponse {
-                    header: Some(header),
-                    remaining_bytes: (total - *sent) as u64,
-                    blob: chunk.to_vec(),
-                    version: ETCD_API_VERSION.into(),
-                }))
-            })
-            .collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+        let snapshot = self.node.snapshot_stream(CHUNK).map_err(node_status)?;
+        let header = self.node.header(snapshot.revision);
+        let responses = tokio_stream::wrappers::ReceiverStream::new(snapshot.chunks).scan(
+            snapshot.size,
+            move |remaining, chunk| {
+                let response = chunk.map_err(node_status).map(|blob| {
+                    *remaining -= blob.len() as u64;
+                    SnapshotResponse {
+                        header: Some(header),
+                        remaining_bytes: *remaining,
+                        blob,
+                        version: ETCD_API_VERSION.into(),
+                    }
+                });
+                futures::future::ready(Some(response))
+            },
+        );
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn move_leader(
@@ -121,20 +106,5 @@ impl Maintenance for MaintenanceService {
         Err(Status::unimplemented(
             "etcdserver: cluster version downgrade is not supported by cairn",
         ))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshot_layout_passes_etcdctl_checks() {
-        for size in [0, 1, 495, 496, 10_000] {
-            let bytes = snapshot_bytes(&vec![7u8; size]);
-            assert_eq!(bytes.len() % 512, 32, "size {size}");
-            let (body, sum) = bytes.split_at(bytes.len() - 32);
-            assert_eq!(Sha256::digest(body).as_slice(), sum);
-        }
     }
 }
