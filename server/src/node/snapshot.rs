@@ -153,8 +153,8 @@ mod tests {
             // Grow the state so the next round crosses more 512-byte boundaries.
             for i in 0..(200 * (round + 1)) {
                 let put = crate::pb::etcdserverpb::PutRequest {
-                    key: format!("key-{round}-{i}").into_bytes().into(),
-                    value: b"value".to_vec().into(),
+                    key: format!("key-{round}-{i}").into_bytes(),
+                    value: b"value".to_vec(),
                     ..Default::default()
                 };
                 state.app.mvcc.put(&put).unwrap();
