@@ -233,6 +233,21 @@ fn a_cluster_with_tls_on_both_ports_serves_etcdctl_with_client_certificates_only
     assert_eq!(text(&out), "over tls\n");
     assert!(!cairnctl(None).status.success());
 
+    // The JSON gateway over TLS, as curl users reach it.
+    let curl = Command::new("curl")
+        .args(["-s", "--cacert"])
+        .arg(&cluster.ca)
+        .arg("--cert")
+        .arg(&cluster.client.cert)
+        .arg("--key")
+        .arg(&cluster.client.key)
+        .arg(format!("{}/v3/kv/range", last.client_url))
+        .args(["-X", "POST", "-d", r#"{"key":"Z3JlZXRpbmc="}"#])
+        .output()
+        .expect("run curl (apt-get install curl)");
+    let answer: serde_json::Value = serde_json::from_slice(&curl.stdout).unwrap_or_default();
+    assert_eq!(answer["kvs"][0]["value"], "b3ZlciB0bHM=", "{}", text(&curl));
+
     // No client certificate: refused.
     let anonymous = etcdctl_tls(&first.client_url, &cluster.ca, None, &["get", "greeting"]);
     assert!(!anonymous.status.success(), "{}", text(&anonymous));
