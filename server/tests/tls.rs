@@ -122,16 +122,7 @@ impl TlsCluster {
     }
 
     fn logs(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| {
-                format!(
-                    "--- {} ---\n{}",
-                    m.name,
-                    std::fs::read_to_string(&m.log).unwrap_or_default()
-                )
-            })
-            .collect()
+        support::logs_of(&self.members)
     }
 }
 

@@ -182,16 +182,7 @@ impl Cluster {
     }
 
     pub fn logs(&self) -> String {
-        self.members
-            .iter()
-            .map(|m| {
-                format!(
-                    "--- {} ---\n{}",
-                    m.name,
-                    std::fs::read_to_string(&m.log).unwrap_or_default()
-                )
-            })
-            .collect()
+        logs_of(&self.members)
     }
 
     /// Waits until every running member answers a linearizable read.
@@ -267,6 +258,20 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(200));
         }
     }
+}
+
+/// Every member's log, each under its name.
+pub fn logs_of(members: &[Member]) -> String {
+    members
+        .iter()
+        .map(|m| {
+            format!(
+                "--- {} ---\n{}",
+                m.name,
+                std::fs::read_to_string(&m.log).unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
