@@ -358,6 +358,9 @@ fn snapshot_save_writes_a_complete_checked_file() {
     for i in 0..50 {
         ctl_ok(&all, &["put", &format!("snap/{i:02}"), &"x".repeat(100)]);
     }
+    // A snapshot holds what its member has applied (as etcd's does, so one can be taken without a
+    // quorum); a linearizable read through the member first makes sure that is every write.
+    ctl_ok(&cluster.members[2].endpoint(), &["get", "snap/49"]);
     let path = cluster.root.path().join("backup.db");
     let saved = ctl_ok(
         &cluster.members[2].endpoint(),
