@@ -284,6 +284,29 @@ fn member_whose_data_was_lost_is_refused_instead_of_rejoining_or_starting_over()
 }
 
 #[test]
+fn a_member_joining_before_it_was_added_is_told_to_add_it_first() {
+    let cluster = Cluster::start(1, "not-added");
+    let mut early = Member::new(cluster.root.path(), "m1", "not-added");
+    early.state = "existing";
+    early.initial_cluster = format!(
+        "{}={},m1={}",
+        cluster.members[0].name, cluster.members[0].peer_url, early.peer_url
+    );
+    early.start();
+    let (status, log) = early.wait_exit(Duration::from_secs(20)).expect("must exit");
+    assert!(!status.success());
+    // The operator recognizes a pod that started too early by these words.
+    assert!(
+        log.contains("are not in the cluster of") && log.contains("run `member add` first"),
+        "{log}"
+    );
+    assert!(
+        !early.data_dir.exists(),
+        "nothing may be written before the error"
+    );
+}
+
+#[test]
 fn learner_is_added_promoted_and_removed_at_runtime() {
     let cluster = Cluster::start(3, "reconfigure");
     ok(&cluster.endpoints(), &["put", "seed", "1"]);

@@ -13,6 +13,8 @@ pub const VERSION_HEADER: &str = "cairn-peer-version";
 
 /// Snapshots travel in chunks of this size, so no single message grows with the store.
 pub const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+/// How a member refuses ClusterInfo to a caller that is not in its cluster (and was not added).
+pub const NOT_A_MEMBER: &str = "only members of this cluster may ask who is in it";
 
 /// The largest peer message a member sends or decodes: room for one maximal client request plus
 /// Raft's framing, and never less than 16 MiB so batches of small entries travel in one message.

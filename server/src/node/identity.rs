@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use crate::bootstrap::{data_dir, identity};
 use crate::config::{ClusterState, Config};
-use crate::network::{ClusterInfo, PeerClient};
+use crate::network::protocol::NOT_A_MEMBER;
+use crate::network::{ClusterInfo, PeerClient, PeerError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -130,6 +131,13 @@ async fn join_existing(config: &Config) -> Result<data_dir::MemberIdentity, Star
                 .await
             {
                 Ok(info) => return identity_from_cluster(config, info),
+                // Said in the words an operator looks for in a pod that started too early.
+                Err(PeerError::Refused { url, reason }) if reason.contains(NOT_A_MEMBER) => {
+                    return Err(StartError::Join(format!(
+                        "this member's peer URLs {:?} are not in the cluster of {url}; run `member add` first",
+                        config.advertise_peer_urls
+                    )));
+                }
                 Err(error) => errors.push(error.to_string()),
             }
         }

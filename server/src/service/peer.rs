@@ -110,8 +110,9 @@ impl Peer for PeerService {
         };
         if caller.cluster_id != self.node.cluster_id && !info.members.iter().any(|(_, urls)| joining(urls)) {
             return Err(Status::permission_denied(format!(
-                "only members of this cluster may ask who is in it, and no member has the peer URLs {:?}; \
-                 add the new member first (member add) with the peer URLs it advertises",
+                "{}, and no member has the peer URLs {:?}; add the new member first (member add) with \
+                 the peer URLs it advertises",
+                protocol::NOT_A_MEMBER,
                 asked.peer_urls
             )));
         }
