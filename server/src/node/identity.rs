@@ -2,12 +2,14 @@
 //! from the flags for a new cluster, or from the running cluster when joining it — and why a
 //! member refuses to start.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bootstrap::{data_dir, identity};
 use crate::config::{ClusterState, Config};
 use crate::network::protocol::NOT_A_MEMBER;
 use crate::network::{ClusterInfo, PeerClient, PeerError};
+use crate::tls::ClientTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -59,7 +61,10 @@ pub enum StartError {
 
 /// Finds out which member of which cluster this is: from the data dir if initialized (it wins over
 /// flags), from the flags for a new cluster, or from the running cluster when joining it.
-pub(super) async fn resolve_identity(config: &Config) -> Result<data_dir::MemberIdentity, StartError> {
+pub(super) async fn resolve_identity(
+    config: &Config,
+    peer_tls: Option<Arc<ClientTls>>,
+) -> Result<data_dir::MemberIdentity, StartError> {
     let dir = config.data_dir.display().to_string();
     if let Some(stored) = data_dir::load(&config.data_dir)? {
         if stored.token != config.token {
@@ -95,30 +100,31 @@ pub(super) async fn resolve_identity(config: &Config) -> Result<data_dir::Member
                 token: config.token.clone(),
             }
         }
-        ClusterState::Existing => join_existing(config).await?,
+        ClusterState::Existing => join_existing(config, peer_tls).await?,
     };
     data_dir::save(&config.data_dir, &identity)?;
     Ok(identity)
 }
 
 /// The client side of TLS towards peers, when this member has a peer certificate.
-pub fn peer_tls(config: &Config) -> Result<Option<std::sync::Arc<crate::tls::ClientTls>>, StartError> {
+pub fn peer_tls(config: &Config) -> Result<Option<Arc<ClientTls>>, StartError> {
     match &config.tls.peer {
-        Some(files) if files.trusted_ca.is_some() => {
-            Ok(Some(std::sync::Arc::new(crate::tls::ClientTls::new(files)?)))
-        }
+        Some(files) if files.trusted_ca.is_some() => Ok(Some(Arc::new(ClientTls::new(files)?))),
         _ => Ok(None),
     }
 }
 
 /// Asks the members listed in `--initial-cluster` who is in the cluster, and checks the list matches
 /// what this member was started with (etcd's ValidateClusterAndAssignIDs).
-async fn join_existing(config: &Config) -> Result<data_dir::MemberIdentity, StartError> {
+async fn join_existing(
+    config: &Config,
+    peer_tls: Option<Arc<ClientTls>>,
+) -> Result<data_dir::MemberIdentity, StartError> {
     let client = PeerClient::new(
         0,
         0,
         crate::network::protocol::message_limit(config.max_request_bytes),
-        peer_tls(config)?,
+        peer_tls,
     );
     let mut errors = Vec::new();
     for (name, urls) in &config.initial_cluster {

@@ -79,12 +79,13 @@ impl Node {
         config: Config,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Arc<Node>, StartError> {
-        let identity = identity::resolve_identity(&config).await?;
+        let peer_tls = identity::peer_tls(&config)?;
+        let identity = identity::resolve_identity(&config, peer_tls.clone()).await?;
         let peers = PeerClient::new(
             identity.member_id,
             identity.cluster_id,
             protocol::message_limit(config.max_request_bytes),
-            identity::peer_tls(&config)?,
+            peer_tls,
         );
         let fsync_metrics = metrics.clone();
         let log = LogStore::open(
