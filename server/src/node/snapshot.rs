@@ -58,14 +58,22 @@ impl<F: FnMut(Vec<u8>) -> std::io::Result<()>> Write for Chunker<F> {
     }
 }
 
-/// Writes the snapshot file of `state` as chunks of `chunk` bytes (the last one shorter).
+/// The encoded size of `state` (one pass over it, without keeping the bytes).
+fn state_len(state: &Machine) -> std::io::Result<u64> {
+    postcard::experimental::serialized_size(state)
+        .map(|len| len as u64)
+        .map_err(|e| std::io::Error::other(e.to_string()))
+}
+
+/// Writes the snapshot file of `state`, whose encoding is `state_len` bytes, as chunks of `chunk`
+/// bytes (the last one shorter).
 pub fn encode_snapshot(
     state: &Machine,
+    state_len: u64,
     chunk: usize,
     emit: impl FnMut(Vec<u8>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let invalid = |e: postcard::Error| std::io::Error::other(e.to_string());
-    let state_len = postcard::experimental::serialized_size(state).map_err(invalid)? as u64;
     let mut out = Chunker {
         chunk,
         pending: Vec::with_capacity(chunk),
@@ -87,15 +95,20 @@ pub fn encode_snapshot(
 }
 
 impl Node {
-    /// Starts streaming a snapshot of the applied state in chunks of `chunk` bytes.
-    pub fn snapshot_stream(&self, chunk: usize) -> Result<SnapshotStream, NodeError> {
+    /// Starts streaming a snapshot of the applied state in chunks of `chunk` bytes. Sizing and
+    /// encoding the state are passes over the whole store, so both run on a blocking thread.
+    pub async fn snapshot_stream(&self, chunk: usize) -> Result<SnapshotStream, NodeError> {
         let state = self.raft.read(Machine::clone);
         let revision = state.app.mvcc.revision();
-        let state_len = postcard::experimental::serialized_size(&state)
-            .map_err(|e| NodeError::Internal(e.to_string()))?;
+        let internal = |e: &dyn std::fmt::Display| NodeError::Internal(e.to_string());
+        let (state, state_len) =
+            tokio::task::spawn_blocking(move || state_len(&state).map(|len| (state, len)))
+                .await
+                .map_err(|e| internal(&e))?
+                .map_err(|e| internal(&e))?;
         let (send, chunks) = mpsc::channel(CHUNKS_AHEAD);
         tokio::task::spawn_blocking(move || {
-            let encoded = encode_snapshot(&state, chunk, |piece| {
+            let encoded = encode_snapshot(&state, state_len, chunk, |piece| {
                 send.blocking_send(Ok(piece))
                     .map_err(|_| std::io::Error::other("the client stopped reading the snapshot"))
             });
@@ -106,7 +119,7 @@ impl Node {
         });
         Ok(SnapshotStream {
             revision,
-            size: snapshot_size(state_len as u64),
+            size: snapshot_size(state_len),
             chunks,
         })
     }
@@ -133,12 +146,12 @@ mod tests {
         let mut state = Machine::default();
         for round in 0..3 {
             let file = whole_file(&state);
-            let state_len = postcard::experimental::serialized_size(&state).unwrap() as u64;
+            let state_len = state_len(&state).unwrap();
             assert_eq!(snapshot_size(state_len), file.len() as u64);
             assert_eq!(file.len() % 512, 32);
             for chunk in [1, 7, 512, 4096, 1 << 20] {
                 let mut chunks = Vec::new();
-                encode_snapshot(&state, chunk, |piece| {
+                encode_snapshot(&state, state_len, chunk, |piece| {
                     chunks.push(piece);
                     Ok(())
                 })
@@ -166,7 +179,7 @@ mod tests {
     fn a_client_that_stops_reading_ends_the_encoding() {
         let state = Machine::default();
         let mut sent = 0;
-        let ended = encode_snapshot(&state, 8, |_| {
+        let ended = encode_snapshot(&state, state_len(&state).unwrap(), 8, |_| {
             sent += 1;
             if sent > 2 {
                 Err(std::io::Error::other("gone"))

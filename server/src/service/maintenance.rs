@@ -70,7 +70,7 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
     async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
-        let snapshot = self.node.snapshot_stream(CHUNK).map_err(node_status)?;
+        let snapshot = self.node.snapshot_stream(CHUNK).await.map_err(node_status)?;
         let header = self.node.header(snapshot.revision);
         let responses = tokio_stream::wrappers::ReceiverStream::new(snapshot.chunks).scan(
             snapshot.size,
