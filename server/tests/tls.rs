@@ -80,14 +80,7 @@ impl TlsCluster {
                 member
             })
             .collect();
-        let initial: Vec<String> = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url))
-            .collect();
-        for member in &mut members {
-            member.initial_cluster = initial.join(",");
-            member.start();
-        }
+        support::start_as_one_cluster(&mut members);
         let cluster = TlsCluster {
             _root: root,
             members,

@@ -159,14 +159,7 @@ impl Cluster {
         for member in &mut members {
             member.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
         }
-        let initial: Vec<String> = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url))
-            .collect();
-        for member in &mut members {
-            member.initial_cluster = initial.join(",");
-            member.start();
-        }
+        start_as_one_cluster(&mut members);
         let cluster = Cluster { root, members };
         cluster.wait_healthy(Duration::from_secs(30));
         cluster
@@ -257,6 +250,18 @@ impl Cluster {
             assert!(Instant::now() < deadline, "no leader:\n{}", self.logs());
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// Starts `members` as the initial members of one new cluster (each lists all of them).
+pub fn start_as_one_cluster(members: &mut [Member]) {
+    let initial: Vec<String> = members
+        .iter()
+        .map(|m| format!("{}={}", m.name, m.peer_url))
+        .collect();
+    for member in members {
+        member.initial_cluster = initial.join(",");
+        member.start();
     }
 }
 
