@@ -1,5 +1,6 @@
 //! Cairn: an etcd-v3-compatible, durable Raft key-value server.
 
+pub mod auth;
 pub mod config;
 pub mod duration;
 pub mod gateway;

@@ -84,7 +84,7 @@ impl Default for Metrics {
                 "grpc_server_handled_total",
                 "gRPC requests handled, by method and code.",
             ),
-            &["grpc_method", "grpc_code"],
+            &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )
         .expect("valid metric");
         Metrics {
@@ -177,9 +177,20 @@ impl Metrics {
         self.wal_fsync.observe(took.as_secs_f64());
     }
 
-    pub fn grpc_handled(&self, method: &str, code: tonic::Code) {
+    /// One handled call of `path` (`/package.Service/Method`, or "unknown"), labelled as etcd's
+    /// gRPC metrics label it: type, service, method and code.
+    pub fn grpc_handled(&self, path: &str, code: tonic::Code) {
+        let (service, method) = path
+            .trim_start_matches('/')
+            .split_once('/')
+            .unwrap_or(("unknown", "unknown"));
+        let kind = match method {
+            "Watch" | "LeaseKeepAlive" => "bidi_stream",
+            "Snapshot" | "Observe" => "server_stream",
+            _ => "unary",
+        };
         self.grpc_handled
-            .with_label_values(&[method, grpc_code_name(code)])
+            .with_label_values(&[kind, service, method, grpc_code_name(code)])
             .inc();
     }
 
@@ -269,7 +280,7 @@ mod tests {
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.002\"} 0",
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.004\"} 1",
             "etcd_disk_wal_fsync_duration_seconds_count 1",
-            "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"/etcdserverpb.KV/Put\"} 1",
+            "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }

@@ -68,6 +68,18 @@ impl std::fmt::Display for cairnpb::RaftRequest {
             Some(Request::Alarm(_)) => "alarm",
             Some(Request::MemberAttributes(_)) => "member-attributes",
             Some(Request::MemberPeerUrls(_)) => "member-peer-urls",
+            Some(Request::AuthEnable(_)) => "auth-enable",
+            Some(Request::AuthDisable(_)) => "auth-disable",
+            Some(Request::Authenticate(_)) => "authenticate",
+            Some(Request::UserAdd(_)) => "user-add",
+            Some(Request::UserDelete(_)) => "user-delete",
+            Some(Request::UserChangePassword(_)) => "user-change-password",
+            Some(Request::UserGrantRole(_)) => "user-grant-role",
+            Some(Request::UserRevokeRole(_)) => "user-revoke-role",
+            Some(Request::RoleAdd(_)) => "role-add",
+            Some(Request::RoleDelete(_)) => "role-delete",
+            Some(Request::RoleGrantPermission(_)) => "role-grant-permission",
+            Some(Request::RoleRevokePermission(_)) => "role-revoke-permission",
             Some(Request::MemberRemoved(_)) => "member-removed",
         };
         f.write_str(kind)

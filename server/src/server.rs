@@ -12,6 +12,7 @@ use tonic::service::Routes;
 use crate::config::Listen;
 use crate::http;
 use crate::node::Node;
+use crate::pb::etcdserverpb::auth_server::AuthServer;
 use crate::pb::etcdserverpb::cluster_server::ClusterServer;
 use crate::pb::etcdserverpb::kv_server::KvServer;
 use crate::pb::etcdserverpb::lease_server::LeaseServer;
@@ -19,6 +20,7 @@ use crate::pb::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::pb::etcdserverpb::watch_server::WatchServer;
 use crate::pb::v3electionpb::election_server::ElectionServer;
 use crate::pb::v3lockpb::lock_server::LockServer;
+use crate::service::auth::AuthService;
 use crate::service::cluster::ClusterService;
 use crate::service::election::ElectionService;
 use crate::service::kv::KvService;
@@ -26,7 +28,7 @@ use crate::service::lease::LeaseService;
 use crate::service::lock::LockService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
-use crate::tls::{CertificateRules, ServerTls, TlsFiles, TlsListener};
+use crate::tls::{CertificateRules, ServerTls, TlsFiles, TlsListener, TlsPeer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -120,6 +122,7 @@ fn client_router(node: &Arc<Node>) -> Router {
             .add_service(
                 WatchServer::new(WatchService { node: node.clone() }).max_decoding_message_size(limit),
             )
+            .add_service(AuthServer::new(AuthService { node: node.clone() }).max_decoding_message_size(limit))
             .add_service(LockServer::new(LockService { node: node.clone() }).max_decoding_message_size(limit))
             .add_service(
                 ElectionServer::new(ElectionService { node: node.clone() }).max_decoding_message_size(limit),
@@ -211,6 +214,7 @@ pub async fn serve(node: Arc<Node>) -> Result<Served, ListenError> {
 }
 
 /// Serves `router` on every listener of one kind until `stop` turns true or the process ends.
+/// Requests over TLS carry the connection's `TlsPeer` (who its certificate names).
 fn spawn_all(
     listeners: Vec<Bound>,
     router: Router,
@@ -221,37 +225,37 @@ fn spawn_all(
         .into_iter()
         .map(|listener| {
             let router = router.clone();
-            let stop = stop.clone();
-            match listener {
-                Bound::Plain(listener) => tokio::spawn(serve_one(no_delay(listener), router, kind, stop)),
-                Bound::Tls(listener) => tokio::spawn(serve_one(listener, router, kind, stop)),
-            }
+            let stopped = stopped(stop.clone());
+            tokio::spawn(async move {
+                let served = match listener {
+                    Bound::Plain(listener) => {
+                        axum::serve(no_delay(listener), router)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    }
+                    Bound::Tls(listener) => {
+                        let service = router.into_make_service_with_connect_info::<TlsPeer>();
+                        axum::serve(listener, service)
+                            .with_graceful_shutdown(stopped)
+                            .await
+                    }
+                };
+                if let Err(error) = served {
+                    tracing::error!(%error, "{kind} listener stopped");
+                }
+            })
         })
         .collect()
 }
 
-async fn serve_one<L>(
-    listener: L,
-    router: Router,
-    kind: &'static str,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    let stopped = async move {
-        // A dropped sender means "never": only an explicit stop closes the listener.
-        while stop.changed().await.is_ok() {
-            if *stop.borrow() {
-                return;
-            }
+/// Resolves once `stop` turns true; a dropped sender means "never".
+async fn stopped(mut stop: tokio::sync::watch::Receiver<bool>) {
+    while stop.changed().await.is_ok() {
+        if *stop.borrow() {
+            return;
         }
-        std::future::pending::<()>().await;
-    };
-    let served = axum::serve(listener, router).with_graceful_shutdown(stopped);
-    if let Err(error) = served.await {
-        tracing::error!(%error, "{kind} listener stopped");
     }
+    std::future::pending::<()>().await;
 }
 
 /// Counts handled gRPC calls by method and status code (from the grpc-status header, which tonic

@@ -138,7 +138,10 @@ impl RawPeer {
     }
 
     async fn forward(&mut self, call: Call) -> Result<Reply, tonic::Status> {
-        let request = self.stamp(ForwardRequest { request: Some(call) });
+        let request = self.stamp(ForwardRequest {
+            request: Some(call),
+            caller: None,
+        });
         let reply = self.client.forward(request).await?.into_inner();
         Ok(reply.reply.expect("a forward reply carries a reply"))
     }
@@ -265,6 +268,7 @@ async fn the_peer_port_refuses_what_a_client_port_would_and_more() {
                     value: vec![0; 17 << 20],
                     ..Default::default()
                 })),
+                caller: None,
             })),
             log_id: None,
         }],

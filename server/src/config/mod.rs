@@ -160,6 +160,16 @@ pub struct Args {
         action = clap::ArgAction::Set
     )]
     pub force_new_cluster: bool,
+    /// How clients' passwords become tokens. `simple` (etcd's default): random tokens that every
+    /// member learns from the log, valid until unused for --auth-token-ttl.
+    #[arg(long, env = "CAIRN_AUTH_TOKEN", default_value = "simple")]
+    pub auth_token: String,
+    /// Seconds a simple token stays valid after its last use on a member.
+    #[arg(long, env = "CAIRN_AUTH_TOKEN_TTL", default_value_t = 300)]
+    pub auth_token_ttl: u64,
+    /// bcrypt cost of the password hashes kept for users (4 to 31; each step doubles the work).
+    #[arg(long, env = "CAIRN_BCRYPT_COST", default_value_t = crate::auth::DEFAULT_BCRYPT_COST)]
+    pub bcrypt_cost: u32,
     /// YAML file of flag-name: value pairs; when given, other flags and variables are ignored (as in etcd).
     #[arg(long, env = "CAIRN_CONFIG_FILE")]
     pub config_file: Option<PathBuf>,
@@ -217,6 +227,12 @@ pub enum ConfigError {
         value: String,
         reason: String,
     },
+    #[error("--{flag} {value:?} is not valid: {reason}")]
+    Invalid {
+        flag: &'static str,
+        value: String,
+        reason: &'static str,
+    },
     #[error("cannot read --config-file {path}: {reason}")]
     ConfigFile { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -268,6 +284,14 @@ pub struct Config {
     pub log_level: String,
     pub log_format: LogFormat,
     pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// How this member issues and checks credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub token_ttl: Duration,
+    pub bcrypt_cost: u32,
 }
 
 const DEFAULT_QUOTA: u64 = 2 * 1024 * 1024 * 1024;
@@ -451,6 +475,7 @@ impl Args {
         if self.max_txn_ops == 0 {
             return Err(ConfigError::Zero { flag: "max-txn-ops" });
         }
+        let auth = self.auth_config()?;
         if self.max_request_bytes == 0 {
             return Err(ConfigError::Zero {
                 flag: "max-request-bytes",
@@ -560,7 +585,34 @@ impl Args {
             log_level: self.log_level,
             log_format: self.log_format,
             tls,
+            auth,
             name: self.name,
+        })
+    }
+
+    fn auth_config(&self) -> Result<AuthConfig, ConfigError> {
+        if self.auth_token != "simple" {
+            return Err(ConfigError::Invalid {
+                flag: "auth-token",
+                value: self.auth_token.clone(),
+                reason: "cairn issues simple tokens only (JWT is not supported); use --auth-token simple",
+            });
+        }
+        if self.auth_token_ttl == 0 {
+            return Err(ConfigError::Zero {
+                flag: "auth-token-ttl",
+            });
+        }
+        if !(4..=31).contains(&self.bcrypt_cost) {
+            return Err(ConfigError::Invalid {
+                flag: "bcrypt-cost",
+                value: self.bcrypt_cost.to_string(),
+                reason: "bcrypt's cost is between 4 and 31",
+            });
+        }
+        Ok(AuthConfig {
+            token_ttl: Duration::from_secs(self.auth_token_ttl),
+            bcrypt_cost: self.bcrypt_cost,
         })
     }
 }

@@ -2,7 +2,8 @@
 //! request as proto3 JSON (proto field names, int64 as strings, bytes as base64), answered by the
 //! same service code as gRPC. Errors are `{"error","code","message"}` with the gRPC code; streams
 //! (`/v3/watch`, `/v3/lease/keepalive`, observe, snapshot) answer one `{"result": ...}` line per
-//! message. `/v3beta/` is the same as `/v3/`, as in etcd.
+//! message. `/v3beta/` is the same as `/v3/`, as in etcd. A token from `/v3/auth/authenticate`
+//! goes in the `Authorization` header.
 
 mod stream;
 
@@ -11,7 +12,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
+use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -20,28 +22,39 @@ use serde::de::DeserializeOwned;
 use tonic::{Code, Status};
 
 use crate::node::Node;
+use crate::pb::etcdserverpb::auth_server::Auth;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
 use crate::pb::etcdserverpb::kv_server::Kv;
 use crate::pb::etcdserverpb::lease_server::Lease;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::v3electionpb::election_server::Election;
 use crate::pb::v3lockpb::lock_server::Lock;
+use crate::service::auth::AuthService;
+use crate::service::caller::TOKEN;
 use crate::service::cluster::ClusterService;
 use crate::service::election::ElectionService;
 use crate::service::kv::KvService;
 use crate::service::lease::LeaseService;
 use crate::service::lock::LockService;
 use crate::service::maintenance::MaintenanceService;
+use crate::tls::TlsPeer;
 
 /// Routes one unary path to a service method: the JSON body becomes the request, the answer JSON.
 macro_rules! unary {
     ($router:expr, $path:literal, $service:ident, $method:ident) => {
         $router.route(
             $path,
-            post(|State(node): State<Arc<Node>>, body: Bytes| async move {
-                let service = $service { node };
-                call(body, |request| async move { service.$method(request).await }).await
-            }),
+            post(
+                |State(node): State<Arc<Node>>, parts: Parts, body: Bytes| async move {
+                    let service = $service { node };
+                    call(
+                        body,
+                        &parts,
+                        |request| async move { service.$method(request).await },
+                    )
+                    .await
+                },
+            ),
         )
     };
 }
@@ -75,6 +88,23 @@ pub fn router(node: Arc<Node>) -> Router {
         MaintenanceService,
         move_leader
     );
+    v3 = unary!(v3, "/auth/enable", AuthService, auth_enable);
+    v3 = unary!(v3, "/auth/disable", AuthService, auth_disable);
+    v3 = unary!(v3, "/auth/status", AuthService, auth_status);
+    v3 = unary!(v3, "/auth/authenticate", AuthService, authenticate);
+    v3 = unary!(v3, "/auth/user/add", AuthService, user_add);
+    v3 = unary!(v3, "/auth/user/get", AuthService, user_get);
+    v3 = unary!(v3, "/auth/user/list", AuthService, user_list);
+    v3 = unary!(v3, "/auth/user/delete", AuthService, user_delete);
+    v3 = unary!(v3, "/auth/user/changepw", AuthService, user_change_password);
+    v3 = unary!(v3, "/auth/user/grant", AuthService, user_grant_role);
+    v3 = unary!(v3, "/auth/user/revoke", AuthService, user_revoke_role);
+    v3 = unary!(v3, "/auth/role/add", AuthService, role_add);
+    v3 = unary!(v3, "/auth/role/get", AuthService, role_get);
+    v3 = unary!(v3, "/auth/role/list", AuthService, role_list);
+    v3 = unary!(v3, "/auth/role/delete", AuthService, role_delete);
+    v3 = unary!(v3, "/auth/role/grant", AuthService, role_grant_permission);
+    v3 = unary!(v3, "/auth/role/revoke", AuthService, role_revoke_permission);
     v3 = unary!(v3, "/lock/lock", LockService, lock);
     v3 = unary!(v3, "/lock/unlock", LockService, unlock);
     v3 = unary!(v3, "/election/campaign", ElectionService, campaign);
@@ -91,7 +121,7 @@ pub fn router(node: Arc<Node>) -> Router {
 }
 
 /// Decodes the body (empty means the default request), calls, and encodes the answer.
-async fn call<Req, Resp, F, Fut>(body: Bytes, method: F) -> Response
+async fn call<Req, Resp, F, Fut>(body: Bytes, parts: &Parts, method: F) -> Response
 where
     Req: DeserializeOwned + Default,
     Resp: Serialize,
@@ -102,10 +132,28 @@ where
         Ok(request) => request,
         Err(status) => return error(&status),
     };
-    match method(tonic::Request::new(request)).await {
+    match method(with_credentials(request, parts)).await {
         Ok(response) => json(StatusCode::OK, &response.into_inner()),
         Err(status) => error(&status),
     }
+}
+
+/// A gRPC request carrying the HTTP request's credentials: the token in `Authorization` (as
+/// etcd's gateway takes it) and the TLS connection's certificate.
+fn with_credentials<T>(message: T, parts: &Parts) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let token = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok());
+    if let Some(token) = token {
+        request.metadata_mut().insert(TOKEN, token);
+    }
+    if let Some(peer) = parts.extensions.get::<ConnectInfo<TlsPeer>>() {
+        request.extensions_mut().insert(peer.clone());
+    }
+    request
 }
 
 /// A request from its JSON; a body that is not one answers InvalidArgument naming the problem.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
+use axum::http::request::Parts;
 use axum::response::Response;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
@@ -12,12 +13,13 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 use tonic::Status;
 
-use super::{decode, error, http_status, streamed};
+use super::{decode, error, http_status, streamed, with_credentials};
 use crate::node::Node;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, WatchRequest};
 use crate::pb::v3electionpb::LeaderRequest;
 use crate::pb::v3electionpb::election_server::Election;
+use crate::service::caller::caller;
 use crate::service::election::ElectionService;
 use crate::service::error::node_status;
 use crate::service::maintenance::MaintenanceService;
@@ -82,21 +84,32 @@ where
 }
 
 /// `/v3/watch`: watch requests in the body, as many as the client sends; events as they happen.
-pub async fn watch(State(node): State<Arc<Node>>, body: Body) -> Response {
+pub async fn watch(State(node): State<Arc<Node>>, parts: Parts, body: Body) -> Response {
+    let caller = match caller(&node, &with_credentials((), &parts)).await {
+        Ok(caller) => caller,
+        Err(status) => return error(&status),
+    };
     let requests = objects::<WatchRequest>(body);
-    match node.watch(requests, false) {
+    match node.watch(&caller, requests, false) {
         Ok(responses) => lines(responses.map(|item| item.map_err(node_status))),
         Err(e) => error(&node_status(e)),
     }
 }
 
 /// `/v3/lease/keepalive`: each `{"ID": ...}` in the body renews that lease.
-pub async fn lease_keep_alive(State(node): State<Arc<Node>>, body: Body) -> Response {
+pub async fn lease_keep_alive(State(node): State<Arc<Node>>, parts: Parts, body: Body) -> Response {
+    let caller = match caller(&node, &with_credentials((), &parts)).await {
+        Ok(caller) => caller,
+        Err(status) => return error(&status),
+    };
     let requests = objects::<LeaseKeepAliveRequest>(body);
     let responses = requests.then(move |request| {
-        let node = node.clone();
+        let (node, caller) = (node.clone(), caller.clone());
         async move {
-            let ttl = node.lease_keep_alive(request.id).await.map_err(node_status)?;
+            let ttl = node
+                .lease_keep_alive(&caller, request.id)
+                .await
+                .map_err(node_status)?;
             Ok(LeaseKeepAliveResponse {
                 header: Some(node.header(node.revision())),
                 id: request.id,
@@ -108,13 +121,13 @@ pub async fn lease_keep_alive(State(node): State<Arc<Node>>, body: Body) -> Resp
 }
 
 /// `/v3/election/observe`: the election's leaders as they change.
-pub async fn observe(State(node): State<Arc<Node>>, body: Bytes) -> Response {
+pub async fn observe(State(node): State<Arc<Node>>, parts: Parts, body: Bytes) -> Response {
     let request: LeaderRequest = match decode(&body) {
         Ok(request) => request,
         Err(status) => return error(&status),
     };
     match (ElectionService { node })
-        .observe(tonic::Request::new(request))
+        .observe(with_credentials(request, &parts))
         .await
     {
         Ok(responses) => lines(responses.into_inner()),
@@ -123,9 +136,9 @@ pub async fn observe(State(node): State<Arc<Node>>, body: Bytes) -> Response {
 }
 
 /// `/v3/maintenance/snapshot`: the snapshot in chunks, as over gRPC.
-pub async fn snapshot(State(node): State<Arc<Node>>) -> Response {
+pub async fn snapshot(State(node): State<Arc<Node>>, parts: Parts) -> Response {
     match (MaintenanceService { node })
-        .snapshot(tonic::Request::new(SnapshotRequest {}))
+        .snapshot(with_credentials(SnapshotRequest {}, &parts))
         .await
     {
         Ok(chunks) => lines(chunks.into_inner()),

@@ -371,6 +371,7 @@ mod tests {
                 prev_kv: true,
                 ..Default::default()
             })),
+            caller: None,
         };
         AppendEntriesRequest {
             vote: Vote::new_committed(4, 2),
@@ -520,6 +521,7 @@ mod tests {
                 value: b"value".to_vec(),
                 ..Default::default()
             })),
+            caller: None,
         };
         let kept = check("forward-put-request.bin", forward.encode_to_vec());
         assert_eq!(peerpb::ForwardRequest::decode(&kept[..]).unwrap(), forward);

@@ -207,6 +207,7 @@ mod tests {
                     value: vec![0; value_bytes],
                     ..Default::default()
                 })),
+                caller: None,
             }),
         };
         convert::append_request_to(AppendEntriesRequest {

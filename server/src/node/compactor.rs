@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::Node;
 use crate::config::AutoCompaction;
-use crate::pb::cairnpb::{RaftRequest, raft_request};
+use crate::pb::cairnpb::{Caller, RaftRequest, raft_request};
 use crate::pb::etcdserverpb::CompactionRequest;
 
 /// Periodic compaction runs at least hourly, whatever the retention.
@@ -106,6 +106,7 @@ pub async fn run(node: Arc<Node>, policy: AutoCompaction) {
                 revision: target,
                 physical: false,
             })),
+            caller: Some(Caller::internal()),
         };
         match node.raft.propose(request).await {
             Ok(_) => tracing::info!(revision = target, "auto-compacted history"),

@@ -1,9 +1,11 @@
 //! Errors of node operations, worded exactly as etcd words them (clients match on the text), and
 //! their form on the peer plane when a forwarded request fails on the leader.
 
+use crate::auth::AuthError;
 use crate::mvcc::MvccError;
 use crate::pb::peerpb::ForwardError;
 use crate::pb::peerpb::forward_error::Kind;
+use crate::state::Refusal;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
@@ -22,6 +24,8 @@ pub enum NodeError {
     NotLeader,
     #[error(transparent)]
     Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// A request a client may not make as it stands; the text is etcd's for the same refusal.
     #[error("{0}")]
     InvalidRequest(String),
@@ -57,6 +61,15 @@ impl NodeError {
         NodeError::InvalidRequest(message.to_owned())
     }
 
+    /// The error of an entry the state machine refused with `code`.
+    pub fn refused(code: u32) -> NodeError {
+        match Refusal::from_code(code) {
+            Some(Refusal::Mvcc(error)) => NodeError::Mvcc(error),
+            Some(Refusal::Auth(error)) => NodeError::Auth(error),
+            None => NodeError::Internal(format!("unknown apply error code {code}")),
+        }
+    }
+
     /// The error as the peer plane carries it back to the member that forwarded the request.
     pub fn to_wire(&self) -> ForwardError {
         let (kind, code, message) = match self {
@@ -67,6 +80,7 @@ impl NodeError {
             NodeError::Stopped => (Kind::Stopped, 0, String::new()),
             NodeError::NotLeader => (Kind::NotLeader, 0, String::new()),
             NodeError::Mvcc(error) => (Kind::Store, error.code(), String::new()),
+            NodeError::Auth(error) => (Kind::Store, error.code(), String::new()),
             NodeError::InvalidRequest(message) => (Kind::InvalidRequest, 0, message.clone()),
             NodeError::NotForwardable(message) => (Kind::NotForwardable, 0, message.clone()),
             NodeError::MemberExists => (Kind::MemberExists, 0, String::new()),
@@ -98,10 +112,7 @@ impl NodeError {
             Kind::TimeoutDueToLeaderFail => NodeError::TimeoutDueToLeaderFail,
             Kind::Stopped => NodeError::Stopped,
             Kind::NotLeader => NodeError::NotLeader,
-            Kind::Store => MvccError::from_code(error.code).map_or_else(
-                || NodeError::Internal(format!("leader reported unknown store error {}", error.code)),
-                NodeError::Mvcc,
-            ),
+            Kind::Store => NodeError::refused(error.code),
             Kind::InvalidRequest => NodeError::InvalidRequest(message),
             Kind::NotForwardable => NodeError::NotForwardable(message),
             Kind::MemberExists => NodeError::MemberExists,
@@ -135,6 +146,8 @@ mod tests {
             NodeError::NotLeader,
             NodeError::Mvcc(MvccError::NoSpace),
             NodeError::Mvcc(MvccError::Compacted),
+            NodeError::Auth(AuthError::PermissionDenied),
+            NodeError::Auth(AuthError::AuthOldRevision),
             NodeError::invalid("etcdserver: key is not provided"),
             NodeError::NotForwardable("member attributes of another member".into()),
             NodeError::MemberExists,

@@ -3,28 +3,34 @@
 
 use super::leader::{LeaderCall, pick};
 use super::{Node, NodeError};
-use crate::pb::cairnpb::{RaftResponse, raft_response::Response};
+use crate::auth::Access;
+use crate::pb::cairnpb::{Caller, RaftResponse, raft_response::Response};
 use crate::pb::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
     RangeResponse, TxnRequest, TxnResponse,
 };
 
 impl Node {
-    /// Commits a client write through the leader, after the checks every write passes.
-    pub(super) async fn write(&self, call: LeaderCall) -> Result<RaftResponse, NodeError> {
+    /// Commits a client write through the leader, after the checks every write passes; the
+    /// caller's permissions are checked when it is applied.
+    pub(super) async fn write(&self, call: LeaderCall, caller: &Caller) -> Result<RaftResponse, NodeError> {
         self.limits.call(&call)?;
         if self.raft.is_learner() {
             return Err(NodeError::NotSupportedForLearner);
         }
         self.metrics.proposal_pending(1);
-        let answer = self.on_leader(call).await;
+        let answer = self.on_leader(call, caller).await;
         self.metrics.proposal_pending(-1);
         self.metrics.proposal_done(answer.is_ok());
         answer?.applied()
     }
 
     /// A range read; answers with the store's revision at the time of the read.
-    pub async fn range(&self, request: RangeRequest) -> Result<(RangeResponse, i64), NodeError> {
+    pub async fn range(
+        &self,
+        caller: &Caller,
+        request: RangeRequest,
+    ) -> Result<(RangeResponse, i64), NodeError> {
         self.limits.range(&request)?;
         if !request.serializable {
             // Learners serve serializable reads only (etcd's isRPCSupportedForLearner).
@@ -34,15 +40,21 @@ impl Node {
             self.linearizable_barrier().await?;
         }
         // The header's revision is the one the data was read at: taken under the same look at
-        // the store, never after it (apply may have moved on in between).
-        let (response, revision) = self
-            .raft
-            .read(|m| (m.app.mvcc.range(&request), m.app.mvcc.revision()));
-        Ok((response?, revision))
+        // the store, never after it (apply may have moved on in between). The permission check
+        // sees the auth store of that moment too.
+        let (response, revision) = self.raft.read(|m| {
+            m.app
+                .auth
+                .check(caller, &request.key, &request.range_end, Access::Read)
+                .map_err(NodeError::Auth)
+                .and_then(|()| m.app.mvcc.range(&request).map_err(NodeError::Mvcc))
+                .map(|response| (response, m.app.mvcc.revision()))
+        })?;
+        Ok((response, revision))
     }
 
-    pub async fn put(&self, request: PutRequest) -> Result<(PutResponse, i64), NodeError> {
-        let response = self.write(LeaderCall::Put(request)).await?;
+    pub async fn put(&self, caller: &Caller, request: PutRequest) -> Result<(PutResponse, i64), NodeError> {
+        let response = self.write(LeaderCall::Put(request), caller).await?;
         pick(response, |r| match r {
             Response::Put(put) => Some(put),
             _ => None,
@@ -51,17 +63,18 @@ impl Node {
 
     pub async fn delete_range(
         &self,
+        caller: &Caller,
         request: DeleteRangeRequest,
     ) -> Result<(DeleteRangeResponse, i64), NodeError> {
-        let response = self.write(LeaderCall::DeleteRange(request)).await?;
+        let response = self.write(LeaderCall::DeleteRange(request), caller).await?;
         pick(response, |r| match r {
             Response::DeleteRange(delete) => Some(delete),
             _ => None,
         })
     }
 
-    pub async fn txn(&self, request: TxnRequest) -> Result<(TxnResponse, i64), NodeError> {
-        let response = self.write(LeaderCall::Txn(request)).await?;
+    pub async fn txn(&self, caller: &Caller, request: TxnRequest) -> Result<(TxnResponse, i64), NodeError> {
+        let response = self.write(LeaderCall::Txn(request), caller).await?;
         pick(response, |r| match r {
             Response::Txn(txn) => Some(txn),
             _ => None,
@@ -69,8 +82,8 @@ impl Node {
     }
 
     /// Compacts history; answers with the revision the compaction was applied at.
-    pub async fn compact(&self, request: CompactionRequest) -> Result<i64, NodeError> {
-        let response = self.write(LeaderCall::Compaction(request)).await?;
+    pub async fn compact(&self, caller: &Caller, request: CompactionRequest) -> Result<i64, NodeError> {
+        let response = self.write(LeaderCall::Compaction(request), caller).await?;
         pick(response, |r| match r {
             Response::Compaction(compaction) => Some(compaction),
             _ => None,

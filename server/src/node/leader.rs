@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::{Node, NodeError, REQUEST_TIMEOUT};
 use crate::network::PeerError;
-use crate::pb::cairnpb::{RaftRequest, RaftResponse, raft_request, raft_response};
+use crate::pb::cairnpb::{Caller, RaftRequest, RaftResponse, raft_request, raft_response};
 use crate::pb::peerpb::forward_reply::Reply;
 use crate::pb::peerpb::forward_request::Request as Call;
 use crate::pb::peerpb::{ForwardReply, ForwardRequest};
@@ -42,11 +42,7 @@ impl Answer {
     pub fn applied(self) -> Result<RaftResponse, NodeError> {
         match self.reply {
             Reply::Applied(response) => match response.response {
-                Some(raft_response::Response::Error(code)) => Err(crate::mvcc::MvccError::from_code(code)
-                    .map_or_else(
-                        || NodeError::Internal(format!("unknown apply error code {code}")),
-                        NodeError::Mvcc,
-                    )),
+                Some(raft_response::Response::Error(code)) => Err(NodeError::refused(code)),
                 _ => Ok(response),
             },
             _ => Err(different_call()),
@@ -84,14 +80,14 @@ fn repeatable(call: &LeaderCall) -> bool {
 }
 
 impl Node {
-    /// Serves `call` on the leader, this member or another, waiting for one to exist. A forwarded
-    /// call whose outcome is unknown (timed out) is never sent again.
-    pub(super) async fn on_leader(&self, call: LeaderCall) -> Result<Answer, NodeError> {
+    /// Serves `call` for `caller` on the leader, this member or another, waiting for one to exist.
+    /// A forwarded call whose outcome is unknown (timed out) is never sent again.
+    pub(super) async fn on_leader(&self, call: LeaderCall, caller: &Caller) -> Result<Answer, NodeError> {
         let deadline = Instant::now() + REQUEST_TIMEOUT;
         loop {
             let leader = self.raft.leader_id();
             if leader == Some(self.member_id) {
-                match self.lead(call.clone()).await {
+                match self.lead(call.clone(), caller.clone()).await {
                     Err(NodeError::NotLeader) => {}
                     other => {
                         return other.map(|reply| Answer {
@@ -104,6 +100,7 @@ impl Node {
                 let remaining = deadline.saturating_duration_since(Instant::now());
                 let request = ForwardRequest {
                     request: Some(call.clone()),
+                    caller: Some(caller.clone()),
                 };
                 match self.peers.forward(&url, remaining, request).await {
                     Ok(ForwardReply {
@@ -148,6 +145,11 @@ impl Node {
     /// A request another member forwarded: served only if this member leads, after the same checks
     /// a client's request passes. `from` is the calling member.
     pub async fn serve_forwarded(&self, from: u64, request: ForwardRequest) -> ForwardReply {
+        // The members' own work is proposed where it arises; a forwarded call is always a client's.
+        let caller = Caller {
+            internal: false,
+            ..request.caller.unwrap_or_default()
+        };
         let result = match request.request {
             None => Err(NodeError::NotForwardable("empty request".into())),
             Some(Call::PublishAttributes(attributes)) if attributes.id != from => {
@@ -157,7 +159,7 @@ impl Node {
                 )))
             }
             Some(call) => match self.limits.call(&call) {
-                Ok(()) => self.lead(call).await,
+                Ok(()) => self.lead(call, caller).await,
                 Err(error) => Err(error),
             },
         };
@@ -166,8 +168,9 @@ impl Node {
         }
     }
 
-    /// Serves `call` on this member, which must lead. Its caller has checked it (`Limits::call`).
-    async fn lead(&self, call: LeaderCall) -> Result<Reply, NodeError> {
+    /// Serves `call` on this member, which must lead. Its caller has checked it (`Limits::call`);
+    /// an entry it proposes carries `caller`, whose permissions apply checks.
+    async fn lead(&self, call: LeaderCall, caller: Caller) -> Result<Reply, NodeError> {
         if !self.raft.is_leader() {
             return Err(NodeError::NotLeader);
         }
@@ -198,24 +201,45 @@ impl Node {
             Call::LeaseRevoke(revoke) => Entry::LeaseRevoke(revoke),
             Call::Alarm(alarm) => Entry::Alarm(alarm),
             Call::PublishAttributes(attributes) => Entry::MemberAttributes(attributes),
+            Call::AuthEnable(request) => Entry::AuthEnable(request),
+            Call::AuthDisable(request) => Entry::AuthDisable(request),
+            Call::Authenticate(request) => Entry::Authenticate(request),
+            Call::UserAdd(request) => Entry::UserAdd(request),
+            Call::UserDelete(request) => Entry::UserDelete(request),
+            Call::UserChangePassword(request) => Entry::UserChangePassword(request),
+            Call::UserGrantRole(request) => Entry::UserGrantRole(request),
+            Call::UserRevokeRole(request) => Entry::UserRevokeRole(request),
+            Call::RoleAdd(request) => Entry::RoleAdd(request),
+            Call::RoleDelete(request) => Entry::RoleDelete(request),
+            Call::RoleGrantPermission(request) => Entry::RoleGrantPermission(request),
+            Call::RoleRevokePermission(request) => Entry::RoleRevokePermission(request),
             Call::ReadIndex(_) => return self.raft.read_index().await.map(Reply::ReadIndex),
             Call::LeaseKeepAlive(request) => return self.lease_renew_here(request.id).map(Reply::LeaseTtl),
             Call::LeaseTimeToLive(request) => {
                 return self.lease_remaining_here(request.id).map(Reply::LeaseTtl);
             }
-            Call::MemberAdd(request) => return self.member_add_here(request).await.map(Reply::MemberId),
+            Call::MemberAdd(request) => {
+                self.authorize_admin(&caller)?;
+                return self.member_add_here(request).await.map(Reply::MemberId);
+            }
             Call::MemberRemove(request) => {
+                self.authorize_admin(&caller)?;
                 return self.member_remove_here(request.id).await.map(Reply::MemberId);
             }
             Call::MemberPromote(request) => {
+                self.authorize_admin(&caller)?;
                 return self.member_promote_here(request.id).await.map(Reply::MemberId);
             }
             Call::MemberUpdate(request) => {
+                self.authorize_admin(&caller)?;
                 return self.member_update_here(request).await.map(Reply::MemberId);
             }
         };
         self.raft
-            .propose(RaftRequest { request: Some(entry) })
+            .propose(RaftRequest {
+                request: Some(entry),
+                caller: Some(caller),
+            })
             .await
             .map(Reply::Applied)
     }
@@ -241,6 +265,7 @@ impl Node {
         );
         let request = RaftRequest {
             request: Some(raft_request::Request::Alarm(alarm)),
+            caller: Some(Caller::internal()),
         };
         if let Err(error) = self.raft.propose(request).await {
             tracing::warn!(%error, "raising the NOSPACE alarm failed");

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use super::leader::{LeaderCall, pick};
 use super::{Node, NodeError};
-use crate::pb::cairnpb::{RaftRequest, raft_request, raft_response::Response};
+use crate::auth::Access;
+use crate::pb::cairnpb::{Caller, RaftRequest, raft_request, raft_response::Response};
 use crate::pb::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseStatus,
     LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -47,9 +48,10 @@ impl Node {
     /// Grants a lease; the leader settles its ID and minimum TTL before proposing it.
     pub async fn lease_grant(
         &self,
+        caller: &Caller,
         request: LeaseGrantRequest,
     ) -> Result<(LeaseGrantResponse, i64), NodeError> {
-        let response = self.write(LeaderCall::LeaseGrant(request)).await?;
+        let response = self.write(LeaderCall::LeaseGrant(request), caller).await?;
         pick(response, |r| match r {
             Response::LeaseGrant(grant) => Some(grant),
             _ => None,
@@ -57,8 +59,8 @@ impl Node {
     }
 
     /// Revokes a lease and deletes its keys; answers with the revision of the revoke.
-    pub async fn lease_revoke(&self, request: LeaseRevokeRequest) -> Result<i64, NodeError> {
-        let response = self.write(LeaderCall::LeaseRevoke(request)).await?;
+    pub async fn lease_revoke(&self, caller: &Caller, request: LeaseRevokeRequest) -> Result<i64, NodeError> {
+        let response = self.write(LeaderCall::LeaseRevoke(request), caller).await?;
         pick(response, |r| match r {
             Response::LeaseRevoke(revoke) => Some(revoke),
             _ => None,
@@ -67,26 +69,38 @@ impl Node {
     }
 
     /// Renews a lease by the leader's clock: the renewed TTL, or 0 if the lease does not exist.
-    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, NodeError> {
+    pub async fn lease_keep_alive(&self, caller: &Caller, id: i64) -> Result<i64, NodeError> {
         let call = LeaderCall::LeaseKeepAlive(LeaseKeepAliveRequest { id });
-        self.on_leader(call).await?.lease_ttl()
+        self.on_leader(call, caller).await?.lease_ttl()
     }
 
-    /// A lease's remaining TTL (by the leader's clock), granted TTL and, if asked, its keys.
+    /// A lease's remaining TTL (by the leader's clock), granted TTL and, if asked, its keys. With
+    /// auth on, the caller must be able to read every key of the lease (as in etcd).
     pub async fn lease_time_to_live(
         &self,
+        caller: &Caller,
         request: LeaseTimeToLiveRequest,
     ) -> Result<LeaseTimeToLiveResponse, NodeError> {
         let id = request.id;
         let with_keys = request.keys;
         let ttl = self
-            .on_leader(LeaderCall::LeaseTimeToLive(request))
+            .on_leader(LeaderCall::LeaseTimeToLive(request), caller)
             .await?
             .lease_ttl()?;
-        let (granted_ttl, keys) = self.raft.read(|m| match m.app.mvcc.lease(id) {
-            Some(lease) => (lease.granted_ttl, lease.keys.iter().map(|k| k.to_vec()).collect()),
-            None => (0, vec![]),
-        });
+        let (granted_ttl, keys) = self.raft.read(|m| {
+            let Some(lease) = m.app.mvcc.lease(id) else {
+                return Ok((0, vec![]));
+            };
+            if m.app.auth.check_admin(caller).is_err() {
+                for key in &lease.keys {
+                    m.app.auth.check(caller, key, b"", Access::Read)?;
+                }
+            }
+            Ok::<_, crate::auth::AuthError>((
+                lease.granted_ttl,
+                lease.keys.iter().map(|k| k.to_vec()).collect(),
+            ))
+        })?;
         Ok(LeaseTimeToLiveResponse {
             header: None,
             id,
@@ -180,6 +194,7 @@ pub async fn run(node: Arc<Node>) {
         for id in node.expired_leases() {
             let request = RaftRequest {
                 request: Some(raft_request::Request::LeaseRevoke(LeaseRevokeRequest { id })),
+                caller: Some(Caller::internal()),
             };
             match node.raft.propose(request).await {
                 Ok(_) => tracing::debug!(lease = %format!("{id:x}"), "lease expired and revoked"),

@@ -5,18 +5,19 @@ use std::sync::atomic::Ordering;
 
 use super::leader::{LeaderCall, pick};
 use super::{ETCD_API_VERSION, Node, NodeError};
-use crate::pb::cairnpb::raft_response::Response;
+use crate::pb::cairnpb::{Caller, raft_response::Response};
 use crate::pb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmType, StatusResponse, alarm_request::AlarmAction,
 };
 
 impl Node {
     /// Gets, raises or disarms alarms; answers with the alarms in force.
-    pub async fn alarm(&self, request: AlarmRequest) -> Result<Vec<AlarmMember>, NodeError> {
+    /// Raising or disarming one is root's once auth is on (checked at apply).
+    pub async fn alarm(&self, caller: &Caller, request: AlarmRequest) -> Result<Vec<AlarmMember>, NodeError> {
         if request.action == AlarmAction::Get as i32 {
             return Ok(self.raft.read(|m| m.app.alarm_members()));
         }
-        let response = self.write(LeaderCall::Alarm(request)).await?;
+        let response = self.write(LeaderCall::Alarm(request), caller).await?;
         pick(response, |r| match r {
             Response::Alarm(alarm) => Some(alarm.alarms),
             _ => None,

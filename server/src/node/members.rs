@@ -10,6 +10,7 @@ use super::leader::LeaderCall;
 use super::{Node, NodeError};
 use crate::PeerNode;
 use crate::bootstrap::identity;
+use crate::pb::cairnpb::Caller;
 use crate::pb::etcdserverpb::{
     Member, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, MemberUpdateRequest,
 };
@@ -91,7 +92,12 @@ impl Node {
     }
 
     /// Adds a member (a learner if `learner`); answers with its new ID.
-    pub async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<u64, NodeError> {
+    pub async fn member_add(
+        &self,
+        caller: &Caller,
+        peer_urls: Vec<String>,
+        learner: bool,
+    ) -> Result<u64, NodeError> {
         let peer_urls = checked_urls(&peer_urls)?;
         if peer_urls.is_empty() {
             return Err(NodeError::MemberBadUrls);
@@ -100,34 +106,40 @@ impl Node {
             peer_ur_ls: peer_urls,
             is_learner: learner,
         };
-        self.member_change(LeaderCall::MemberAdd(request)).await
+        self.member_change(LeaderCall::MemberAdd(request), caller).await
     }
 
-    pub async fn member_remove(&self, id: u64) -> Result<(), NodeError> {
-        self.member_change(LeaderCall::MemberRemove(MemberRemoveRequest { id }))
+    pub async fn member_remove(&self, caller: &Caller, id: u64) -> Result<(), NodeError> {
+        self.member_change(LeaderCall::MemberRemove(MemberRemoveRequest { id }), caller)
             .await
             .map(drop)
     }
 
-    pub async fn member_promote(&self, id: u64) -> Result<(), NodeError> {
-        self.member_change(LeaderCall::MemberPromote(MemberPromoteRequest { id }))
+    pub async fn member_promote(&self, caller: &Caller, id: u64) -> Result<(), NodeError> {
+        self.member_change(LeaderCall::MemberPromote(MemberPromoteRequest { id }), caller)
             .await
             .map(drop)
     }
 
-    pub async fn member_update(&self, id: u64, peer_urls: Vec<String>) -> Result<(), NodeError> {
+    pub async fn member_update(
+        &self,
+        caller: &Caller,
+        id: u64,
+        peer_urls: Vec<String>,
+    ) -> Result<(), NodeError> {
         let peer_urls = checked_urls(&peer_urls)?;
         let request = MemberUpdateRequest {
             id,
             peer_ur_ls: peer_urls,
         };
-        self.member_change(LeaderCall::MemberUpdate(request))
+        self.member_change(LeaderCall::MemberUpdate(request), caller)
             .await
             .map(drop)
     }
 
-    async fn member_change(&self, call: LeaderCall) -> Result<u64, NodeError> {
-        let answer = self.on_leader(call).await?;
+    /// A membership change, which only root may make once auth is on (checked by the leader).
+    async fn member_change(&self, call: LeaderCall, caller: &Caller) -> Result<u64, NodeError> {
+        let answer = self.on_leader(call, caller).await?;
         let forwarded = answer.forwarded;
         let id = answer.member_id()?;
         if forwarded {

@@ -1,8 +1,10 @@
 //! The node (etcd's EtcdServer): the one place where storage, the Raft network and Raft meet. This
 //! file wires them together and runs the member's background work; its rooms serve requests —
-//! `kv`, `lessor`, `members`, `maintenance` — through `leader`, the one way to the leader, while
-//! `raft_node` drives Raft. Services call named methods here and never see the state machine.
+//! `kv`, `lessor`, `members`, `maintenance`, `auth` — through `leader`, the one way to the leader,
+//! while `raft_node` drives Raft. Services call named methods here, on behalf of the `Caller` that
+//! `auth` established for the request, and never see the state machine.
 
+mod auth;
 mod compactor;
 mod error;
 mod identity;
@@ -11,6 +13,7 @@ mod leader;
 mod lessor;
 mod maintenance;
 mod members;
+mod observer;
 mod raft_node;
 mod snapshot;
 mod validate;
@@ -22,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+pub use auth::AuthChange;
 pub use error::NodeError;
 pub use identity::StartError;
 pub use lessor::Lessor;
@@ -32,13 +36,12 @@ use crate::bootstrap::identity as member_identity;
 use crate::config::{ClusterState, Config};
 use crate::network::raft::NetworkFactory;
 use crate::network::{ClusterInfo, PeerClient, protocol};
-use crate::pb::cairnpb::MemberAttributes;
+use crate::pb::cairnpb::{Caller, MemberAttributes};
 use crate::pb::etcdserverpb::ResponseHeader;
 use crate::store::{LogStore, SharedMachine, StateMachine, force, snap_dir, wal_dir};
 use crate::watch::Feed;
 use leader::LeaderCall;
 use raft_node::{Raft, RaftNode};
-use watches::FeedObserver;
 
 /// The etcd API version Cairn speaks, reported by Status and /version.
 pub const ETCD_API_VERSION: &str = "3.5.0";
@@ -70,6 +73,8 @@ pub struct Node {
     metrics: Arc<crate::metrics::Metrics>,
     /// Applied revisions, as watchers receive them.
     feed: Arc<Feed>,
+    /// The simple tokens this member knows, as the log issued them.
+    tokens: Arc<crate::auth::Tokens>,
 }
 
 impl Node {
@@ -94,9 +99,13 @@ impl Node {
         )
         .await?;
         let feed = Arc::new(Feed::default());
-        let state_machine =
-            StateMachine::open(&snap_dir(&config.data_dir), Arc::new(FeedObserver(feed.clone())))
-                .map_err(StartError::StateMachine)?;
+        let tokens = Arc::new(crate::auth::Tokens::new(config.auth.token_ttl));
+        let observer = observer::Applied {
+            feed: feed.clone(),
+            tokens: tokens.clone(),
+        };
+        let state_machine = StateMachine::open(&snap_dir(&config.data_dir), Arc::new(observer))
+            .map_err(StartError::StateMachine)?;
         let machine = state_machine.shared();
         if config.force_new_cluster {
             force_new_cluster(&log, &machine, identity.member_id).await?;
@@ -154,6 +163,7 @@ impl Node {
             fatal,
             metrics,
             feed,
+            tokens,
         });
         tracing::info!(
             name = %node.config.name,
@@ -255,7 +265,7 @@ impl Node {
             return Ok(());
         }
         let call = LeaderCall::ReadIndex(crate::pb::peerpb::ReadIndexRequest {});
-        let index = self.on_leader(call).await?.read_index()?;
+        let index = self.on_leader(call, &Caller::internal()).await?.read_index()?;
         self.raft.applied(index).await
     }
 
@@ -308,7 +318,8 @@ impl Node {
                 return;
             }
             let call = LeaderCall::PublishAttributes(attributes.clone());
-            if let Err(error) = self.on_leader(call).await.and_then(|answer| answer.applied()) {
+            let published = self.on_leader(call, &Caller::internal()).await;
+            if let Err(error) = published.and_then(|answer| answer.applied()) {
                 tracing::debug!(%error, "publishing member attributes; will retry");
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

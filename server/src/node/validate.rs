@@ -89,7 +89,19 @@ impl Limits {
             | LeaderCall::MemberRemove(_)
             | LeaderCall::MemberPromote(_)
             | LeaderCall::MemberUpdate(_)
-            | LeaderCall::PublishAttributes(_) => Ok(()),
+            | LeaderCall::PublishAttributes(_)
+            | LeaderCall::AuthEnable(_)
+            | LeaderCall::AuthDisable(_)
+            | LeaderCall::Authenticate(_)
+            | LeaderCall::UserAdd(_)
+            | LeaderCall::UserDelete(_)
+            | LeaderCall::UserChangePassword(_)
+            | LeaderCall::UserGrantRole(_)
+            | LeaderCall::UserRevokeRole(_)
+            | LeaderCall::RoleAdd(_)
+            | LeaderCall::RoleDelete(_)
+            | LeaderCall::RoleGrantPermission(_)
+            | LeaderCall::RoleRevokePermission(_) => Ok(()),
         }
     }
 

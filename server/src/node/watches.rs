@@ -7,9 +7,9 @@ use futures::{Stream, StreamExt};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{Node, NodeError};
-use crate::mvcc::Mvcc;
+use crate::auth::Access;
+use crate::pb::cairnpb::Caller;
 use crate::pb::etcdserverpb::{ResponseHeader, WatchRequest, WatchResponse};
-use crate::store::RevisionObserver;
 use crate::watch::{self, Backend, Batch, Ended, Feed};
 
 /// A watch stream's answers, with the member's reasons for ending one as node errors.
@@ -20,19 +20,6 @@ pub type WatchResponses = futures::stream::Map<
 
 fn ended_by_member(item: Result<WatchResponse, Ended>) -> Result<WatchResponse, NodeError> {
     item.map_err(|Ended::NoLeader| NodeError::NoLeader)
-}
-
-/// Connects the state machine's revision changes to the watch feed.
-pub(super) struct FeedObserver(pub Arc<Feed>);
-
-impl RevisionObserver for FeedObserver {
-    fn advanced(&self, mvcc: &Mvcc, before: i64) {
-        self.0.advanced(mvcc, before);
-    }
-
-    fn replaced(&self, mvcc: &Mvcc) {
-        self.0.replaced(mvcc);
-    }
 }
 
 impl Backend for Node {
@@ -69,7 +56,13 @@ impl Backend for Node {
 impl Node {
     /// Opens a watch stream. With `require_leader` (the client's `hasleader`), a member without a
     /// leader refuses it, and ends it when it stays without one.
-    pub fn watch<R>(self: &Arc<Self>, requests: R, require_leader: bool) -> Result<WatchResponses, NodeError>
+    /// Serves a watch stream for `caller`, who may watch only keys they may read.
+    pub fn watch<R>(
+        self: &Arc<Self>,
+        caller: &Caller,
+        requests: R,
+        require_leader: bool,
+    ) -> Result<WatchResponses, NodeError>
     where
         R: Stream<Item = WatchRequest> + Send + Unpin + 'static,
     {
@@ -87,6 +80,12 @@ impl Node {
             election_timeout: self.config.election_timeout,
         };
         let backend: Arc<dyn Backend> = self.clone();
-        Ok(watch::open(backend, requests, settings).map(ended_by_member))
+        let (node, caller) = (self.clone(), caller.clone());
+        let may_read: watch::ReadCheck = Arc::new(move |key, range_end| {
+            node.raft
+                .read(|m| m.app.auth.check(&caller, key, range_end, Access::Read))
+                .is_ok()
+        });
+        Ok(watch::open(backend, requests, settings, may_read).map(ended_by_member))
     }
 }

@@ -11,6 +11,7 @@ use super::lock::{Abandon, absent, op, session_lease};
 use super::wait::{edge_key, wait_deletes, watch_key};
 use super::{RecipeError, owner_key, prefix_of};
 use crate::node::Node;
+use crate::pb::cairnpb::Caller;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::{
     Compare, DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest, request_op, response_op,
@@ -33,8 +34,12 @@ fn still_leads(leader: &LeaderKey) -> Compare {
 }
 
 /// Campaigns for leadership of `name` with `value`, waiting until every earlier campaigner is gone.
-pub async fn campaign(node: &Arc<Node>, request: CampaignRequest) -> Result<CampaignResponse, RecipeError> {
-    let lease = session_lease(node, request.lease).await?;
+pub async fn campaign(
+    node: &Arc<Node>,
+    caller: &Caller,
+    request: CampaignRequest,
+) -> Result<CampaignResponse, RecipeError> {
+    let lease = session_lease(node, caller, request.lease).await?;
     let prefix = prefix_of(&request.name);
     let key = owner_key(&prefix, lease);
     let txn = TxnRequest {
@@ -50,14 +55,14 @@ pub async fn campaign(node: &Arc<Node>, request: CampaignRequest) -> Result<Camp
             ..Default::default()
         }))],
     };
-    let (answer, revision) = node.txn(txn).await?;
+    let (answer, revision) = node.txn(caller, txn).await?;
     let mut leader = LeaderKey {
         name: request.name.clone(),
         key: key.clone(),
         rev: revision,
         lease,
     };
-    let abandon = Abandon::new(node, &key);
+    let abandon = Abandon::new(node, caller, &key);
     if !answer.succeeded {
         // The lease campaigns already: keep its place, with the new value.
         let existing = match answer.responses.first().and_then(|r| r.response.as_ref()) {
@@ -67,11 +72,11 @@ pub async fn campaign(node: &Arc<Node>, request: CampaignRequest) -> Result<Camp
         if let Some(existing) = existing {
             leader.rev = existing.create_revision;
             if existing.value != request.value {
-                proclaim_value(node, &leader, request.value.clone()).await?;
+                proclaim_value(node, caller, &leader, request.value.clone()).await?;
             }
         }
     }
-    wait_deletes(node, &prefix, leader.rev - 1).await?;
+    wait_deletes(node, caller, &prefix, leader.rev - 1).await?;
     abandon.keep();
     Ok(CampaignResponse {
         header: Some(node.header(revision)),
@@ -79,7 +84,12 @@ pub async fn campaign(node: &Arc<Node>, request: CampaignRequest) -> Result<Camp
     })
 }
 
-async fn proclaim_value(node: &Node, leader: &LeaderKey, value: Vec<u8>) -> Result<i64, RecipeError> {
+async fn proclaim_value(
+    node: &Node,
+    caller: &Caller,
+    leader: &LeaderKey,
+    value: Vec<u8>,
+) -> Result<i64, RecipeError> {
     let txn = TxnRequest {
         compare: vec![still_leads(leader)],
         success: vec![op(request_op::Request::RequestPut(PutRequest {
@@ -90,7 +100,7 @@ async fn proclaim_value(node: &Node, leader: &LeaderKey, value: Vec<u8>) -> Resu
         }))],
         failure: vec![],
     };
-    let (answer, revision) = node.txn(txn).await?;
+    let (answer, revision) = node.txn(caller, txn).await?;
     if !answer.succeeded {
         return Err(RecipeError::NotLeader);
     }
@@ -98,16 +108,24 @@ async fn proclaim_value(node: &Node, leader: &LeaderKey, value: Vec<u8>) -> Resu
 }
 
 /// Sets a new value for the leader, which must still hold its key.
-pub async fn proclaim(node: &Node, request: ProclaimRequest) -> Result<ProclaimResponse, RecipeError> {
+pub async fn proclaim(
+    node: &Node,
+    caller: &Caller,
+    request: ProclaimRequest,
+) -> Result<ProclaimResponse, RecipeError> {
     let leader = request.leader.ok_or(RecipeError::MissingLeaderKey)?;
-    let revision = proclaim_value(node, &leader, request.value).await?;
+    let revision = proclaim_value(node, caller, &leader, request.value).await?;
     Ok(ProclaimResponse {
         header: Some(node.header(revision)),
     })
 }
 
 /// Gives up leadership: deletes the leader's key if it still holds it.
-pub async fn resign(node: &Node, request: ResignRequest) -> Result<ResignResponse, RecipeError> {
+pub async fn resign(
+    node: &Node,
+    caller: &Caller,
+    request: ResignRequest,
+) -> Result<ResignResponse, RecipeError> {
     let leader = request.leader.ok_or(RecipeError::MissingLeaderKey)?;
     let txn = TxnRequest {
         compare: vec![still_leads(&leader)],
@@ -117,15 +135,19 @@ pub async fn resign(node: &Node, request: ResignRequest) -> Result<ResignRespons
         }))],
         failure: vec![],
     };
-    let (_, revision) = node.txn(txn).await?;
+    let (_, revision) = node.txn(caller, txn).await?;
     Ok(ResignResponse {
         header: Some(node.header(revision)),
     })
 }
 
 /// The current leader's key and value.
-pub async fn leader(node: &Node, request: LeaderRequest) -> Result<LeaderResponse, RecipeError> {
-    let (found, revision) = edge_key(node, &prefix_of(&request.name), false, 0).await?;
+pub async fn leader(
+    node: &Node,
+    caller: &Caller,
+    request: LeaderRequest,
+) -> Result<LeaderResponse, RecipeError> {
+    let (found, revision) = edge_key(node, caller, &prefix_of(&request.name), false, 0).await?;
     let kv = found.kvs.into_iter().next().ok_or(RecipeError::NoLeader)?;
     Ok(LeaderResponse {
         header: Some(node.header(revision)),
@@ -137,12 +159,13 @@ pub async fn leader(node: &Node, request: LeaderRequest) -> Result<LeaderRespons
 /// leader after it. Ends when the receiver is dropped or a watch fails.
 pub fn observe(
     node: &Arc<Node>,
+    caller: &Caller,
     request: LeaderRequest,
 ) -> ReceiverStream<Result<LeaderResponse, RecipeError>> {
     let (out, responses) = mpsc::channel(4);
-    let node = node.clone();
+    let (node, caller) = (node.clone(), caller.clone());
     tokio::spawn(async move {
-        let follow = follow(&node, &request.name, &out);
+        let follow = follow(&node, &caller, &request.name, &out);
         tokio::select! {
             _ = out.closed() => {}
             ended = follow => if let Err(error) = ended {
@@ -155,17 +178,18 @@ pub fn observe(
 
 async fn follow(
     node: &Arc<Node>,
+    caller: &Caller,
     name: &[u8],
     out: &mpsc::Sender<Result<LeaderResponse, RecipeError>>,
 ) -> Result<(), RecipeError> {
     let prefix = prefix_of(name);
     loop {
-        let (found, revision) = edge_key(node, &prefix, false, 0).await?;
+        let (found, revision) = edge_key(node, caller, &prefix, false, 0).await?;
         let (mut kv, mut at) = match found.kvs.into_iter().next() {
             Some(kv) => (kv, revision),
             None => {
                 // No leader yet: the first key put under the prefix leads.
-                let mut puts = Box::pin(watch_key(node, &prefix, revision, true)?);
+                let mut puts = Box::pin(watch_key(node, caller, &prefix, revision, true)?);
                 loop {
                     let response = puts.next().await.ok_or(RecipeError::LostWatcher)??;
                     let put = response
@@ -189,7 +213,7 @@ async fn follow(
                 return Ok(());
             }
             // Then every change of the leader's key, until it is deleted.
-            let mut changes = Box::pin(watch_key(node, &kv.key, at + 1, false)?);
+            let mut changes = Box::pin(watch_key(node, caller, &kv.key, at + 1, false)?);
             let next = loop {
                 let response = changes.next().await.ok_or(RecipeError::LostWatcher)??;
                 if response.compact_revision != 0 {

@@ -7,6 +7,7 @@ use super::wait::wait_deletes;
 use super::{RecipeError, SESSION_TTL, owner_key, prefix_of};
 use crate::mvcc::prefix_end;
 use crate::node::Node;
+use crate::pb::cairnpb::Caller;
 use crate::pb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
@@ -16,15 +17,18 @@ use crate::pb::etcdserverpb::{
 use crate::pb::v3lockpb::{LockRequest, LockResponse, UnlockRequest, UnlockResponse};
 
 /// The lease a lock or campaign is held with: the caller's, or a fresh one of `SESSION_TTL`.
-pub(super) async fn session_lease(node: &Node, lease: i64) -> Result<i64, RecipeError> {
+pub(super) async fn session_lease(node: &Node, caller: &Caller, lease: i64) -> Result<i64, RecipeError> {
     if lease != 0 {
         return Ok(lease);
     }
     let (granted, _) = node
-        .lease_grant(LeaseGrantRequest {
-            ttl: SESSION_TTL,
-            id: 0,
-        })
+        .lease_grant(
+            caller,
+            LeaseGrantRequest {
+                ttl: SESSION_TTL,
+                id: 0,
+            },
+        )
         .await?;
     Ok(granted.id)
 }
@@ -50,14 +54,16 @@ pub(super) fn op(request: request_op::Request) -> RequestOp {
 /// queue (etcd unlocks on a canceled context).
 pub(super) struct Abandon {
     node: Arc<Node>,
+    caller: Caller,
     key: Vec<u8>,
     armed: bool,
 }
 
 impl Abandon {
-    pub(super) fn new(node: &Arc<Node>, key: &[u8]) -> Abandon {
+    pub(super) fn new(node: &Arc<Node>, caller: &Caller, key: &[u8]) -> Abandon {
         Abandon {
             node: node.clone(),
+            caller: caller.clone(),
             key: key.to_vec(),
             armed: true,
         }
@@ -71,14 +77,14 @@ impl Abandon {
 impl Drop for Abandon {
     fn drop(&mut self) {
         if self.armed {
-            let node = self.node.clone();
+            let (node, caller) = (self.node.clone(), self.caller.clone());
             let key = std::mem::take(&mut self.key);
             tokio::spawn(async move {
                 let request = DeleteRangeRequest {
                     key,
                     ..Default::default()
                 };
-                if let Err(error) = node.delete_range(request).await {
+                if let Err(error) = node.delete_range(&caller, request).await {
                     tracing::warn!(%error, "could not remove an abandoned lock or campaign key");
                 }
             });
@@ -87,8 +93,12 @@ impl Drop for Abandon {
 }
 
 /// Acquires the lock `name` for the request's lease, waiting for earlier holders to let go.
-pub async fn lock(node: &Arc<Node>, request: LockRequest) -> Result<LockResponse, RecipeError> {
-    let lease = session_lease(node, request.lease).await?;
+pub async fn lock(
+    node: &Arc<Node>,
+    caller: &Caller,
+    request: LockRequest,
+) -> Result<LockResponse, RecipeError> {
+    let lease = session_lease(node, caller, request.lease).await?;
     let prefix = prefix_of(&request.name);
     let key = owner_key(&prefix, lease);
     let first_created = RangeRequest {
@@ -118,7 +128,7 @@ pub async fn lock(node: &Arc<Node>, request: LockRequest) -> Result<LockResponse
             op(request_op::Request::RequestRange(first_created)),
         ],
     };
-    let (answer, revision) = node.txn(txn).await?;
+    let (answer, revision) = node.txn(caller, txn).await?;
     let range = |i: usize| match answer.responses.get(i).and_then(|r| r.response.as_ref()) {
         Some(response_op::Response::ResponseRange(range)) => Some(range.clone()),
         _ => None,
@@ -137,8 +147,8 @@ pub async fn lock(node: &Arc<Node>, request: LockRequest) -> Result<LockResponse
             key,
         });
     }
-    let abandon = Abandon::new(node, &key);
-    let revision = wait_deletes(node, &prefix, mine - 1).await?;
+    let abandon = Abandon::new(node, caller, &key);
+    let revision = wait_deletes(node, caller, &prefix, mine - 1).await?;
     abandon.keep();
     Ok(LockResponse {
         header: Some(node.header(revision)),
@@ -147,12 +157,19 @@ pub async fn lock(node: &Arc<Node>, request: LockRequest) -> Result<LockResponse
 }
 
 /// Releases a lock: deletes its key.
-pub async fn unlock(node: &Node, request: UnlockRequest) -> Result<UnlockResponse, RecipeError> {
+pub async fn unlock(
+    node: &Node,
+    caller: &Caller,
+    request: UnlockRequest,
+) -> Result<UnlockResponse, RecipeError> {
     let (_, revision) = node
-        .delete_range(DeleteRangeRequest {
-            key: request.key,
-            ..Default::default()
-        })
+        .delete_range(
+            caller,
+            DeleteRangeRequest {
+                key: request.key,
+                ..Default::default()
+            },
+        )
         .await?;
     Ok(UnlockResponse {
         header: Some(node.header(revision)),

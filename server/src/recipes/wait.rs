@@ -7,6 +7,7 @@ use futures::StreamExt;
 use super::RecipeError;
 use crate::mvcc::prefix_end;
 use crate::node::Node;
+use crate::pb::cairnpb::Caller;
 use crate::pb::etcdserverpb::range_request::{SortOrder, SortTarget};
 use crate::pb::etcdserverpb::{
     RangeRequest, RangeResponse, WatchCreateRequest, WatchRequest, WatchResponse, watch_request::RequestUnion,
@@ -17,6 +18,7 @@ use crate::pb::mvccpb::event::EventType;
 /// `max_create_revision` (0: any), with the revision of the read.
 pub async fn edge_key(
     node: &Node,
+    caller: &Caller,
     prefix: &[u8],
     newest: bool,
     max_create_revision: i64,
@@ -34,28 +36,29 @@ pub async fn edge_key(
         max_create_revision,
         ..Default::default()
     };
-    Ok(node.range(request).await?)
+    Ok(node.range(caller, request).await?)
 }
 
 /// Waits until every key under `prefix` created at or before `max_create_revision` is deleted;
 /// answers with the revision of the read that found none left.
 pub async fn wait_deletes(
     node: &Arc<Node>,
+    caller: &Caller,
     prefix: &[u8],
     max_create_revision: i64,
 ) -> Result<i64, RecipeError> {
     loop {
-        let (found, revision) = edge_key(node, prefix, true, max_create_revision).await?;
+        let (found, revision) = edge_key(node, caller, prefix, true, max_create_revision).await?;
         let Some(last) = found.kvs.first() else {
             return Ok(revision);
         };
-        wait_delete(node, &last.key, revision).await?;
+        wait_delete(node, caller, &last.key, revision).await?;
     }
 }
 
 /// Waits for `key` to be deleted at or after `from`.
-async fn wait_delete(node: &Arc<Node>, key: &[u8], from: i64) -> Result<(), RecipeError> {
-    let mut responses = Box::pin(watch_key(node, key, from, false)?);
+async fn wait_delete(node: &Arc<Node>, caller: &Caller, key: &[u8], from: i64) -> Result<(), RecipeError> {
+    let mut responses = Box::pin(watch_key(node, caller, key, from, false)?);
     while let Some(response) = responses.next().await {
         let response = response?;
         if response.compact_revision != 0 {
@@ -75,6 +78,7 @@ async fn wait_delete(node: &Arc<Node>, key: &[u8], from: i64) -> Result<(), Reci
 /// A watch on the member, as a stream of responses: `key` alone, or every key under it.
 pub fn watch_key(
     node: &Arc<Node>,
+    caller: &Caller,
     key: &[u8],
     from: i64,
     prefix: bool,
@@ -89,7 +93,7 @@ pub fn watch_key(
     };
     // The request side stays open: closing it would not end the watch, but keeping it is clearer.
     let requests = futures::stream::iter([create]).chain(futures::stream::pending());
-    let responses = node.watch(Box::pin(requests), false)?;
+    let responses = node.watch(caller, Box::pin(requests), false)?;
     Ok(responses
         .map(|item| item.map_err(RecipeError::Node))
         // The first answer says the watcher was created.

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::caller::caller;
 use super::error::node_status;
 use crate::node::Node;
 use crate::pb::etcdserverpb::cluster_server::Cluster;
@@ -29,10 +30,11 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
         let id = self
             .node
-            .member_add(request.peer_ur_ls.clone(), request.is_learner)
+            .member_add(&caller, request.peer_ur_ls.clone(), request.is_learner)
             .await
             .map_err(node_status)?;
         let members = self.node.members();
@@ -53,8 +55,9 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let id = request.into_inner().id;
-        self.node.member_remove(id).await.map_err(node_status)?;
+        self.node.member_remove(&caller, id).await.map_err(node_status)?;
         Ok(Response::new(MemberRemoveResponse {
             header: self.header(),
             members: self.node.members(),
@@ -65,9 +68,10 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let request = request.into_inner();
         self.node
-            .member_update(request.id, request.peer_ur_ls)
+            .member_update(&caller, request.id, request.peer_ur_ls)
             .await
             .map_err(node_status)?;
         Ok(Response::new(MemberUpdateResponse {
@@ -93,8 +97,9 @@ impl Cluster for ClusterService {
         &self,
         request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let id = request.into_inner().id;
-        self.node.member_promote(id).await.map_err(node_status)?;
+        self.node.member_promote(&caller, id).await.map_err(node_status)?;
         Ok(Response::new(MemberPromoteResponse {
             header: self.header(),
             members: self.node.members(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::caller::caller;
 use super::error::recipe_status;
 use crate::node::Node;
 use crate::pb::v3electionpb::election_server::Election;
@@ -26,9 +27,13 @@ impl Election for ElectionService {
         &self,
         request: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
-        let response = recipes::campaign(&self.node, request.into_inner())
-            .await
-            .map_err(recipe_status)?;
+        let response = recipes::campaign(
+            &self.node,
+            &caller(&self.node, &request).await?,
+            request.into_inner(),
+        )
+        .await
+        .map_err(recipe_status)?;
         Ok(Response::new(response))
     }
 
@@ -36,16 +41,24 @@ impl Election for ElectionService {
         &self,
         request: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
-        let response = recipes::proclaim(&self.node, request.into_inner())
-            .await
-            .map_err(recipe_status)?;
+        let response = recipes::proclaim(
+            &self.node,
+            &caller(&self.node, &request).await?,
+            request.into_inner(),
+        )
+        .await
+        .map_err(recipe_status)?;
         Ok(Response::new(response))
     }
 
     async fn leader(&self, request: Request<LeaderRequest>) -> Result<Response<LeaderResponse>, Status> {
-        let response = recipes::leader(&self.node, request.into_inner())
-            .await
-            .map_err(recipe_status)?;
+        let response = recipes::leader(
+            &self.node,
+            &caller(&self.node, &request).await?,
+            request.into_inner(),
+        )
+        .await
+        .map_err(recipe_status)?;
         Ok(Response::new(response))
     }
 
@@ -55,15 +68,23 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<Self::ObserveStream>, Status> {
-        let responses =
-            recipes::observe(&self.node, request.into_inner()).map(|item| item.map_err(recipe_status));
+        let responses = recipes::observe(
+            &self.node,
+            &caller(&self.node, &request).await?,
+            request.into_inner(),
+        )
+        .map(|item| item.map_err(recipe_status));
         Ok(Response::new(Box::pin(responses)))
     }
 
     async fn resign(&self, request: Request<ResignRequest>) -> Result<Response<ResignResponse>, Status> {
-        let response = recipes::resign(&self.node, request.into_inner())
-            .await
-            .map_err(recipe_status)?;
+        let response = recipes::resign(
+            &self.node,
+            &caller(&self.node, &request).await?,
+            request.into_inner(),
+        )
+        .await
+        .map_err(recipe_status)?;
         Ok(Response::new(response))
     }
 }

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use crate::auth::AuthError;
 use crate::mvcc::MvccError;
 use crate::node::NodeError;
 use crate::recipes::RecipeError;
@@ -18,9 +19,34 @@ pub fn mvcc_status(error: MvccError) -> Status {
     Status::new(code, error.to_string())
 }
 
+pub fn auth_status(error: AuthError) -> Status {
+    let code = match error {
+        AuthError::PermissionDenied => Code::PermissionDenied,
+        AuthError::InvalidAuthToken => Code::Unauthenticated,
+        AuthError::UserEmpty
+        | AuthError::RoleEmpty
+        | AuthError::AuthFailed
+        | AuthError::InvalidAuthMgmt
+        | AuthError::AuthOldRevision
+        | AuthError::PermissionNotGiven
+        | AuthError::NoPasswordUser => Code::InvalidArgument,
+        AuthError::RootUserNotExist
+        | AuthError::RootRoleNotExist
+        | AuthError::UserAlreadyExist
+        | AuthError::UserNotFound
+        | AuthError::RoleAlreadyExist
+        | AuthError::RoleNotFound
+        | AuthError::RoleNotGranted
+        | AuthError::PermissionNotGranted
+        | AuthError::AuthNotEnabled => Code::FailedPrecondition,
+    };
+    Status::new(code, error.to_string())
+}
+
 pub fn node_status(error: NodeError) -> Status {
     let code = match &error {
         NodeError::Mvcc(inner) => return mvcc_status(*inner),
+        NodeError::Auth(inner) => return auth_status(*inner),
         NodeError::NoLeader
         | NodeError::LeaderChanged
         | NodeError::Timeout

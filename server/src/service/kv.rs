@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::caller::caller;
 use super::error::node_status;
 use crate::node::Node;
 use crate::pb::etcdserverpb::kv_server::Kv;
@@ -19,13 +20,23 @@ pub struct KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let (mut response, revision) = self.node.range(request.into_inner()).await.map_err(node_status)?;
+        let caller = caller(&self.node, &request).await?;
+        let (mut response, revision) = self
+            .node
+            .range(&caller, request.into_inner())
+            .await
+            .map_err(node_status)?;
         response.header = Some(self.node.header(revision));
         Ok(Response::new(response))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let (mut response, revision) = self.node.put(request.into_inner()).await.map_err(node_status)?;
+        let caller = caller(&self.node, &request).await?;
+        let (mut response, revision) = self
+            .node
+            .put(&caller, request.into_inner())
+            .await
+            .map_err(node_status)?;
         response.header = Some(self.node.header(revision));
         Ok(Response::new(response))
     }
@@ -34,9 +45,10 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let (mut response, revision) = self
             .node
-            .delete_range(request.into_inner())
+            .delete_range(&caller, request.into_inner())
             .await
             .map_err(node_status)?;
         response.header = Some(self.node.header(revision));
@@ -44,7 +56,12 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        let (mut response, revision) = self.node.txn(request.into_inner()).await.map_err(node_status)?;
+        let caller = caller(&self.node, &request).await?;
+        let (mut response, revision) = self
+            .node
+            .txn(&caller, request.into_inner())
+            .await
+            .map_err(node_status)?;
         response.header = Some(self.node.header(revision));
         Ok(Response::new(response))
     }
@@ -53,9 +70,10 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let revision = self
             .node
-            .compact(request.into_inner())
+            .compact(&caller, request.into_inner())
             .await
             .map_err(node_status)?;
         Ok(Response::new(CompactionResponse {

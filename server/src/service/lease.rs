@@ -7,6 +7,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::caller::caller;
 use super::error::node_status;
 use crate::node::Node;
 use crate::pb::etcdserverpb::lease_server::Lease;
@@ -26,9 +27,10 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let (mut response, revision) = self
             .node
-            .lease_grant(request.into_inner())
+            .lease_grant(&caller, request.into_inner())
             .await
             .map_err(node_status)?;
         response.header = Some(self.node.header(revision));
@@ -39,9 +41,10 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let revision = self
             .node
-            .lease_revoke(request.into_inner())
+            .lease_revoke(&caller, request.into_inner())
             .await
             .map_err(node_status)?;
         Ok(Response::new(LeaseRevokeResponse {
@@ -55,13 +58,14 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let node = self.node.clone();
         let requests = request.into_inner();
         let responses = requests.then(move |item| {
-            let node = node.clone();
+            let (node, caller) = (node.clone(), caller.clone());
             async move {
                 let id = item?.id;
-                let ttl = node.lease_keep_alive(id).await.map_err(node_status)?;
+                let ttl = node.lease_keep_alive(&caller, id).await.map_err(node_status)?;
                 Ok(LeaseKeepAliveResponse {
                     header: Some(node.header(node.revision())),
                     id,
@@ -76,9 +80,10 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let mut response = self
             .node
-            .lease_time_to_live(request.into_inner())
+            .lease_time_to_live(&caller, request.into_inner())
             .await
             .map_err(node_status)?;
         response.header = Some(self.node.header(self.node.revision()));

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use super::caller::caller;
 use super::error::node_status;
 use crate::node::{ETCD_API_VERSION, Node};
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
@@ -19,20 +20,34 @@ pub struct MaintenanceService {
     pub node: Arc<Node>,
 }
 
+impl MaintenanceService {
+    /// Everything here but alarms is root's once auth is on (etcd's authMaintenanceServer).
+    async fn authorize_admin<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let caller = caller(&self.node, request).await?;
+        self.node.authorize_admin(&caller).map_err(node_status)
+    }
+}
+
 /// Snapshot stream chunk size (etcd's).
 const CHUNK: usize = 32 * 1024;
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
     async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let alarms = self.node.alarm(request.into_inner()).await.map_err(node_status)?;
+        let caller = caller(&self.node, &request).await?;
+        let alarms = self
+            .node
+            .alarm(&caller, request.into_inner())
+            .await
+            .map_err(node_status)?;
         Ok(Response::new(AlarmResponse {
             header: Some(self.node.header(self.node.revision())),
             alarms,
         }))
     }
 
-    async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        self.authorize_admin(&request).await?;
         let (mut status, revision) = self.node.status();
         status.header = Some(self.node.header(revision));
         Ok(Response::new(status))
@@ -40,15 +55,17 @@ impl Maintenance for MaintenanceService {
 
     async fn defragment(
         &self,
-        _: Request<DefragmentRequest>,
+        request: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.authorize_admin(&request).await?;
         // The key space lives in ordered maps that compaction shrinks in place: there is no file
         // fragmentation to undo, so defragmenting succeeds at once and never blocks requests.
         // etcd answers it without a header, and clients check for that.
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.authorize_admin(&request).await?;
         let (hash, revision, _) = self.node.hash_kv(0).map_err(node_status)?;
         Ok(Response::new(HashResponse {
             header: Some(self.node.header(revision)),
@@ -57,6 +74,7 @@ impl Maintenance for MaintenanceService {
     }
 
     async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        self.authorize_admin(&request).await?;
         let revision = request.into_inner().revision;
         let (hash, hash_revision, compact_revision) = self.node.hash_kv(revision).map_err(node_status)?;
         Ok(Response::new(HashKvResponse {
@@ -69,7 +87,11 @@ impl Maintenance for MaintenanceService {
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-    async fn snapshot(&self, _: Request<SnapshotRequest>) -> Result<Response<Self::SnapshotStream>, Status> {
+    async fn snapshot(
+        &self,
+        request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.authorize_admin(&request).await?;
         let snapshot = self.node.snapshot_stream(CHUNK).await.map_err(node_status)?;
         let header = self.node.header(snapshot.revision);
         let responses = tokio_stream::wrappers::ReceiverStream::new(snapshot.chunks).scan(
@@ -94,6 +116,7 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.authorize_admin(&request).await?;
         self.node
             .move_leader(request.into_inner().target_id)
             .await
@@ -102,7 +125,11 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(MoveLeaderResponse { header: None }))
     }
 
-    async fn downgrade(&self, _: Request<DowngradeRequest>) -> Result<Response<DowngradeResponse>, Status> {
+    async fn downgrade(
+        &self,
+        request: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        self.authorize_admin(&request).await?;
         Err(Status::unimplemented(
             "etcdserver: cluster version downgrade is not supported by cairn",
         ))

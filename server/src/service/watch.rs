@@ -6,6 +6,7 @@ use std::sync::Arc;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::caller::caller;
 use super::error::node_status;
 use crate::node::Node;
 use crate::pb::etcdserverpb::watch_server::Watch;
@@ -27,6 +28,7 @@ impl Watch for WatchService {
         &self,
         request: Request<Streaming<WatchRequest>>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = caller(&self.node, &request).await?;
         let require_leader = request
             .metadata()
             .get(REQUIRE_LEADER)
@@ -38,7 +40,7 @@ impl Watch for WatchService {
             .filter_map(|r| futures::future::ready(r.ok()));
         let responses = self
             .node
-            .watch(Box::pin(requests), require_leader)
+            .watch(&caller, Box::pin(requests), require_leader)
             .map_err(node_status)?;
         Ok(Response::new(Box::pin(
             responses.map(|item| item.map_err(node_status)),

@@ -1,12 +1,18 @@
-//! The replicated application state: the MVCC store, member attributes and alarms. `apply` turns one
-//! log entry into one response; every member applies the same entries and reaches the same state.
+//! The replicated application state: the MVCC store, member attributes, alarms and the auth
+//! store. `apply` turns one log entry into one response, after checking that the entry's caller may
+//! make it (`authorize`); every member applies the same entries and reaches the same state.
+
+mod authorize;
+
+pub use authorize::txn_permitted;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AuthError, AuthStore};
 use crate::mvcc::{Mvcc, MvccError};
-use crate::pb::cairnpb::{RaftRequest, RaftResponse, raft_request::Request, raft_response::Response};
+use crate::pb::cairnpb::{Caller, RaftRequest, RaftResponse, raft_request::Request, raft_response::Response};
 use crate::pb::etcdserverpb::{
     AlarmMember, AlarmResponse, AlarmType, CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse,
     alarm_request::AlarmAction,
@@ -28,9 +34,38 @@ pub struct AppState {
     pub removed: BTreeSet<u64>,
     /// Active alarms as (member ID, alarm type).
     pub alarms: BTreeSet<(u64, i32)>,
+    /// Users and roles. Encoded after everything else by the state machine (see `Machine`), so
+    /// states written before auth existed still decode.
+    #[serde(skip)]
+    pub auth: AuthStore,
 }
 
-fn refused(error: MvccError, revision: i64) -> RaftResponse {
+/// Why an entry was refused at apply: the store's reasons, or the caller's lack of rights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error(transparent)]
+    Mvcc(#[from] MvccError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+}
+
+impl Refusal {
+    /// The code a refusal has in the log's answers; the two kinds' codes never overlap.
+    pub fn code(self) -> u32 {
+        match self {
+            Refusal::Mvcc(error) => error.code(),
+            Refusal::Auth(error) => error.code(),
+        }
+    }
+
+    pub fn from_code(code: u32) -> Option<Refusal> {
+        MvccError::from_code(code)
+            .map(Refusal::Mvcc)
+            .or_else(|| AuthError::from_code(code).map(Refusal::Auth))
+    }
+}
+
+fn refused(error: Refusal, revision: i64) -> RaftResponse {
     RaftResponse {
         response: Some(Response::Error(error.code())),
         revision,
@@ -71,23 +106,30 @@ impl AppState {
         }
     }
 
-    fn apply_request(&mut self, request: &RaftRequest) -> Result<Response, MvccError> {
-        let Some(request) = &request.request else {
+    fn apply_request(&mut self, request: &RaftRequest) -> Result<Response, Refusal> {
+        let Some(entry) = &request.request else {
             return Ok(Response::Done(Default::default()));
         };
+        // Entries without a caller are the members' own, or were written before auth existed.
+        let caller = request.caller.clone().unwrap_or_else(Caller::internal);
+        authorize::authorize(&self.auth, &self.mvcc, &caller, entry)?;
+        self.apply_entry(entry)
+    }
+
+    fn apply_entry(&mut self, request: &Request) -> Result<Response, Refusal> {
         // A full store only accepts requests that free space (etcd's NOSPACE alarm).
         let no_space = self.has_alarm(AlarmType::Nospace);
         Ok(match request {
             Request::Put(put) => {
                 if no_space {
-                    return Err(MvccError::NoSpace);
+                    return Err(MvccError::NoSpace.into());
                 }
                 Response::Put(self.mvcc.put(put)?)
             }
             Request::DeleteRange(delete) => Response::DeleteRange(self.mvcc.delete_range(delete)),
             Request::Txn(txn) => {
                 if no_space && txn_writes(txn) {
-                    return Err(MvccError::NoSpace);
+                    return Err(MvccError::NoSpace.into());
                 }
                 Response::Txn(self.mvcc.txn(txn)?)
             }
@@ -97,7 +139,7 @@ impl AppState {
             }
             Request::LeaseGrant(grant) => {
                 if no_space {
-                    return Err(MvccError::NoSpace);
+                    return Err(MvccError::NoSpace.into());
                 }
                 self.mvcc.lease_grant(grant.id, grant.ttl)?;
                 Response::LeaseGrant(LeaseGrantResponse {
@@ -145,8 +187,31 @@ impl AppState {
                 self.record_removed(removed.id);
                 Response::Done(Default::default())
             }
+            Request::AuthEnable(_) => auth_done(self.auth.enable())?,
+            Request::AuthDisable(_) => {
+                self.auth.disable();
+                Response::Done(Default::default())
+            }
+            // Checked by `authorize`; every member's token table learns the token from the entry.
+            Request::Authenticate(_) => auth_done(Ok(()))?,
+            Request::UserAdd(add) => auth_done(self.auth.user_add(add))?,
+            Request::UserDelete(delete) => auth_done(self.auth.user_delete(&delete.name))?,
+            Request::UserChangePassword(change) => auth_done(self.auth.user_change_password(change))?,
+            Request::UserGrantRole(grant) => auth_done(self.auth.user_grant_role(&grant.user, &grant.role))?,
+            Request::UserRevokeRole(revoke) => {
+                auth_done(self.auth.user_revoke_role(&revoke.name, &revoke.role))?
+            }
+            Request::RoleAdd(add) => auth_done(self.auth.role_add(&add.name))?,
+            Request::RoleDelete(delete) => auth_done(self.auth.role_delete(&delete.role))?,
+            Request::RoleGrantPermission(grant) => auth_done(self.auth.role_grant_permission(grant))?,
+            Request::RoleRevokePermission(revoke) => auth_done(self.auth.role_revoke_permission(revoke))?,
         })
     }
+}
+
+fn auth_done(done: Result<(), AuthError>) -> Result<Response, Refusal> {
+    done.map(|()| Response::Done(Default::default()))
+        .map_err(Refusal::Auth)
 }
 
 /// Whether any branch of a transaction writes (a read-only txn is allowed on a full store).
@@ -174,6 +239,7 @@ mod tests {
                 key: key.into(),
                 ..Default::default()
             })),
+            caller: None,
         }
     }
 
@@ -186,6 +252,7 @@ mod tests {
                 member_id: 7,
                 alarm: AlarmType::Nospace as i32,
             })),
+            caller: None,
         };
         state.apply(&alarm(AlarmAction::Activate));
         let refused = state.apply(&put("k"));
@@ -200,6 +267,7 @@ mod tests {
         let mut state = AppState::default();
         state.apply(&RaftRequest {
             request: Some(Request::MemberRemoved(MemberRemoved { id: 3 })),
+            caller: None,
         });
         state.apply(&RaftRequest {
             request: Some(Request::MemberAttributes(crate::pb::cairnpb::MemberAttributes {
@@ -207,6 +275,7 @@ mod tests {
                 name: "ghost".into(),
                 client_urls: vec![],
             })),
+            caller: None,
         });
         assert!(state.members.is_empty());
         assert!(state.removed.contains(&3));

@@ -8,20 +8,63 @@ use std::sync::{Arc, RwLock};
 use futures::StreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::snapshot;
+use crate::auth::AuthStore;
 use crate::mvcc::Mvcc;
-use crate::pb::cairnpb::RaftResponse;
+use crate::pb::cairnpb::{RaftRequest, RaftResponse};
 use crate::state::AppState;
 use crate::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 
 /// The application state plus what Raft needs to know about it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct Machine {
     pub app: AppState,
     pub last_applied: Option<LogId>,
     pub last_membership: StoredMembership,
+}
+
+/// The encoding of releases before auth: the same fields, without the auth store.
+type EncodedBeforeAuth = (AppState, Option<LogId>, StoredMembership);
+type Encoded = (AppState, Option<LogId>, StoredMembership, AuthStore);
+
+/// A machine is encoded as the first release encoded it, followed by the auth store, so that a
+/// release with auth reads every state written before it (snapshot files, and snapshots a leader
+/// of an earlier release sends).
+impl Serialize for Machine {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (
+            &self.app,
+            &self.last_applied,
+            &self.last_membership,
+            &self.app.auth,
+        )
+            .serialize(serializer)
+    }
+}
+
+impl Machine {
+    /// Decodes a machine in either encoding; every byte must belong to it.
+    pub fn decode(bytes: &[u8]) -> Result<Machine, postcard::Error> {
+        let current = postcard::take_from_bytes::<Encoded>(bytes);
+        if let Ok(((mut app, last_applied, last_membership, auth), [])) = current {
+            app.auth = auth;
+            return Ok(Machine {
+                app,
+                last_applied,
+                last_membership,
+            });
+        }
+        match postcard::take_from_bytes::<EncodedBeforeAuth>(bytes) {
+            Ok(((app, last_applied, last_membership), [])) => Ok(Machine {
+                app,
+                last_applied,
+                last_membership,
+            }),
+            _ => Err(current.err().unwrap_or(postcard::Error::DeserializeBadEncoding)),
+        }
+    }
 }
 
 /// Readers (the client API) and the Raft apply loop share the machine through this handle.
@@ -34,6 +77,8 @@ pub trait RevisionObserver: Send + Sync + 'static {
     fn advanced(&self, mvcc: &Mvcc, before: i64);
     /// The whole state was replaced: loaded at start, or installed from a leader's snapshot.
     fn replaced(&self, mvcc: &Mvcc);
+    /// An entry was applied with this answer (auth tokens follow the log this way).
+    fn entry_applied(&self, _request: &RaftRequest, _response: &RaftResponse) {}
 }
 
 #[derive(Clone)]
@@ -67,7 +112,7 @@ impl StateMachine {
     /// Opens the state machine at the newest snapshot in `snap_dir`; Raft re-applies the log after it.
     pub fn open(snap_dir: &Path, observer: Arc<dyn RevisionObserver>) -> io::Result<StateMachine> {
         let machine: Machine = match snapshot::load_latest(snap_dir)? {
-            Some(file) => postcard::from_bytes(&file.data).map_err(invalid)?,
+            Some(file) => Machine::decode(&file.data).map_err(invalid)?,
             None => Machine::default(),
         };
         observer.replaced(&machine.app.mvcc);
@@ -131,6 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         if machine.app.mvcc.revision() != before {
                             self.observer.advanced(&machine.app.mvcc, before);
                         }
+                        self.observer.entry_applied(&request, &response);
                         response
                     }
                     EntryPayload::Membership(membership) => {
@@ -173,7 +219,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let dir = self.snap_dir.clone();
         let saved_meta = meta.clone();
         let installed = tokio::task::spawn_blocking(move || {
-            let installed: Machine = postcard::from_bytes(&data).map_err(invalid)?;
+            let installed = Machine::decode(&data).map_err(invalid)?;
             if installed.last_applied != saved_meta.last_log_id {
                 return Err(invalid(format!(
                     "snapshot data is at {:?} but its metadata says {:?}",

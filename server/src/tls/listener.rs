@@ -1,6 +1,7 @@
 //! A TLS listener for the HTTP server: connections are accepted and handshaken in the background,
 //! each in its own task with a deadline, so a slow or silent client holds up no one else; only
-//! connections whose handshake and certificate rules passed are handed to the server.
+//! connections whose handshake and certificate rules passed are handed to the server, with who
+//! their certificate names (`TlsPeer`, which requests find among their extensions).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,14 +11,29 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
-use super::{CertificateRules, ServerTls};
+use super::{CertificateRules, ServerTls, certificate_common_name};
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
 pub struct TlsListener {
     local: SocketAddr,
-    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
+}
+
+/// The other side of a TLS connection (the listener's own address as its `local_addr`).
+#[derive(Debug, Clone)]
+pub struct TlsPeer {
+    pub addr: SocketAddr,
+    /// The common name of the certificate it presented, which the handshake verified against the
+    /// trusted CA (none without `--client-cert-auth`, or without a certificate).
+    pub common_name: Option<String>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for TlsPeer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        stream.remote_addr().clone()
+    }
 }
 
 impl TlsListener {
@@ -67,11 +83,23 @@ impl TlsListener {
                             return;
                         }
                     };
-                    if let Err(reason) = rules.check(stream.get_ref().1.peer_certificates()) {
+                    let certificates = stream.get_ref().1.peer_certificates();
+                    if let Err(reason) = rules.check(certificates) {
                         tracing::warn!(%remote, %reason, "{kind} port: rejected a connection");
                         return;
                     }
-                    let _ = send.send((stream, remote)).await;
+                    let common_name = certificates
+                        .and_then(|chain| chain.first())
+                        .and_then(certificate_common_name);
+                    let _ = send
+                        .send((
+                            stream,
+                            TlsPeer {
+                                addr: remote,
+                                common_name,
+                            },
+                        ))
+                        .await;
                 });
             }
         });
@@ -81,7 +109,7 @@ impl TlsListener {
 
 impl axum::serve::Listener for TlsListener {
     type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
+    type Addr = TlsPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         match self.handshaken.recv().await {
@@ -92,6 +120,9 @@ impl axum::serve::Listener for TlsListener {
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+        Ok(TlsPeer {
+            addr: self.local,
+            common_name: None,
+        })
     }
 }

@@ -10,7 +10,7 @@ mod watcher;
 use std::sync::Arc;
 
 pub use feed::Feed;
-pub use stream::{Ended, Settings, open};
+pub use stream::{Ended, ReadCheck, Settings, open};
 
 use crate::mvcc::RevisionEvents;
 use crate::pb::etcdserverpb::ResponseHeader;

@@ -47,18 +47,23 @@ pub struct Settings {
     pub election_timeout: Duration,
 }
 
+/// Whether the stream's client may read a key range (`key`, `range_end` as the create request
+/// names them); watchers on anything else are refused.
+pub type ReadCheck = Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
+
 /// Serves one watch stream: reads `requests` and yields the answers until the client goes away
 /// (drops the answers).
 pub fn open<R>(
     backend: Arc<dyn Backend>,
     requests: R,
     settings: Settings,
+    may_read: ReadCheck,
 ) -> ReceiverStream<Result<WatchResponse, Ended>>
 where
     R: Stream<Item = WatchRequest> + Send + Unpin + 'static,
 {
     let (out, responses) = mpsc::channel(4);
-    tokio::spawn(run(backend, requests, settings, out));
+    tokio::spawn(run(backend, requests, settings, may_read, out));
     ReceiverStream::new(responses)
 }
 
@@ -76,12 +81,14 @@ struct WatchStream {
     behind: VecDeque<i64>,
     queued: HashSet<i64>,
     fragment_limit: usize,
+    may_read: ReadCheck,
 }
 
 async fn run<R>(
     backend: Arc<dyn Backend>,
     mut requests: R,
     settings: Settings,
+    may_read: ReadCheck,
     out: mpsc::Sender<Result<WatchResponse, Ended>>,
 ) where
     R: Stream<Item = WatchRequest> + Send + Unpin + 'static,
@@ -100,6 +107,7 @@ async fn run<R>(
         behind: VecDeque::new(),
         queued: HashSet::new(),
         fragment_limit: settings.fragment_limit,
+        may_read,
     };
     let start = tokio::time::Instant::now();
     let mut progress =
@@ -240,6 +248,8 @@ impl WatchStream {
                 };
                 let created = if self.watchers.contains_key(&id) {
                     Err(CreateError::DuplicateId)
+                } else if !(self.may_read)(&create.key, &create.range_end) {
+                    Err(CreateError::PermissionDenied)
                 } else {
                     Watcher::new(id, &create, current)
                 };

@@ -16,6 +16,8 @@ pub enum CreateError {
     DuplicateId,
     #[error("etcdserver: mvcc: required revision has been compacted")]
     NegativeRevision,
+    #[error("etcdserver: permission denied")]
+    PermissionDenied,
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,31 @@
+//! What follows the state machine as it applies: the watch feed (every revision) and the auth
+//! token table (every entry that issues or voids tokens).
+
+use std::sync::Arc;
+
+use crate::auth::Tokens;
+use crate::mvcc::Mvcc;
+use crate::pb::cairnpb::{RaftRequest, RaftResponse};
+use crate::store::RevisionObserver;
+use crate::watch::Feed;
+
+pub(super) struct Applied {
+    pub feed: Arc<Feed>,
+    pub tokens: Arc<Tokens>,
+}
+
+impl RevisionObserver for Applied {
+    fn advanced(&self, mvcc: &Mvcc, before: i64) {
+        self.feed.advanced(mvcc, before);
+    }
+
+    fn replaced(&self, mvcc: &Mvcc) {
+        self.feed.replaced(mvcc);
+        // Tokens were issued against the state that is gone; clients authenticate again.
+        self.tokens.clear();
+    }
+
+    fn entry_applied(&self, request: &RaftRequest, response: &RaftResponse) {
+        self.tokens.follow(request, response);
+    }
+}
