@@ -33,9 +33,23 @@ fn outcome(out: &Output) -> String {
     format!("failed: {error}")
 }
 
+/// Runs a client (etcdctl or cairnctl) against `endpoint` with `args`, feeding it `input`.
+type Client = dyn Fn(&str, &[&str], Option<&str>) -> Output;
+
+fn etcdctl_client(endpoint: &str, args: &[&str], input: Option<&str>) -> Output {
+    match input {
+        Some(input) => support::etcdctl_stdin(endpoint, args, input),
+        None => etcdctl(endpoint, args),
+    }
+}
+
+fn cairnctl_client(endpoint: &str, args: &[&str], input: Option<&str>) -> Output {
+    support::cairnctl_stdin(endpoint, args, input.unwrap_or(""))
+}
+
 /// The session: root and alice (read-write on `/app/`), auth on, then each user where their
 /// rights end. `endpoint(i)` is the member step `i` talks to.
-fn session(endpoint: &dyn Fn(usize) -> String) -> Vec<(String, String)> {
+fn session(client: &Client, endpoint: &dyn Fn(usize) -> String) -> Vec<(String, String)> {
     let root = "--user=root:rootpw";
     let alice = "--user=alice:alicepw";
     let steps: Vec<Vec<&str>> = vec![
@@ -91,15 +105,9 @@ fn session(endpoint: &dyn Fn(usize) -> String) -> Vec<(String, String)> {
         .map(|(i, args)| {
             // The txn step reads its operations from stdin: a compare on a key alice may read and
             // a put she may not make, so the whole transaction is refused.
-            let out = if args.last() == Some(&"txn") {
-                support::etcdctl_stdin(
-                    &endpoint(i),
-                    args,
-                    "value(\"/shared\") = \"3\"\n\nput /other 7\n\n",
-                )
-            } else {
-                etcdctl(&endpoint(i), args)
-            };
+            let input =
+                (args.last() == Some(&"txn")).then_some("value(\"/shared\") = \"3\"\n\nput /other 7\n\n\n");
+            let out = client(&endpoint(i), args, input);
             (args.join(" "), outcome(&out))
         })
         .collect()
@@ -108,7 +116,7 @@ fn session(endpoint: &dyn Fn(usize) -> String) -> Vec<(String, String)> {
 #[test]
 fn etcdctl_auth_session_answers_as_etcd_does() {
     let etcd = Etcd::start();
-    let expected = session(&|_| etcd.endpoint());
+    let expected = session(&etcdctl_client, &|_| etcd.endpoint());
     // Sanity: the session exercises both sides of every rule against etcd itself.
     let answers: Vec<&str> = expected.iter().map(|(_, a)| a.as_str()).collect();
     assert!(
@@ -121,10 +129,28 @@ fn etcdctl_auth_session_answers_as_etcd_does() {
     // Every step on another member: tokens issued through one member are used on it at once,
     // and most calls are forwarded to the leader.
     let members: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
-    let got = session(&|i| members[i % members.len()].clone());
+    let got = session(&etcdctl_client, &|i| members[i % members.len()].clone());
     for ((step, want), (_, answer)) in expected.iter().zip(&got) {
         assert_eq!(answer, want, "etcdctl {step}\n{}", cluster.logs());
     }
+}
+
+#[test]
+fn cairnctl_user_role_and_auth_verbs_answer_as_etcdctl_does() {
+    let by_etcdctl = Cluster::start(1, "auth-by-etcdctl");
+    let expected = session(&etcdctl_client, &|_| by_etcdctl.members[0].endpoint());
+    drop(by_etcdctl);
+    let by_cairnctl = Cluster::start(1, "auth-by-cairnctl");
+    let got = session(&cairnctl_client, &|_| by_cairnctl.members[0].endpoint());
+    for ((step, want), (_, answer)) in expected.iter().zip(&got) {
+        assert_eq!(answer, want, "cairnctl {step}");
+    }
+    let role_get = support::cairnctl(&by_cairnctl.members[0].endpoint(), &["role", "get", "app"]);
+    assert_eq!(
+        String::from_utf8_lossy(&role_get.stdout),
+        "Role app\nKV Read:\n\t/shared\nKV Write:\n",
+        "{role_get:?}"
+    );
 }
 
 /// Sets up root and alice (read-write on `/app/`) and turns auth on, through etcdctl.

@@ -259,6 +259,55 @@ fn a_cluster_with_tls_on_both_ports_serves_etcdctl_with_client_certificates_only
     assert!(handshake(port, &cluster.ca, Some(&stranger)).is_err());
 }
 
+/// With `--client-cert-auth` and auth on, a client certificate's common name is its user, as in
+/// etcd: alice's certificate reaches alice's keys only, and a token (`--user`) takes precedence.
+#[test]
+fn a_client_certificates_common_name_is_its_user_once_auth_is_on() {
+    let cluster = TlsCluster::start(1, "tls-cn-auth");
+    let member = &cluster.members[0];
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["user", "add", "alice:unused"],
+        &["role", "add", "app"],
+        &[
+            "role",
+            "grant-permission",
+            "app",
+            "readwrite",
+            "/app/",
+            "--prefix=true",
+        ],
+        &["user", "grant-role", "alice", "app"],
+        &["auth", "enable"],
+    ] {
+        cluster.ok(member, args);
+    }
+    // The certificate names alice: her prefix only, and no root work.
+    assert_eq!(cluster.ok(member, &["put", "/app/x", "by certificate"]), "OK\n");
+    for denied in [
+        &["put", "/other", "nope"][..],
+        &["get", "/other"],
+        &["user", "list"],
+    ] {
+        let out = cluster.ctl(member, denied);
+        assert!(!out.status.success(), "{denied:?}: {}", text(&out));
+        assert!(
+            text(&out).contains("Error: etcdserver: permission denied"),
+            "{denied:?}: {}",
+            text(&out)
+        );
+    }
+    // A token says who the caller is over the certificate.
+    assert_eq!(
+        cluster.ok(member, &["--user=root:rootpw", "put", "/other", "by root"]),
+        "OK\n"
+    );
+    assert_eq!(
+        cluster.ok(member, &["get", "/app/x", "--print-value-only"]),
+        "by certificate\n"
+    );
+}
+
 #[test]
 fn peers_without_a_certificate_of_the_peer_ca_and_the_allowed_name_are_refused() {
     let cluster = TlsCluster::start(1, "tls-peers");

@@ -280,4 +280,146 @@ mod tests {
         assert!(state.members.is_empty());
         assert!(state.removed.contains(&3));
     }
+
+    fn as_caller(request: Request, caller: Option<Caller>) -> RaftRequest {
+        RaftRequest {
+            request: Some(request),
+            caller,
+        }
+    }
+
+    fn user(name: &str, auth_revision: u64) -> Option<Caller> {
+        Some(Caller {
+            user: name.into(),
+            auth_revision,
+            internal: false,
+        })
+    }
+
+    /// Auth on, with root and alice, who may write `a`; through the log, as members apply it.
+    fn secured() -> AppState {
+        use crate::pb::authpb::Permission;
+        use crate::pb::etcdserverpb::{
+            AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
+            AuthUserGrantRoleRequest,
+        };
+        let mut state = AppState::default();
+        let user_add = |name: &str| {
+            Request::UserAdd(AuthUserAddRequest {
+                name: name.into(),
+                hashed_password: "hash".into(),
+                ..Default::default()
+            })
+        };
+        let grant = |user: &str, role: &str| {
+            Request::UserGrantRole(AuthUserGrantRoleRequest {
+                user: user.into(),
+                role: role.into(),
+            })
+        };
+        for request in [
+            user_add("root"),
+            grant("root", "root"),
+            user_add("alice"),
+            Request::RoleAdd(AuthRoleAddRequest { name: "w".into() }),
+            Request::RoleGrantPermission(AuthRoleGrantPermissionRequest {
+                name: "w".into(),
+                perm: Some(Permission {
+                    perm_type: 1,
+                    key: b"a".to_vec(),
+                    range_end: vec![],
+                }),
+            }),
+            grant("alice", "w"),
+            Request::AuthEnable(AuthEnableRequest {}),
+        ] {
+            let applied = state.apply(&as_caller(request, None));
+            assert!(matches!(applied.response, Some(Response::Done(_))), "{applied:?}");
+        }
+        state
+    }
+
+    #[test]
+    fn entries_apply_with_their_callers_rights_of_the_moment() {
+        let mut state = secured();
+        let current = state.auth.revision;
+        let put = |key: &str| {
+            Request::Put(PutRequest {
+                key: key.into(),
+                ..Default::default()
+            })
+        };
+        let refused = |code: AuthError| Some(Response::Error(code.code()));
+        assert!(matches!(
+            state.apply(&as_caller(put("a"), user("alice", current))).response,
+            Some(Response::Put(_))
+        ));
+        assert_eq!(
+            state.apply(&as_caller(put("b"), user("alice", current))).response,
+            refused(AuthError::PermissionDenied)
+        );
+        // Checked before the store changed: refused, whatever the rights were.
+        assert_eq!(
+            state
+                .apply(&as_caller(put("a"), user("alice", current - 1)))
+                .response,
+            refused(AuthError::AuthOldRevision)
+        );
+        // A caller without credentials, and alice trying root's work.
+        assert_eq!(
+            state
+                .apply(&as_caller(put("a"), Some(Caller::default())))
+                .response,
+            refused(AuthError::UserEmpty)
+        );
+        let raise = Request::Alarm(AlarmRequest {
+            action: AlarmAction::Activate as i32,
+            member_id: 7,
+            alarm: AlarmType::Nospace as i32,
+        });
+        assert_eq!(
+            state
+                .apply(&as_caller(raise.clone(), user("alice", current)))
+                .response,
+            refused(AuthError::PermissionDenied)
+        );
+        assert!(!state.has_alarm(AlarmType::Nospace));
+        state.apply(&as_caller(raise, user("root", current)));
+        assert!(state.has_alarm(AlarmType::Nospace));
+        assert_eq!(
+            state.mvcc.revision(),
+            2,
+            "only alice's one permitted put was applied (the store starts at revision 1)"
+        );
+    }
+
+    #[test]
+    fn a_token_is_issued_only_against_the_users_of_the_password_check() {
+        let mut state = secured();
+        let authenticate = |name: &str| {
+            Request::Authenticate(crate::pb::cairnpb::Authenticate {
+                name: name.into(),
+                token: "t".into(),
+            })
+        };
+        let current = state.auth.revision;
+        assert!(matches!(
+            state
+                .apply(&as_caller(authenticate("alice"), user("alice", current)))
+                .response,
+            Some(Response::Done(_))
+        ));
+        assert_eq!(
+            state
+                .apply(&as_caller(authenticate("alice"), user("alice", current - 1)))
+                .response,
+            Some(Response::Error(AuthError::AuthOldRevision.code()))
+        );
+        assert_eq!(
+            state
+                .apply(&as_caller(authenticate("bob"), user("bob", current)))
+                .response,
+            Some(Response::Error(AuthError::AuthFailed.code()))
+        );
+    }
 }

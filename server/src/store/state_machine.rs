@@ -249,3 +249,44 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_auth() -> Machine {
+        let mut machine = Machine::default();
+        machine
+            .app
+            .auth
+            .user_add(&crate::pb::etcdserverpb::AuthUserAddRequest {
+                name: "root".into(),
+                hashed_password: "hash".into(),
+                ..Default::default()
+            })
+            .unwrap();
+        machine
+    }
+
+    #[test]
+    fn machines_of_either_encoding_decode_and_nothing_else_does() {
+        let machine = with_auth();
+        let encoded = postcard::to_stdvec(&machine).unwrap();
+        let decoded = Machine::decode(&encoded).unwrap();
+        assert_eq!(decoded.app.auth, machine.app.auth);
+
+        // What releases before auth wrote: the same fields, no auth store.
+        let before: EncodedBeforeAuth = (
+            machine.app.clone(),
+            machine.last_applied,
+            machine.last_membership.clone(),
+        );
+        let old = Machine::decode(&postcard::to_stdvec(&before).unwrap()).unwrap();
+        assert_eq!(old.app.auth, AuthStore::default());
+
+        assert!(Machine::decode(&encoded[..encoded.len() - 1]).is_err());
+        let mut longer = encoded.clone();
+        longer.push(0);
+        assert!(Machine::decode(&longer).is_err());
+    }
+}

@@ -61,6 +61,12 @@ pub struct Global {
         requires = "tls_cert"
     )]
     pub key: Option<PathBuf>,
+    /// The user to authenticate as: `name:password`, or `name` with --password.
+    #[arg(long, global = true, env = "CAIRNCTL_USER")]
+    pub user: Option<String>,
+    /// The password of --user, when it does not carry one.
+    #[arg(long, global = true, env = "CAIRNCTL_PASSWORD")]
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -104,6 +110,130 @@ pub enum Command {
     Elect(ElectArgs),
     /// Makes a mirror at the destination etcd cluster.
     MakeMirror(MirrorArgs),
+    /// User related commands.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Role related commands.
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// Enables or disables authentication.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// etcdctl's `--interactive`: on unless `--interactive=false`.
+#[derive(Debug, Clone, Args)]
+pub struct Interactive {
+    /// Prompt for the password; with --interactive=false it is read from stdin.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        default_value_t = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub interactive: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Adds a new user (`name` or `name:password`).
+    Add {
+        // Not `user`: that id is the global --user.
+        #[arg(value_name = "USER")]
+        name: String,
+        /// The new user's password, instead of a prompt.
+        #[arg(long)]
+        new_user_password: Option<String>,
+        /// A user without a password, who authenticates with a client certificate.
+        #[arg(long)]
+        no_password: bool,
+        #[command(flatten)]
+        interactive: Interactive,
+    },
+    /// Deletes a user.
+    Delete { name: String },
+    /// Gets a user's roles.
+    Get {
+        name: String,
+        /// Show the permissions of the user's roles too.
+        #[arg(long)]
+        detail: bool,
+    },
+    /// Lists all users.
+    List,
+    /// Changes a user's password.
+    Passwd {
+        name: String,
+        #[command(flatten)]
+        interactive: Interactive,
+    },
+    /// Grants a role to a user.
+    GrantRole {
+        #[arg(value_name = "USER")]
+        name: String,
+        role: String,
+    },
+    /// Revokes a role from a user.
+    RevokeRole {
+        #[arg(value_name = "USER")]
+        name: String,
+        role: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PermissionKind {
+    Read,
+    Write,
+    Readwrite,
+}
+
+/// The keys a permission covers: one key, `[key, range_end)`, a prefix, or from a key on.
+#[derive(Debug, Clone, Args)]
+pub struct PermissionKeys {
+    pub key: String,
+    pub range_end: Option<String>,
+    /// The permission covers every key with this prefix.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub prefix: Option<bool>,
+    /// The permission covers every key from this one on.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub from_key: Option<bool>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RoleCommand {
+    /// Adds a new role.
+    Add { name: String },
+    /// Deletes a role.
+    Delete { name: String },
+    /// Gets a role's permissions.
+    Get { name: String },
+    /// Lists all roles.
+    List,
+    /// Grants a key permission to a role.
+    GrantPermission {
+        name: String,
+        #[arg(value_enum)]
+        kind: PermissionKind,
+        #[command(flatten)]
+        keys: PermissionKeys,
+    },
+    /// Revokes a key permission from a role.
+    RevokePermission {
+        name: String,
+        #[command(flatten)]
+        keys: PermissionKeys,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthCommand {
+    /// Enables authentication (adding the root role to root if it lacks it, as etcdctl does).
+    Enable,
+    /// Disables authentication.
+    Disable,
 }
 
 #[derive(Debug, Clone, Args)]

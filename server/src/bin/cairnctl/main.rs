@@ -1,5 +1,6 @@
 //! `cairnctl`: etcdctl's verbs for Cairn (and any etcd v3 server), built on the `etcd-client` crate.
 
+mod auth;
 mod cli;
 mod concurrency;
 mod endpoint;
@@ -60,9 +61,33 @@ pub async fn connect(endpoints: &[String], global: &Global) -> anyhow::Result<Cl
     if let Some(tls) = tls_options(global)? {
         options = options.with_tls(tls);
     }
+    if let Some((name, password)) = credentials(global)? {
+        options = options.with_user(name, password);
+    }
     Client::connect(endpoints, Some(options))
         .await
-        .map_err(|e| anyhow::anyhow!("cannot use endpoints {}: {}", endpoints.join(","), describe(&e)))
+        .map_err(|e| match classify(&e) {
+            // A refused login says why in etcd's words, as etcdctl prints it.
+            RpcError::Server(message) => anyhow::anyhow!(message),
+            RpcError::Unreachable(why) => {
+                anyhow::anyhow!("cannot use endpoints {}: {why}", endpoints.join(","))
+            }
+        })
+}
+
+/// `--user name:password`, or `--user name` with `--password`.
+fn credentials(global: &Global) -> anyhow::Result<Option<(String, String)>> {
+    let Some(user) = &global.user else {
+        return Ok(None);
+    };
+    match (user.split_once(':'), &global.password) {
+        (Some((name, password)), _) => Ok(Some((name.to_owned(), password.to_owned()))),
+        (None, Some(password)) => Ok(Some((user.clone(), password.clone()))),
+        (None, None) => Err(Exit::bad_args(&format!(
+            "--user {user:?} has no password: give --user {user}:PASSWORD or --password"
+        ))
+        .into()),
+    }
 }
 
 /// TLS as etcdctl's flags ask: on with a CA bundle or a client certificate.
@@ -175,6 +200,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lock(args) => concurrency::lock(&mut session, args).await,
         Command::Elect(args) => concurrency::elect(&mut session, args).await,
         Command::MakeMirror(args) => mirror::run(&mut session, args).await,
+        Command::User(command) => auth::user(&mut session, command).await,
+        Command::Role(command) => auth::role(&mut session, command).await,
+        Command::Auth(command) => auth::auth(&mut session, command).await,
     };
     outcome.map_err(|error| match error.downcast_ref::<RpcError>() {
         Some(RpcError::Unreachable(why)) => anyhow::anyhow!("cannot reach {endpoints}: {why}"),
