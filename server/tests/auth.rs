@@ -47,25 +47,30 @@ fn cairnctl_client(endpoint: &str, args: &[&str], input: Option<&str>) -> Output
     support::cairnctl_stdin(endpoint, args, input.unwrap_or(""))
 }
 
+/// Root, and alice with read-write on `/app/`, before auth is enabled.
+const SETUP: [&[&str]; 5] = [
+    &["user", "add", "root:rootpw"],
+    &["user", "add", "alice:alicepw"],
+    &["role", "add", "app"],
+    &[
+        "role",
+        "grant-permission",
+        "app",
+        "readwrite",
+        "/app/",
+        "--prefix=true",
+    ],
+    &["user", "grant-role", "alice", "app"],
+];
+
 /// The session: root and alice (read-write on `/app/`), auth on, then each user where their
 /// rights end. `endpoint(i)` is the member step `i` talks to.
 fn session(client: &Client, endpoint: &dyn Fn(usize) -> String) -> Vec<(String, String)> {
     let root = "--user=root:rootpw";
     let alice = "--user=alice:alicepw";
-    let steps: Vec<Vec<&str>> = vec![
-        vec!["user", "add", "root:rootpw"],
-        vec!["user", "add", "alice:alicepw"],
-        vec!["role", "add", "app"],
-        vec![
-            "role",
-            "grant-permission",
-            "app",
-            "readwrite",
-            "/app/",
-            "--prefix=true",
-        ],
+    let mut steps: Vec<Vec<&str>> = SETUP.iter().map(|step| step.to_vec()).collect();
+    steps.extend([
         vec!["role", "grant-permission", "app", "read", "/shared"],
-        vec!["user", "grant-role", "alice", "app"],
         vec!["auth", "enable"],
         vec![root, "put", "/app/x", "1"],
         vec![root, "put", "/other", "2"],
@@ -98,7 +103,7 @@ fn session(client: &Client, endpoint: &dyn Fn(usize) -> String) -> Vec<(String, 
         vec![alice, "get", "/shared"],
         vec![root, "auth", "disable"],
         vec!["get", "/other"],
-    ];
+    ]);
     steps
         .iter()
         .enumerate()
@@ -155,23 +160,9 @@ fn cairnctl_user_role_and_auth_verbs_answer_as_etcdctl_does() {
 
 /// Sets up root and alice (read-write on `/app/`) and turns auth on, through etcdctl.
 fn secure(endpoint: &str) {
-    for args in [
-        vec!["user", "add", "root:rootpw"],
-        vec!["user", "add", "alice:alicepw"],
-        vec!["role", "add", "app"],
-        vec![
-            "role",
-            "grant-permission",
-            "app",
-            "readwrite",
-            "/app/",
-            "--prefix=true",
-        ],
-        vec!["user", "grant-role", "alice", "app"],
-        vec!["auth", "enable"],
-        vec!["--user=root:rootpw", "put", "/app/x", "1"],
-    ] {
-        support::ok(endpoint, &args);
+    let finish: [&[&str]; 2] = [&["auth", "enable"], &["--user=root:rootpw", "put", "/app/x", "1"]];
+    for args in SETUP.iter().chain(&finish) {
+        support::ok(endpoint, args);
     }
 }
 
