@@ -2,7 +2,8 @@
 //! a Static and a DnsSrv KVCluster, both named `kv` in two namespaces, become Available with a
 //! leader and three healthy members; `kubectl get kvc` shows it; data written through the client
 //! Service is readable on every member; the two clusters have distinct tokens and cluster IDs, and
-//! a member with the one's token pointed at the other's members is refused by them.
+//! a member with the one's token pointed at the other's members is refused by them. With
+//! NetworkPolicies on (as the chart's `networkPolicy.enabled`), each cluster gets its policy.
 //! An invalid spec gets a condition naming the field, and nothing is created for it.
 
 mod common;
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, http_get, poll_until, wait_for};
+use cairn_operator::build::network_policy::ClientNamespaces;
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
 use common::{OperatorSandbox, wait_settled, with_operator};
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -35,6 +37,11 @@ async fn kvclusters_become_available_with_their_own_identity() {
         context,
         dir: _dir,
     } = OperatorSandbox::start(18143, 25490, 18).await;
+    // As the chart's networkPolicy.enabled asks.
+    let context = context.with_network_policies(ClientNamespaces {
+        operator: "cairn-system".into(),
+        listed: vec!["monitoring".into()],
+    });
     let metrics = context.metrics.clone();
     let listener = cairn_operator::http::bind("127.0.0.1:0".parse().unwrap())
         .await
@@ -114,6 +121,33 @@ async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> (Test
         ["kv", "3", "3", status.leader.as_deref().unwrap(), "True"],
         "{columns:?}"
     );
+
+    // The cluster is fenced by its NetworkPolicy, as the API server took it.
+    let policy = env
+        .kubectl()
+        .args(["get", "networkpolicy", "kv", "-n", &ns.name, "-o", "json"])
+        .output()
+        .unwrap();
+    let policy: serde_json::Value =
+        serde_json::from_slice(&policy.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&policy.stderr)));
+    let spec = &policy["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "kv"
+    );
+    assert_eq!(spec["ingress"][0]["ports"][0]["port"], 2380, "{spec}");
+    assert_eq!(
+        spec["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/instance"],
+        "kv"
+    );
+    assert_eq!(spec["ingress"][1]["ports"][0]["port"], 2379, "{spec}");
+    let client_namespaces: Vec<&str> = spec["ingress"][1]["from"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|peer| peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str())
+        .collect();
+    assert_eq!(client_namespaces, ["cairn-system", "monitoring"]);
 
     // Written through the client Service, read back from every member's own copy.
     let put = ns.exec(

@@ -142,6 +142,40 @@ fn the_chart_lints_and_renders_with_each_value_set() {
     assert!(crd["metadata"]["annotations"].is_null());
     let image = &find(&monitored, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"];
     assert_eq!(image, "registry.local/cairn-operator:0.2.0");
+    // NetworkPolicies: the operator is told to make them (and may), with the namespaces listed.
+    let args_of = |docs: &[serde_yaml::Value]| -> Vec<String> {
+        find(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+    assert!(
+        !args_of(&defaults)
+            .iter()
+            .any(|a| a.starts_with("--network-policies"))
+    );
+    let fenced = render(&[
+        "networkPolicy.enabled=true",
+        "networkPolicy.clientNamespaces={web,monitoring}",
+    ]);
+    let args = args_of(&fenced);
+    assert!(args.contains(&"--network-policies=true".to_owned()), "{args:?}");
+    assert!(
+        args.contains(&"--client-namespaces=web,monitoring".to_owned()),
+        "{args:?}"
+    );
+    let may_apply_policies = fenced.iter().filter(|d| d["kind"] == "ClusterRole").any(|role| {
+        role["rules"].as_sequence().unwrap().iter().any(|rule| {
+            rule["resources"][0] == "networkpolicies"
+                && rule["verbs"].as_sequence().unwrap().iter().any(|v| v == "patch")
+        })
+    });
+    assert!(
+        may_apply_policies,
+        "the ClusterRole lets the operator apply NetworkPolicies"
+    );
 }
 
 /// The CRD's CEL rules go to servers that run CEL (1.25 and later); older servers' clients
@@ -175,6 +209,10 @@ fn bad_values_are_refused_by_name() {
             "renewDeadlineSeconds must be less than leaseDurationSeconds",
         ),
         (vec!["logFormat=xml"], "logFormat"),
+        (
+            vec!["networkPolicy.clientNamespaces={Not_A_Namespace}"],
+            "clientNamespaces",
+        ),
         (vec!["replicaCount=0"], "replicaCount"),
         (vec!["imagePullPolicy=Always"], "imagePullPolicy"),
         (
@@ -203,6 +241,7 @@ fn bad_values_are_refused_by_name() {
     }
 }
 
+/// Every example validates, and none puts the (plaintext) client port outside the cluster.
 #[test]
 fn every_example_is_a_kvcluster_the_operator_accepts() {
     let mut seen = 0;
@@ -212,9 +251,15 @@ fn every_example_is_a_kvcluster_the_operator_accepts() {
         let cluster: KVCluster = serde_yaml::from_str(&yaml)
             .unwrap_or_else(|e| panic!("{}: not a KVCluster: {e}", path.display()));
         let name = cluster.metadata.name.clone().unwrap_or_default();
-        if let Err(error) = cairn_operator::validate::validate(&name, "default", &cluster.spec) {
-            panic!("{}: {error}", path.display());
-        }
+        let valid = cairn_operator::validate::validate(&name, "default", &cluster.spec)
+            .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+        // The client port is plaintext gRPC: no example offers it outside the cluster.
+        assert_eq!(
+            valid.client_service.type_,
+            cairn_operator::crd::ServiceType::ClusterIP,
+            "{} exposes the plaintext client port outside the cluster",
+            path.display()
+        );
         seen += 1;
     }
     assert!(seen >= 3, "minimal, DNS SRV and storage examples");

@@ -12,6 +12,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -23,6 +24,7 @@ use serde_json::json;
 
 use crate::build::bootstrap::bootstrap_files;
 use crate::build::names::{MEMBER_PODS, Names, cluster_of_member};
+use crate::build::network_policy::{ClientNamespaces, network_policy};
 use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
 use crate::build::statefulset::statefulset;
@@ -72,6 +74,8 @@ pub struct Context {
     pub pdb_api: PdbApi,
     pub metrics: Arc<Metrics>,
     recorder: Recorder,
+    /// Set when every cluster gets a NetworkPolicy, with who may reach its client port.
+    network_policies: Option<ClientNamespaces>,
 }
 
 impl Context {
@@ -89,7 +93,14 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             pdb_api,
+            network_policies: None,
         })
+    }
+
+    /// Gives every cluster a NetworkPolicy (see `build::network_policy`).
+    pub fn with_network_policies(mut self, clients: ClientNamespaces) -> Context {
+        self.network_policies = Some(clients);
+        self
     }
 
     /// Records a Kubernetes Event on the KVCluster; a failure to record is logged, not fatal.
@@ -631,7 +642,8 @@ fn in_readiness(pod: &Pod, now: &Time, ready: bool) -> Option<u64> {
 }
 
 /// Applies the planned objects: the bootstrap files first (a pod the StatefulSet adds finds its
-/// file), then the Services, the StatefulSet and the disruption budget.
+/// file), the NetworkPolicy (before any pod can be reached), then the Services, the StatefulSet
+/// and the disruption budget.
 async fn apply_plan(
     context: &Context,
     spec: &ValidSpec,
@@ -653,6 +665,10 @@ async fn apply_plan(
         return Ok(());
     };
     let names = Names::new(&spec.name, namespace);
+    if let Some(clients) = &context.network_policies {
+        let policies = Api::<NetworkPolicy>::namespaced(client.clone(), namespace);
+        apply(&policies, &network_policy(spec, owner, clients)).await?;
+    }
     let services = Api::<Service>::namespaced(client.clone(), namespace);
     apply(&services, &peer_service(spec, owner)).await?;
     apply(&services, &client_service(spec, owner)).await?;

@@ -63,6 +63,14 @@ struct RunArgs {
     /// Log output format.
     #[arg(long, env = "CAIRN_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Give every cluster a NetworkPolicy: its peer port open to its own members only, its
+    /// client port to its own namespace, the operator's, and --client-namespaces.
+    #[arg(long, env = "CAIRN_OPERATOR_NETWORK_POLICIES", action = ArgAction::Set, default_value_t = false)]
+    network_policies: bool,
+    /// Namespaces (comma separated) whose pods may reach every cluster's client port, with
+    /// --network-policies.
+    #[arg(long, env = "CAIRN_OPERATOR_CLIENT_NAMESPACES", value_delimiter = ',')]
+    client_namespaces: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -113,9 +121,23 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.leader_elect {
         lease.validate().context("invalid leader election timing")?;
     }
-    let context = cairn_operator::controller::Context::new(client.clone(), &instance)
+    let mut context = cairn_operator::controller::Context::new(client.clone(), &instance)
         .await
         .context("cannot read the API server's version")?;
+    if args.network_policies {
+        let clients = cairn_operator::build::network_policy::ClientNamespaces {
+            operator: std::env::var("POD_NAMESPACE")
+                .unwrap_or_else(|_| client.default_namespace().to_owned()),
+            listed: args
+                .client_namespaces
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect(),
+        };
+        tracing::info!(?clients, "every cluster gets a NetworkPolicy");
+        context = context.with_network_policies(clients);
+    }
     let metrics = context.metrics.clone();
     tokio::spawn({
         let metrics = metrics.clone();

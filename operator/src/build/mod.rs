@@ -4,6 +4,7 @@
 
 pub mod bootstrap;
 pub mod names;
+pub mod network_policy;
 pub mod pdb;
 pub mod services;
 pub mod statefulset;

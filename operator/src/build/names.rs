@@ -54,6 +54,10 @@ impl Names {
         self.cluster.clone()
     }
 
+    pub fn network_policy(&self) -> String {
+        self.cluster.clone()
+    }
+
     /// The headless Service that gives members their stable DNS names.
     pub fn peer_service(&self) -> String {
         format!("{}-peer", self.cluster)
