@@ -13,8 +13,17 @@ use support::{Cluster, Etcd};
 
 /// POSTs `body` to `path` with curl; the HTTP status and the answer as JSON.
 fn post(endpoint: &str, path: &str, body: &str) -> (u16, Value) {
-    let out = Command::new("curl")
-        .args(["-s", "-X", "POST", "-w", "\n%{http_code}"])
+    post_as(endpoint, None, path, body)
+}
+
+/// POSTs with a token in `Authorization`, as etcd's gateway takes it.
+fn post_as(endpoint: &str, token: Option<&str>, path: &str, body: &str) -> (u16, Value) {
+    let mut curl = Command::new("curl");
+    curl.args(["-s", "-X", "POST", "-w", "\n%{http_code}"]);
+    if let Some(token) = token {
+        curl.args(["-H", &format!("Authorization: {token}")]);
+    }
+    let out = curl
         .arg(format!("http://{endpoint}{path}"))
         .args(["-d", body])
         .output()
@@ -148,6 +157,113 @@ fn the_walk_through_answers_as_etcds_gateway_does() {
     );
     assert_eq!((ours[11].1, &ours[11].2["code"]), (400, &json!(3)));
     assert_eq!(ours[11].2["error"], json!("etcdserver: key is not provided"));
+}
+
+/// Users, roles and tokens over the gateway: each step's status and answer, tokens left out.
+fn auth_walk_through(endpoint: &str) -> Vec<(String, u16, Value)> {
+    let mut steps = Vec::new();
+    let mut step = |name: &str, token: Option<&str>, path: &str, body: Value| {
+        let (status, mut value) = post_as(endpoint, token, path, &body.to_string());
+        let token = value.as_object_mut().and_then(|o| o.remove("token"));
+        steps.push((name.to_owned(), status, comparable(value)));
+        token.and_then(|t| t.as_str().map(str::to_owned))
+    };
+    step(
+        "root",
+        None,
+        "/v3/auth/user/add",
+        json!({"name": "root", "password": "rootpw"}),
+    );
+    step("root role", None, "/v3/auth/role/add", json!({"name": "root"}));
+    step(
+        "grant root",
+        None,
+        "/v3/auth/user/grant",
+        json!({"user": "root", "role": "root"}),
+    );
+    step(
+        "alice",
+        None,
+        "/v3/auth/user/add",
+        json!({"name": "alice", "password": "pw"}),
+    );
+    step("role", None, "/v3/auth/role/add", json!({"name": "app"}));
+    step(
+        "permission",
+        None,
+        "/v3/auth/role/grant",
+        json!({"name": "app", "perm": {"permType": "READWRITE", "key": b64("app/"), "range_end": b64("app0")}}),
+    );
+    step(
+        "grant app",
+        None,
+        "/v3/auth/user/grant",
+        json!({"user": "alice", "role": "app"}),
+    );
+    step("enable", None, "/v3/auth/enable", json!({}));
+    step(
+        "anonymous put",
+        None,
+        "/v3/kv/put",
+        json!({"key": b64("app/x"), "value": b64("1")}),
+    );
+    step(
+        "wrong password",
+        None,
+        "/v3/auth/authenticate",
+        json!({"name": "alice", "password": "no"}),
+    );
+    let alice = step(
+        "login",
+        None,
+        "/v3/auth/authenticate",
+        json!({"name": "alice", "password": "pw"}),
+    );
+    let alice = alice.as_deref();
+    step(
+        "her put",
+        alice,
+        "/v3/kv/put",
+        json!({"key": b64("app/x"), "value": b64("1")}),
+    );
+    step("her read", alice, "/v3/kv/range", json!({"key": b64("app/x")}));
+    step("not hers", alice, "/v3/kv/range", json!({"key": b64("other")}));
+    step("not root", alice, "/v3/auth/user/list", json!({}));
+    step(
+        "bad token",
+        Some("forged"),
+        "/v3/kv/range",
+        json!({"key": b64("app/x")}),
+    );
+    let root = step(
+        "root login",
+        None,
+        "/v3/auth/authenticate",
+        json!({"name": "root", "password": "rootpw"}),
+    );
+    step(
+        "roles",
+        root.as_deref(),
+        "/v3/auth/role/get",
+        json!({"role": "app"}),
+    );
+    step("users", root.as_deref(), "/v3/auth/user/list", json!({}));
+    step("disable", root.as_deref(), "/v3/auth/disable", json!({}));
+    steps
+}
+
+#[test]
+fn users_roles_and_tokens_answer_as_etcds_gateway_does() {
+    let cairn = Cluster::start(1, "gateway-auth");
+    let etcd = Etcd::start();
+    let ours = auth_walk_through(&cairn.endpoints());
+    let theirs = auth_walk_through(&etcd.endpoint());
+    for (ours, theirs) in ours.iter().zip(&theirs) {
+        assert_eq!(ours, theirs, "step {} (left: Cairn, right: etcd)", ours.0);
+    }
+    let refused = |name: &str| ours.iter().find(|s| s.0 == name).unwrap().2["message"].clone();
+    assert_eq!(refused("not hers"), json!("etcdserver: permission denied"));
+    assert_eq!(refused("anonymous put"), json!("etcdserver: user name is empty"));
 }
 
 #[test]
