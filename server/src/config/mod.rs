@@ -690,6 +690,37 @@ mod tests {
     }
 
     #[test]
+    fn auth_flags_are_etcds_and_refused_by_name_when_out_of_range() {
+        let config = args(&[]).validate().unwrap();
+        assert_eq!(
+            config.auth,
+            AuthConfig {
+                token_ttl: Duration::from_secs(300),
+                bcrypt_cost: 10,
+            }
+        );
+        let config = args(&["--auth-token-ttl", "2", "--bcrypt-cost", "4"])
+            .validate()
+            .unwrap();
+        assert_eq!(config.auth.token_ttl, Duration::from_secs(2));
+        assert_eq!(config.auth.bcrypt_cost, 4);
+        let refused = |flags: &[&str], expected: &str| {
+            let error = args(flags).validate().unwrap_err().to_string();
+            assert!(error.contains(expected), "{flags:?}: {error}");
+        };
+        refused(
+            &["--auth-token", "jwt,pub-key=k.pub"],
+            "--auth-token \"jwt,pub-key=k.pub\" is not valid: cairn issues simple tokens only",
+        );
+        refused(
+            &["--auth-token-ttl", "0"],
+            "--auth-token-ttl must be greater than zero",
+        );
+        refused(&["--bcrypt-cost", "3"], "--bcrypt-cost \"3\" is not valid");
+        refused(&["--bcrypt-cost", "32"], "bcrypt's cost is between 4 and 31");
+    }
+
+    #[test]
     fn https_urls_need_their_certificates_and_every_tls_flag_its_partners() {
         let refused = |flags: &[&str], expected: &str| {
             let error = args(flags).validate().unwrap_err().to_string();
