@@ -18,8 +18,19 @@ struct Issued {
 
 pub struct Tokens {
     ttl: Duration,
-    issued: Mutex<HashMap<String, Issued>>,
+    issued: Mutex<Table>,
 }
+
+#[derive(Default)]
+struct Table {
+    tokens: HashMap<String, Issued>,
+    /// When tokens unused for the TTL were last dropped.
+    swept: Option<Instant>,
+}
+
+/// Unused tokens are looked for at most this often: a burst of logins does not scan the table
+/// once per login.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Random characters in a token: guessing one is as hard as guessing a 190-bit key.
 const TOKEN_LENGTH: usize = 32;
@@ -28,7 +39,7 @@ impl Tokens {
     pub fn new(ttl: Duration) -> Tokens {
         Tokens {
             ttl,
-            issued: Mutex::new(HashMap::new()),
+            issued: Mutex::new(Table::default()),
         }
     }
 
@@ -41,17 +52,24 @@ impl Tokens {
             .collect()
     }
 
-    fn issued(&self) -> std::sync::MutexGuard<'_, HashMap<String, Issued>> {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.issued.lock().expect("token table lock poisoned")
     }
 
-    /// The log issued `token` to `user`. Tokens nobody used for the TTL are dropped meanwhile, so
-    /// the table holds at most the tokens of one TTL.
+    /// The log issued `token` to `user`. Tokens nobody used for the TTL are dropped meanwhile
+    /// (once a second at most), so the table holds little more than the tokens of one TTL.
     pub fn assign(&self, token: &str, user: &str) {
         let now = Instant::now();
-        let mut issued = self.issued();
-        issued.retain(|_, t| now.duration_since(t.last_used) < self.ttl);
-        issued.insert(
+        let mut table = self.table();
+        if table
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_INTERVAL)
+        {
+            table.swept = Some(now);
+            let ttl = self.ttl;
+            table.tokens.retain(|_, t| now.duration_since(t.last_used) < ttl);
+        }
+        table.tokens.insert(
             token.to_owned(),
             Issued {
                 user: user.to_owned(),
@@ -63,10 +81,10 @@ impl Tokens {
     /// The user a token was issued to, if it is still valid; using it keeps it valid.
     pub fn user(&self, token: &str) -> Option<String> {
         let now = Instant::now();
-        let mut issued = self.issued();
-        let entry = issued.get_mut(token)?;
+        let mut table = self.table();
+        let entry = table.tokens.get_mut(token)?;
         if now.duration_since(entry.last_used) >= self.ttl {
-            issued.remove(token);
+            table.tokens.remove(token);
             return None;
         }
         entry.last_used = now;
@@ -89,12 +107,12 @@ impl Tokens {
 
     /// A user was deleted or its password changed: its tokens end.
     pub fn invalidate_user(&self, user: &str) {
-        self.issued().retain(|_, t| t.user != user);
+        self.table().tokens.retain(|_, t| t.user != user);
     }
 
     /// Auth was disabled, or the whole state replaced: every token ends.
     pub fn clear(&self) {
-        self.issued().clear();
+        self.table().tokens.clear();
     }
 }
 
@@ -120,5 +138,16 @@ mod tests {
         let expiring = Tokens::new(Duration::ZERO);
         expiring.assign(&a, "alice");
         assert_eq!(expiring.user(&a), None);
+    }
+
+    #[test]
+    fn unused_tokens_are_dropped_by_later_logins() {
+        let tokens = Tokens::new(Duration::from_millis(1));
+        for i in 0..1000 {
+            tokens.assign(&format!("t{i}"), "alice");
+        }
+        std::thread::sleep(SWEEP_INTERVAL);
+        tokens.assign("last", "alice");
+        assert_eq!(tokens.table().tokens.len(), 1, "only the newest token is left");
     }
 }
