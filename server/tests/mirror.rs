@@ -78,3 +78,40 @@ fn cairnctl_make_mirror_moves_keys_to_another_prefix() {
         "copy/",
     );
 }
+
+/// Turns auth on with a root user of this password.
+fn secure(endpoint: &str, root_password: &str) {
+    for args in [
+        &["user", "add", &format!("root:{root_password}")][..],
+        &["user", "grant-role", "root", "root"],
+        &["auth", "enable"],
+    ] {
+        ok(endpoint, args);
+    }
+}
+
+#[test]
+fn cairnctl_make_mirror_logs_in_to_each_side_as_its_own_user() {
+    let source = Cluster::start(1, "mirror-auth-source");
+    let destination = Cluster::start(1, "mirror-auth-destination");
+    let (from, to) = (source.endpoints(), destination.endpoints());
+    secure(&from, "sourcepw");
+    secure(&to, "destpw");
+    ok(&from, &["--user=root:sourcepw", "put", "m/1", "before"]);
+    let mut mirror = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg(format!("--endpoints={from}"))
+        .args(["--user=root:sourcepw", "make-mirror", "--prefix=m/"])
+        .args(["--dest-user", "root", "--dest-password", "destpw", &to])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    ok(&from, &["--user=root:sourcepw", "put", "m/2", "after"]);
+    wait_until(
+        "the destination to hold both keys",
+        Duration::from_secs(20),
+        || ok(&to, &["--user=root:destpw", "get", "m/", "--prefix"]) == "m/1\nbefore\nm/2\nafter\n",
+    );
+    let _ = mirror.kill();
+    let _ = mirror.wait();
+}

@@ -19,7 +19,7 @@ pub struct Cli {
     pub command: Command,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct Global {
     /// gRPC endpoints, comma separated (host:port or http://host:port).
     #[arg(
@@ -299,6 +299,13 @@ pub struct MirrorArgs {
     /// Mirror key-values to the root of the destination cluster.
     #[arg(long)]
     pub no_dest_prefix: bool,
+    /// The user to write to the destination as (`name:password`, or `name` with
+    /// --dest-password); --user is the source's.
+    #[arg(long)]
+    pub dest_user: Option<String>,
+    /// The password of --dest-user, when it does not carry one.
+    #[arg(long)]
+    pub dest_password: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

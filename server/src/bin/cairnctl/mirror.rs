@@ -10,7 +10,7 @@ use std::time::Duration;
 use cairn::mvcc::prefix_end;
 use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions};
 
-use crate::cli::MirrorArgs;
+use crate::cli::{Global, MirrorArgs};
 use crate::{Exit, Rpc, Session, connect};
 
 /// Keys per read of the initial copy.
@@ -33,7 +33,12 @@ pub async fn run(session: &mut Session, args: MirrorArgs) -> anyhow::Result<()> 
         renamed.extend_from_slice(key.strip_prefix(args.prefix.as_bytes()).unwrap_or(key));
         renamed
     };
-    let mut destination = connect(std::slice::from_ref(&args.destination), &session.global).await?;
+    let destination_global = Global {
+        user: args.dest_user.clone(),
+        password: args.dest_password.clone(),
+        ..session.global.clone()
+    };
+    let mut destination = connect(std::slice::from_ref(&args.destination), &destination_global).await?;
     let source = &mut session.client;
     let total = Arc::new(AtomicU64::new(0));
     let reporter = total.clone();
