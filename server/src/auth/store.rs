@@ -284,6 +284,21 @@ impl AuthStore {
         Ok(())
     }
 
+    /// Whether `caller` may read or write each of `keys` (single keys, such as a lease's); root
+    /// may without looking at them.
+    pub fn check_keys<'k>(
+        &self,
+        caller: &Caller,
+        keys: impl IntoIterator<Item = &'k [u8]>,
+        access: Access,
+    ) -> Result<(), AuthError> {
+        if self.check_admin(caller).is_ok() {
+            return Ok(());
+        }
+        keys.into_iter()
+            .try_for_each(|key| self.check(caller, key, b"", access))
+    }
+
     /// Whether `caller` may read or write every key of `key`/`range_end` (etcd's isOpPermitted).
     pub fn check(
         &self,
@@ -400,6 +415,23 @@ mod tests {
         assert_eq!(
             store.check(&Caller::default(), b"a/1", b"", Access::Read),
             Err(AuthError::UserEmpty)
+        );
+    }
+
+    #[test]
+    fn every_key_of_a_set_must_be_reachable_unless_the_caller_is_root() {
+        let store = secured();
+        let keys: [&[u8]; 2] = [b"a/1", b"a/2"];
+        let alice = caller(&store, "alice");
+        assert_eq!(store.check_keys(&alice, keys, Access::Write), Ok(()));
+        let one_outside: [&[u8]; 2] = [b"a/1", b"b"];
+        assert_eq!(
+            store.check_keys(&alice, one_outside, Access::Write),
+            Err(AuthError::PermissionDenied)
+        );
+        assert_eq!(
+            store.check_keys(&caller(&store, ROOT), one_outside, Access::Write),
+            Ok(())
         );
     }
 

@@ -15,6 +15,7 @@ use tonic::Status;
 
 use super::{decode, error, http_status, streamed, with_credentials};
 use crate::node::Node;
+use crate::pb::cairnpb::Caller;
 use crate::pb::etcdserverpb::maintenance_server::Maintenance;
 use crate::pb::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, SnapshotRequest, WatchRequest};
 use crate::pb::v3electionpb::LeaderRequest;
@@ -83,11 +84,18 @@ where
     streamed(Body::from_stream(messages.map(line)))
 }
 
+/// Who a stream's HTTP request comes from; the error as the gateway answers it.
+async fn stream_caller(node: &Node, parts: &Parts) -> Result<Caller, Response> {
+    caller(node, &with_credentials((), parts))
+        .await
+        .map_err(|status| error(&status))
+}
+
 /// `/v3/watch`: watch requests in the body, as many as the client sends; events as they happen.
 pub async fn watch(State(node): State<Arc<Node>>, parts: Parts, body: Body) -> Response {
-    let caller = match caller(&node, &with_credentials((), &parts)).await {
+    let caller = match stream_caller(&node, &parts).await {
         Ok(caller) => caller,
-        Err(status) => return error(&status),
+        Err(refused) => return refused,
     };
     let requests = objects::<WatchRequest>(body);
     match node.watch(&caller, requests, false) {
@@ -98,9 +106,9 @@ pub async fn watch(State(node): State<Arc<Node>>, parts: Parts, body: Body) -> R
 
 /// `/v3/lease/keepalive`: each `{"ID": ...}` in the body renews that lease.
 pub async fn lease_keep_alive(State(node): State<Arc<Node>>, parts: Parts, body: Body) -> Response {
-    let caller = match caller(&node, &with_credentials((), &parts)).await {
+    let caller = match stream_caller(&node, &parts).await {
         Ok(caller) => caller,
-        Err(status) => return error(&status),
+        Err(refused) => return refused,
     };
     let requests = objects::<LeaseKeepAliveRequest>(body);
     let responses = requests.then(move |request| {

@@ -42,7 +42,7 @@ impl Node {
         token: Option<&str>,
         certificate_user: Option<&str>,
     ) -> Result<Caller, NodeError> {
-        let (enabled, revision) = self.raft.read(|m| (m.app.auth.enabled, m.app.auth.revision));
+        let (enabled, revision) = self.auth_status();
         if !enabled {
             return Ok(Caller::default());
         }

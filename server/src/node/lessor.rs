@@ -91,11 +91,9 @@ impl Node {
             let Some(lease) = m.app.mvcc.lease(id) else {
                 return Ok((0, vec![]));
             };
-            if m.app.auth.check_admin(caller).is_err() {
-                for key in &lease.keys {
-                    m.app.auth.check(caller, key, b"", Access::Read)?;
-                }
-            }
+            m.app
+                .auth
+                .check_keys(caller, lease.keys.iter().map(|k| &k[..]), Access::Read)?;
             Ok::<_, crate::auth::AuthError>((
                 lease.granted_ttl,
                 lease.keys.iter().map(|k| k.to_vec()).collect(),
