@@ -4,7 +4,7 @@
 //!
 //! The crate's source comes from cargo's registry (cairnctl depends on the crate, so it is there);
 //! it is copied to a scratch directory and built with its own lock file, in a target directory
-//! beside the workspace's so later runs reuse the build.
+//! outside the clone (see `suite_target`) so later runs, from any clone, rebuild only the crate.
 
 mod support;
 
@@ -59,6 +59,22 @@ fn crate_source() -> PathBuf {
     Path::new(&manifest).parent().unwrap().to_owned()
 }
 
+/// Where the suite is built: `CAIRN_ETCD_CLIENT_SUITE_TARGET` when set, else a cache beside the
+/// sandbox's (`$XDG_CACHE_HOME/cairn`, or `~/.cache/cairn`), else the workspace's target directory.
+/// The cache only saves time: an empty one is filled by the first run.
+fn suite_target() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CAIRN_ETCD_CLIENT_SUITE_TARGET") {
+        return dir.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cache")));
+    match cache {
+        Some(cache) => cache.join("cairn").join("etcd-client-suite"),
+        None => workspace_root().join("target").join("etcd-client-suite"),
+    }
+}
+
 struct Suite {
     dir: tempfile::TempDir,
     target: PathBuf,
@@ -70,7 +86,7 @@ impl Suite {
         copy_dir(&crate_source(), dir.path());
         let suite = Suite {
             dir,
-            target: workspace_root().join("target").join("etcd-client-suite"),
+            target: suite_target(),
         };
         let built = suite
             .cargo(&["test", "--locked", "--tests", "--examples", "--no-run"])
@@ -90,6 +106,8 @@ impl Suite {
             .args(args)
             .current_dir(self.dir.path())
             .env("CARGO_TARGET_DIR", &self.target)
+            // Nothing here is debugged; without debug info the build is smaller and quicker.
+            .env("CARGO_PROFILE_DEV_DEBUG", "0")
             .env_remove("RUSTFLAGS");
         command
     }
