@@ -13,8 +13,8 @@ use cairn::pb::etcdserverpb::kv_client::KvClient;
 use cairn::pb::etcdserverpb::maintenance_client::MaintenanceClient;
 use cairn::pb::etcdserverpb::watch_client::WatchClient;
 use cairn::pb::etcdserverpb::{
-    AlarmRequest, AlarmType, AuthenticateRequest, RangeRequest, StatusRequest, WatchCreateRequest,
-    WatchRequest, alarm_request::AlarmAction, watch_request::RequestUnion,
+    AlarmRequest, AlarmType, AuthenticateRequest, HashRequest, RangeRequest, StatusRequest,
+    WatchCreateRequest, WatchRequest, alarm_request::AlarmAction, watch_request::RequestUnion,
 };
 use support::{Cluster, Etcd, etcdctl};
 use tonic::Code;
@@ -233,10 +233,14 @@ async fn tokens_follow_role_and_password_changes_on_every_member() {
     assert_eq!(outside.watch_id, -1);
     assert_eq!(outside.cancel_reason, "etcdserver: permission denied");
 
-    // Maintenance and alarms are root's.
+    // Maintenance and alarms are root's; Status is anyone's, as in etcd.
     let mut maintenance = MaintenanceClient::connect(urls[2].clone()).await.unwrap();
-    let status = maintenance.status(with_token(StatusRequest {}, &alice)).await;
-    assert_eq!(status.unwrap_err().code(), Code::PermissionDenied);
+    maintenance
+        .status(with_token(StatusRequest {}, &alice))
+        .await
+        .unwrap();
+    let hash = maintenance.hash(with_token(HashRequest {}, &alice)).await;
+    assert_eq!(hash.unwrap_err().code(), Code::PermissionDenied);
     let raise = AlarmRequest {
         action: AlarmAction::Activate as i32,
         member_id: 0,
