@@ -1,8 +1,11 @@
 //! Runtime scaling through the operator in the sandbox (controller in this process, members as
-//! real `cairn` pods), the way users scale: `kubectl scale kvc`. A Static cluster goes 3 → 5 → 3
-//! and a DnsSrv one 1 → 3, each with writes running the whole time. No acknowledged write is
-//! lost; the member list never changes by more than one member between two looks and never holds
-//! two learners; in the end the member list is the pods and the claims of removed members are gone.
+//! real `cairn` pods), the way users scale: `kubectl scale kvc`. A Static cluster with auth on
+//! (`spec.auth`) goes 3 → 5 → 3 and a DnsSrv one 1 → 3, each with writes running the whole time.
+//! No acknowledged write is lost; the member list never changes by more than one member between
+//! two looks and never holds two learners; in the end the member list is the pods and the claims
+//! of removed members are gone. With auth on, the operator scales as its own user, etcdctl
+//! works with root's password from the Secret the operator made, and an anonymous client is
+//! refused by every member, old and new.
 
 mod common;
 
@@ -11,10 +14,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use cairn_e2e::testkit::{TestSandbox, succeed, wait_for};
-use common::{OperatorSandbox, client_options, keys_on, member_endpoint, wait_settled, with_operator};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, succeed, wait_for};
+use cairn_operator::crd::KVCluster;
+use common::{
+    OperatorSandbox, client_options, keys_on, logged_in, member_endpoint, wait_settled, with_operator,
+};
 use etcd_client::Client;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
@@ -27,8 +33,8 @@ async fn clusters_grow_and_shrink_one_member_at_a_time_under_writes() {
     } = OperatorSandbox::start(18343, 25690, 19).await;
     with_operator(&env, context, async {
         tokio::join!(
-            scale_under_writes(&env, "grow-shrink", "Static", 3, &[5, 3]),
-            scale_under_writes(&env, "one-to-three", "DnsSrv", 1, &[3]),
+            scale_under_writes(&env, "grow-shrink", "Static", 3, &[5, 3], true),
+            scale_under_writes(&env, "one-to-three", "DnsSrv", 1, &[3], false),
         )
     })
     .await;
@@ -36,19 +42,32 @@ async fn clusters_grow_and_shrink_one_member_at_a_time_under_writes() {
 
 const SETTLE: Duration = Duration::from_secs(240);
 
-async fn scale_under_writes(env: &TestSandbox, prefix: &str, mode: &str, initial: usize, steps: &[usize]) {
+async fn scale_under_writes(
+    env: &TestSandbox,
+    prefix: &str,
+    mode: &str,
+    initial: usize,
+    steps: &[usize],
+    auth: bool,
+) {
     let ns = env.namespace(prefix).await;
     ns.apply(&format!(
         "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
-         spec: {{replicas: {initial}, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}}}\n"
+         spec: {{replicas: {initial}, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}, \
+         auth: {{enabled: {auth}}}}}\n"
     ))
     .await;
     wait_settled(&ns, initial, Duration::from_secs(120)).await;
     // kv-0 stays through every step, so writer and watcher talk to it.
     let first = member_endpoint(&ns, "kv-0").await;
+    let root = if auth {
+        Some(auth_turned_on(&ns, &first).await)
+    } else {
+        None
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_until(first.clone(), stop.clone()));
+    let writer = tokio::spawn(write_until(first.clone(), root.clone(), stop.clone()));
     let watcher = tokio::spawn(watch_membership(first.clone(), stop.clone()));
     for &size in steps {
         succeed(
@@ -59,6 +78,11 @@ async fn scale_under_writes(env: &TestSandbox, prefix: &str, mode: &str, initial
         let expected: BTreeSet<String> = (0..size).map(|i| format!("kv-{i}")).collect();
         let names: BTreeSet<String> = status.members.iter().map(|m| m.name.clone()).collect();
         assert_eq!(names, expected, "members after scaling to {size}");
+        assert_eq!(
+            status.auth_enabled,
+            root.as_ref().map(|_| true),
+            "status after scaling to {size}"
+        );
     }
     // Keep writing a little after the last change, then stop.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -120,7 +144,7 @@ async fn scale_under_writes(env: &TestSandbox, prefix: &str, mode: &str, initial
             &format!("{pod} to have every acknowledged write"),
             Duration::from_secs(30),
             || async {
-                let keys = keys_on(&endpoint).await?;
+                let keys = keys_on(&endpoint, root.as_ref()).await?;
                 let missing: Vec<&String> = acknowledged.iter().filter(|k| !keys.contains(*k)).collect();
                 Some(missing.len()).filter(|n| *n == 0)
             },
@@ -149,11 +173,97 @@ async fn scale_under_writes(env: &TestSandbox, prefix: &str, mode: &str, initial
     .await;
     let expected: BTreeSet<String> = (0..last).map(|i| format!("data-kv-{i}")).collect();
     assert_eq!(claim_names, expected);
+
+    // Members added after auth was turned on hold it too (it came to them through the log).
+    if root.is_some() {
+        for pod in &pod_names {
+            let endpoint = member_endpoint(&ns, pod).await;
+            assert_anonymous_refused(&endpoint).await;
+        }
+    }
+}
+
+/// Waits for the operator to turn auth on, then checks it from a client's side: etcdctl in a
+/// member pod, through the client Service, with root's password from the Secret the operator
+/// made; and an anonymous client refused with etcd's words. Returns root's credentials.
+async fn auth_turned_on(ns: &TestNamespace, endpoint: &str) -> (String, String) {
+    let clusters: Api<KVCluster> = ns.api();
+    wait_for(
+        "the operator to turn auth on",
+        Duration::from_secs(60),
+        || async {
+            let status = clusters.get("kv").await.ok()?.status?;
+            (status.auth_enabled == Some(true)).then_some(())
+        },
+    )
+    .await;
+    let secrets: Api<Secret> = ns.api();
+    let secret = secrets
+        .get("kv-root-password")
+        .await
+        .expect("the root password Secret");
+    let password = String::from_utf8(secret.data.unwrap()["password"].0.clone()).unwrap();
+    assert_eq!(password.len(), 32, "a random password");
+    // The operator's own credentials are its, not root's.
+    let own = secrets
+        .get("kv-operator-credentials")
+        .await
+        .expect("the operator's Secret");
+    assert_eq!(own.data.unwrap()["username"].0, b"cairn-operator");
+
+    let user = format!("--user=root:{password}");
+    let put = ns.exec(
+        "kv-0",
+        None,
+        &[
+            "etcdctl",
+            "--endpoints=http://kv:2379",
+            &user,
+            "put",
+            "greeting",
+            "hello",
+        ],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&put.stdout),
+        "OK\n",
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let anonymous = ns.exec(
+        "kv-0",
+        None,
+        &["etcdctl", "--endpoints=http://kv:2379", "get", "greeting"],
+    );
+    assert!(
+        String::from_utf8_lossy(&anonymous.stderr).contains("etcdserver: user name is empty"),
+        "an anonymous etcdctl get: {anonymous:?}"
+    );
+    assert_anonymous_refused(endpoint).await;
+    ("root".to_owned(), password)
+}
+
+async fn assert_anonymous_refused(endpoint: &str) {
+    let mut client = Client::connect([endpoint], Some(client_options()))
+        .await
+        .expect("connect without credentials");
+    let refused = client
+        .put("w/anonymous", "x", None)
+        .await
+        .expect_err("an anonymous put");
+    assert!(
+        refused.to_string().contains("etcdserver: user name is empty"),
+        "{endpoint}: {refused}"
+    );
 }
 
 /// Puts `w/<n>` until told to stop; returns the acknowledged keys and the number of failures.
-async fn write_until(endpoint: String, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
-    let mut client = Client::connect([endpoint.as_str()], Some(client_options()))
+async fn write_until(
+    endpoint: String,
+    root: Option<(String, String)>,
+    stop: Arc<AtomicBool>,
+) -> (Vec<String>, usize) {
+    let mut client = Client::connect([endpoint.as_str()], Some(logged_in(root.as_ref())))
         .await
         .expect("connect the writer");
     let (mut acknowledged, mut failed) = (Vec::new(), 0);

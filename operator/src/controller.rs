@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
@@ -38,7 +38,7 @@ use crate::status::{Observation, cluster_token, for_failed_pass, for_invalid_spe
 use crate::storage;
 use crate::storage::StorageDecision;
 use crate::validate::{ValidSpec, validate};
-use crate::{change, deletion, quorum};
+use crate::{access, change, deletion, quorum};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -152,7 +152,7 @@ fn subject(step: &Step, namespace: &str) -> Option<ObjectReference> {
         | Step::ForceNewCluster { survivor: member, .. } => (member, false),
         Step::RestartPod { pod } => (pod, false),
         Step::DeleteClaim { claim } => (claim, true),
-        Step::Settled | Step::Wait(_) => return None,
+        Step::Settled | Step::Wait(_) | Step::EnableAuth | Step::DisableAuth => return None,
     };
     Some(member_object(namespace, name, claim))
 }
@@ -168,6 +168,8 @@ fn event_for(step: &Step) -> Option<(&'static str, String)> {
         Step::ForceNewCluster { .. } => "QuorumRecovery",
         Step::DeleteClaim { .. } => "ClaimDeleted",
         Step::Roll { .. } => "MemberRestarted",
+        Step::EnableAuth => "AuthEnabled",
+        Step::DisableAuth => "AuthDisabled",
         Step::Settled
         | Step::Wait(_)
         | Step::WriteEntry { .. }
@@ -288,9 +290,14 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     if let Some(finalizers) = deletion::finalizers_to_write(&cluster) {
         if cluster.meta().deletion_timestamp.is_some() {
             let claims = Api::<PersistentVolumeClaim>::namespaced(context.client.clone(), &namespace);
-            let done = deletion::release_claims(&claims, &cluster)
+            let claims_done = deletion::release_claims(&claims, &cluster)
                 .await
                 .map_err(api_error("release the member claims"))?;
+            let secrets = Api::<Secret>::namespaced(context.client.clone(), &namespace);
+            let secrets_done = deletion::release_secrets(&secrets, &cluster)
+                .await
+                .map_err(api_error("delete the auth Secrets"))?;
+            let done = format!("{claims_done}{secrets_done}");
             tracing::info!(cluster = %name, %done, "KVCluster deleted");
             context
                 .publish(&cluster, EventType::Normal, "Deleted", done, None)
@@ -552,13 +559,17 @@ async fn observe_all(
         .filter(|(_, pod)| !pod.terminating)
         .filter_map(|(name, pod)| Some((name.clone(), pod.address.clone()?)))
         .collect();
+    let access = access::read(client, spec)
+        .await
+        .map_err(api_error("read or make the auth Secrets"))?;
+    let view = observe(&addresses, listed_in(&previous.members), access.operator.as_ref()).await;
     Ok(Observed {
         bootstrap,
         statefulset_replicas: statefulset.as_ref().and_then(|set| set.spec.as_ref()?.replicas),
         statefulset_storage: statefulset.as_ref().and_then(storage::of_statefulset),
         pods,
         claims,
-        view: observe(&addresses, listed_in(&previous.members)).await,
+        view,
         formed_before: previous.cluster_id.is_some(),
         quorum_lost_seconds: quorum_lost_seconds(previous, now),
         approval: cluster.annotations().get(quorum::ANNOTATION).cloned(),
@@ -568,6 +579,7 @@ async fn observe_all(
             .filter_map(|m| Some((m.name.clone(), m.applied_index?)))
             .collect(),
         leftovers,
+        access,
     })
 }
 
@@ -729,7 +741,9 @@ async fn act(
         | Step::Promote { .. }
         | Step::MoveLeader { .. }
         | Step::Remove { .. }
-        | Step::Replace { .. } => {
+        | Step::Replace { .. }
+        | Step::EnableAuth
+        | Step::DisableAuth => {
             let leader_ip = observed
                 .view
                 .leader
@@ -740,7 +754,7 @@ async fn act(
             let Some(leader_ip) = leader_ip else {
                 return Ok(Some(format!("{described}: waiting for the leader's pod address")));
             };
-            if let Err(error) = change::send(step, &leader_ip).await {
+            if let Err(error) = change::send(step, &leader_ip, &observed.access).await {
                 tracing::info!(cluster = %spec.name, %error, "membership step refused; will retry");
                 return Ok(Some(format!("{described}: {error}")));
             }

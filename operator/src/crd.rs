@@ -89,6 +89,30 @@ pub struct KVClusterSpec {
     /// (the default) keeps them, `Delete` deletes them with the cluster.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// etcd's role-based authentication on the cluster's API.
+    #[serde(default)]
+    pub auth: Auth,
+}
+
+/// etcd's role-based authentication on the cluster's API. With it on, clients log in
+/// (`etcdctl --user root:<password>`) or present a certificate, and get what their roles grant.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Auth {
+    /// Turns auth on once every member is healthy: the operator makes the `root` user (with the
+    /// `root` role) with the password of `rootPasswordSecret`, its own user `cairn-operator` (with
+    /// the `root` role; its password is in the Secret `<cluster>-operator-credentials`, which
+    /// only the operator needs), then enables auth. Setting it back to false disables auth; the
+    /// users and roles stay.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// A Secret in the cluster's namespace whose `password` key is root's password, set when
+    /// auth is turned on. When unset, the operator makes `<cluster>-root-password` with a random
+    /// password (kept when the cluster is deleted with its claims retained, as the data is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_password_secret: Option<String>,
 }
 
 /// How members that fail are replaced.
@@ -360,6 +384,10 @@ pub struct KVClusterStatus {
     /// change the spec asks for waits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub membership_change: Option<String>,
+
+    /// Whether the cluster's auth is on, as its leader reports (unset while no leader answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_enabled: Option<bool>,
 }
 
 /// One member as the cluster reports it.

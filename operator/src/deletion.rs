@@ -1,9 +1,10 @@
 //! What happens to a cluster's data when its KVCluster is deleted. The operator's finalizer
 //! holds the KVCluster until the members' claims have been dealt with by `spec.deletionPolicy`:
 //! kept (`Retain`), or deleted with the cluster (`Delete`). Everything else the cluster owns
-//! (StatefulSet, Services, ConfigMap) goes by garbage collection once the KVCluster is gone.
+//! (StatefulSet, Services, ConfigMap) goes by garbage collection once the KVCluster is gone; the
+//! auth Secrets the operator made follow the claims.
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -83,6 +84,33 @@ pub async fn release_claims(
         }
     }
     Ok(format!("claims deleted: {}", shown(&names)))
+}
+
+/// The Secrets the operator made for auth, which outlive a KVCluster whose claims are kept
+/// (the data needs its passwords) and go with the claims otherwise. A Secret the spec names is
+/// the user's, and stays. Returns what was deleted, for the Event.
+pub async fn release_secrets(secrets: &Api<Secret>, cluster: &KVCluster) -> Result<String, kube::Error> {
+    if cluster.spec.deletion_policy == DeletionPolicy::Retain {
+        return Ok(String::new());
+    }
+    let names = Names::new(&cluster.name_any(), &cluster.namespace().unwrap_or_default());
+    let mut made = vec![names.operator_credentials_secret()];
+    if cluster.spec.auth.root_password_secret.is_none() {
+        made.push(names.root_password_secret());
+    }
+    let mut deleted = Vec::new();
+    for name in made {
+        match secrets.delete(&name, &Default::default()).await {
+            Ok(_) => deleted.push(name),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(if deleted.is_empty() {
+        String::new()
+    } else {
+        format!("; secrets deleted: {}", deleted.join(", "))
+    })
 }
 
 fn shown(names: &[String]) -> String {

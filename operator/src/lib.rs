@@ -4,6 +4,7 @@
 //! (`observe`); each pass is planned purely (`plan`), membership following the spec one step
 //! at a time (`membership`) and pods rolled onto a new template one at a time (`upgrade`).
 
+pub mod access;
 pub mod build;
 pub mod change;
 pub mod controller;

@@ -67,6 +67,10 @@ pub enum Step {
     DropEntry { member: String },
     /// Delete the claim of a member that is gone.
     DeleteClaim { claim: String },
+    /// Make root and the operator's user, then AuthEnable (`spec.auth.enabled`).
+    EnableAuth,
+    /// AuthDisable, as the operator's user.
+    DisableAuth,
 }
 
 impl Step {
@@ -86,6 +90,8 @@ impl Step {
             Step::ForceNewCluster { .. } => "force_new_cluster",
             Step::DropEntry { .. } => "drop_entry",
             Step::DeleteClaim { .. } => "delete_claim",
+            Step::EnableAuth => "enable_auth",
+            Step::DisableAuth => "disable_auth",
         }
     }
 
@@ -111,6 +117,8 @@ impl Step {
             }
             Step::DropEntry { member } => format!("stopping removed member {member}"),
             Step::DeleteClaim { claim } => format!("deleting the claim {claim} of a removed member"),
+            Step::EnableAuth => "turning auth on".into(),
+            Step::DisableAuth => "turning auth off".into(),
         }
     }
 }
@@ -597,6 +605,7 @@ mod tests {
             members,
             list_from_leader: true,
             version: None,
+            ..ClusterView::default()
         }
     }
 

@@ -12,6 +12,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 
+use crate::access::{self, Credentials, Login};
 use crate::build::names::CLIENT_PORT;
 use crate::crd::MemberStatus;
 
@@ -26,6 +27,8 @@ pub struct MemberReport {
     pub applied_index: u64,
     /// The Cairn version it runs, when its `/version` said.
     pub version: Option<String>,
+    /// How it took the operator's login (which tells whether auth is on).
+    pub login: Login,
 }
 
 /// One entry of the member list.
@@ -47,6 +50,11 @@ pub struct ClusterView {
     pub list_from_leader: bool,
     /// The versions the listed members report, comma-separated when they differ.
     pub version: Option<String>,
+    /// Whether the cluster's auth is on, as the leader's answer to the operator's login tells
+    /// (None when the operator has no credentials to try, or no leader answered).
+    pub auth_enabled: Option<bool>,
+    /// The leader refused the operator's credentials, in its words.
+    pub login_refused: Option<String>,
 }
 
 impl ClusterView {
@@ -65,29 +73,45 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// unhealthy. The member list comes from the leader: a member cut off from it may hold an older
 /// list, and membership decisions must not follow an old list. When no member can give a list
 /// (without a leader they cannot), the `known` one (the last status's) is shown, not acted on.
-pub async fn observe(pods: &[(String, String)], known: Vec<ListedMember>) -> ClusterView {
-    let answers = futures::future::join_all(pods.iter().map(|(pod, ip)| ask(pod, ip))).await;
+pub async fn observe(
+    pods: &[(String, String)],
+    known: Vec<ListedMember>,
+    operator: Option<&Credentials>,
+) -> ClusterView {
+    let answers = futures::future::join_all(pods.iter().map(|(pod, ip)| ask(pod, ip, operator))).await;
     let reports: Vec<MemberReport> = answers.iter().flatten().map(|(r, _)| r.clone()).collect();
     let leader = leader_by_majority(&reports);
+    let login = reports
+        .iter()
+        .find(|r| Some(r.member_id) == leader)
+        .map(|r| r.login.clone());
+    let with_auth = |view: ClusterView| ClusterView {
+        auth_enabled: login.as_ref().and_then(Login::auth_enabled),
+        login_refused: match &login {
+            Some(Login::Refused(words)) => Some(words.clone()),
+            _ => None,
+        },
+        ..view
+    };
     let (from_leader, others): (Vec<_>, Vec<_>) = answers
         .into_iter()
         .flatten()
         .partition(|(report, _)| Some(report.member_id) == leader);
     for (_, client) in from_leader {
         if let Some(list) = member_list(client).await {
-            return ClusterView {
+            return with_auth(ClusterView {
                 list_from_leader: true,
                 ..assemble(list, &reports)
-            };
+            });
         }
     }
     // Without the leader's list, any member's is good enough to show, not to act on.
     for (_, client) in others {
         if let Some(list) = member_list(client).await {
-            return assemble(list, &reports);
+            return with_auth(assemble(list, &reports));
         }
     }
-    assemble(known, &reports)
+    with_auth(assemble(known, &reports))
 }
 
 /// The members a status lists, as a member list.
@@ -106,13 +130,13 @@ pub fn listed_in(members: &[MemberStatus]) -> Vec<ListedMember> {
         .collect()
 }
 
-async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
+async fn ask(pod: &str, ip: &str, operator: Option<&Credentials>) -> Option<(MemberReport, Client)> {
     let options = ConnectOptions::new()
         .with_connect_timeout(TIMEOUT)
         .with_timeout(TIMEOUT);
     let endpoint = format!("http://{ip}:{CLIENT_PORT}");
-    let mut client = match Client::connect([endpoint.as_str()], Some(options)).await {
-        Ok(client) => client,
+    let (mut client, login) = match access::connect(&endpoint, options, operator).await {
+        Ok(connected) => connected,
         Err(error) => {
             tracing::debug!(%pod, %error, "member does not answer");
             return None;
@@ -132,6 +156,7 @@ async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
         leader: status.leader(),
         applied_index: status.raft_applied_index(),
         version: cairn_version(ip).await,
+        login,
     };
     Some((report, client))
 }
@@ -243,6 +268,8 @@ pub fn assemble(list: Vec<ListedMember>, reports: &[MemberReport]) -> ClusterVie
         version: (!versions.is_empty()).then(|| versions.into_iter().collect::<Vec<_>>().join(", ")),
         members,
         list_from_leader: false,
+        auth_enabled: None,
+        login_refused: None,
     }
 }
 
@@ -268,6 +295,7 @@ mod tests {
             leader,
             applied_index,
             version: Some("0.1.0".into()),
+            login: Login::NotTried,
         }
     }
 

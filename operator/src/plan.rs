@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::access::Access;
 use crate::build::bootstrap::initial_members;
 use crate::build::names::Names;
 use crate::membership::{
@@ -42,6 +43,8 @@ pub struct Observed {
     /// Objects of this cluster's names owned by an earlier KVCluster of the same name, which
     /// garbage collection has not deleted yet.
     pub leftovers: Vec<String>,
+    /// The operator's credentials and root's password, from their Secrets.
+    pub access: Access,
 }
 
 /// What one pass does.
@@ -139,6 +142,10 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         }
         _ => {}
     }
+    let step = match step {
+        Step::Settled => auth_step(spec, observed),
+        step => step,
+    };
     drop_stale_markers(&names, view, &mut files, &step);
     let members = statefulset_size(&names, &files, observed);
     Plan {
@@ -147,6 +154,31 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         step,
         storage,
         clear_approval,
+    }
+}
+
+/// Auth follows the spec once membership is settled. Whether it is on is known from the
+/// leader's answer to the operator's login; without credentials (auth never asked for) or
+/// without a leader, nothing is done.
+fn auth_step(spec: &ValidSpec, observed: &Observed) -> Step {
+    let view = &observed.view;
+    if let Some(refused) = &view.login_refused {
+        return Step::Wait(format!(
+            "the cluster refuses the operator's credentials (Secret {}): {refused}",
+            Names::new(&spec.name, &spec.namespace).operator_credentials_secret()
+        ));
+    }
+    let wanted = spec.auth.is_some();
+    match view.auth_enabled {
+        Some(enabled) if enabled != wanted && view.list_from_leader => {}
+        _ => return Step::Settled,
+    }
+    if !wanted {
+        return Step::DisableAuth;
+    }
+    match &observed.access.problem {
+        Some(problem) => Step::Wait(format!("auth cannot be turned on: {problem}")),
+        None => Step::EnableAuth,
     }
 }
 
@@ -319,6 +351,7 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+    use crate::access::Credentials;
     use crate::build::bootstrap::is_new;
     use crate::build::testing::valid;
     use crate::crd::MemberStatus;
@@ -359,7 +392,7 @@ mod tests {
             cluster_id: Some("c1".into()),
             members,
             list_from_leader: true,
-            version: None,
+            ..ClusterView::default()
         }
     }
 
@@ -406,6 +439,65 @@ mod tests {
             view: view((0..5).map(|o| member(o, false, true, true)).collect(), Some(0)),
             formed_before: true,
             ..Observed::default()
+        }
+    }
+
+    #[test]
+    fn auth_follows_the_spec_once_membership_is_settled() {
+        let wanted = valid("spec: {replicas: 5, auth: {enabled: true}}");
+        let access = Access {
+            operator: Some(Credentials {
+                user: "cairn-operator".into(),
+                password: "o".into(),
+            }),
+            root_password: Some("r".into()),
+            problem: None,
+        };
+        let mut observed = five_members();
+        observed.access = access.clone();
+        // Whether auth is on is not known (no leader answered a login): nothing is done.
+        assert_eq!(plan(&wanted, &observed).step, Step::Settled);
+        observed.view.auth_enabled = Some(false);
+        assert_eq!(plan(&wanted, &observed).step, Step::EnableAuth);
+        // Membership goes first.
+        let six = valid("spec: {replicas: 6, auth: {enabled: true}}");
+        assert!(matches!(plan(&six, &observed).step, Step::AddLearner { .. }));
+        // Only on the leader's word.
+        observed.view.list_from_leader = false;
+        assert_eq!(
+            plan(&wanted, &observed).step,
+            Step::Wait("waiting for the leader's member list".into())
+        );
+        observed.view.list_from_leader = true;
+        // A missing root Secret is named, and waited for.
+        observed.access.problem =
+            Some("the Secret \"mine\" that spec.auth.rootPasswordSecret names does not exist".into());
+        assert_eq!(
+            plan(&wanted, &observed).step,
+            Step::Wait(
+                "auth cannot be turned on: the Secret \"mine\" that spec.auth.rootPasswordSecret names \
+                 does not exist"
+                    .into()
+            )
+        );
+        observed.access = access;
+        // On, as wanted; off again when the spec says so.
+        observed.view.auth_enabled = Some(true);
+        assert_eq!(plan(&wanted, &observed).step, Step::Settled);
+        assert_eq!(plan(&spec(5), &observed).step, Step::DisableAuth);
+        // Credentials the cluster refuses (changed by hand) are reported whatever the spec says.
+        observed.view.login_refused =
+            Some("etcdserver: authentication failed, invalid user ID or password".into());
+        for spec in [&wanted, &spec(5)] {
+            let Step::Wait(why) = plan(spec, &observed).step else {
+                panic!("not waiting");
+            };
+            assert!(
+                why.starts_with(
+                    "the cluster refuses the operator's credentials (Secret kv-operator-credentials)"
+                ),
+                "{why}"
+            );
         }
     }
 
@@ -800,7 +892,7 @@ mod tests {
                 prop_assert!(listed.get(&ordinal_of(from)).is_some_and(|m| m.is_leader));
                 prop_assert!(listed.get(&ordinal_of(to)).is_some_and(|m| !m.is_learner));
             }
-            Step::Settled => {
+            Step::Settled | Step::EnableAuth | Step::DisableAuth => {
                 let target: BTreeSet<i32> = (0..desired).collect();
                 prop_assert_eq!(listed.keys().copied().collect::<BTreeSet<_>>(), target);
                 prop_assert!(listed.values().all(|m| !m.is_learner));

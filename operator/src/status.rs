@@ -186,6 +186,8 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         version: view.version.clone().or_else(|| seen.previous.version.clone()),
         phase: Some(phase.to_owned()),
         membership_change: seen.change.clone(),
+        // Kept from the last look while no leader answers.
+        auth_enabled: view.auth_enabled.or(seen.previous.auth_enabled),
         conditions: Vec::new(),
     };
     let storage = match &seen.storage {
@@ -342,6 +344,7 @@ mod tests {
             cluster_id: Some("c1".into()),
             list_from_leader: true,
             version: Some("0.1.0".into()),
+            ..ClusterView::default()
         };
         let previous = KVClusterStatus::default();
         let seen = Observation {
@@ -394,6 +397,7 @@ mod tests {
             cluster_id: Some("c1".into()),
             list_from_leader: true,
             version: None,
+            ..ClusterView::default()
         };
         let previous = KVClusterStatus {
             cluster_id: Some("c1".into()),
@@ -456,6 +460,7 @@ mod tests {
             cluster_id: Some("c1".into()),
             list_from_leader: true,
             version: Some("0.1.0".into()),
+            ..ClusterView::default()
         };
         let seen = observation(&previous, &view, 3, 1);
         let status = for_valid_spec(&valid("spec: {}"), "t", &seen);
@@ -505,6 +510,7 @@ mod tests {
             cluster_id: Some("c1".into()),
             list_from_leader: true,
             version: None,
+            ..ClusterView::default()
         };
         let previous = KVClusterStatus::default();
         let seen = Observation {

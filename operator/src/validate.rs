@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 
+use crate::build::names::Names;
+
 use crate::crd::{
     BootstrapMode, ClientService, CompactionMode, DeletionPolicy, KVClusterSpec, PullPolicy, QuorumLossPolicy,
 };
@@ -52,6 +54,11 @@ pub enum SpecError {
          Revision"
     )]
     RevisionRetention(String),
+    #[error(
+        "spec.auth.rootPasswordSecret {0:?} is not a Secret name (lowercase letters, digits, '-' and \
+         '.', starting and ending with a letter or digit; at most 253)"
+    )]
+    SecretName(String),
 }
 
 /// Something the spec allows but a user should hear about (as a condition).
@@ -103,6 +110,15 @@ pub struct ServerFlags {
     pub auto_compaction: Option<(&'static str, String)>,
 }
 
+/// Auth as the spec asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthPlan {
+    /// The Secret with root's password.
+    pub root_secret: String,
+    /// The spec names no Secret: the operator makes this one.
+    pub made_by_operator: bool,
+}
+
 /// A spec the builders can use as is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidSpec {
@@ -130,6 +146,8 @@ pub struct ValidSpec {
     pub quorum_loss: QuorumLossPolicy,
     /// Seconds without a quorum before automatic recovery.
     pub quorum_loss_seconds: u64,
+    /// None while auth is to be off.
+    pub auth: Option<AuthPlan>,
     pub warnings: Vec<Warning>,
 }
 
@@ -224,6 +242,19 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         },
     };
 
+    let auth = match &spec.auth.root_password_secret {
+        Some(secret) if !is_subdomain(secret) => return Err(SpecError::SecretName(secret.clone())),
+        _ if !spec.auth.enabled => None,
+        Some(secret) => Some(AuthPlan {
+            root_secret: secret.clone(),
+            made_by_operator: false,
+        }),
+        None => Some(AuthPlan {
+            root_secret: Names::new(name, namespace).root_password_secret(),
+            made_by_operator: true,
+        }),
+    };
+
     let mut warnings = Vec::new();
     if spec.replicas % 2 == 0 {
         warnings.push(Warning::EvenSize(spec.replicas));
@@ -266,6 +297,7 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             .recovery
             .quorum_loss_seconds
             .map_or(DEFAULT_QUORUM_LOSS_SECONDS, u64::from),
+        auth,
         warnings,
     })
 }
@@ -280,6 +312,18 @@ fn is_cluster_name(name: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// A DNS-1123 subdomain, what Kubernetes accepts as a Secret's name.
+fn is_subdomain(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 253
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
 }
 
 fn is_tag(tag: &str) -> bool {
@@ -385,6 +429,10 @@ spec:
                 "spec: {server: {autoCompaction: {mode: Revision, retention: 30m}}}",
                 "spec.server.autoCompaction.retention \"30m\" must be a whole number",
             ),
+            (
+                "spec: {auth: {enabled: true, rootPasswordSecret: Root_Password}}",
+                "spec.auth.rootPasswordSecret \"Root_Password\" is not a Secret name",
+            ),
         ];
         for (yaml, expected) in cases {
             let error = validate("kv", "ns", &spec(yaml)).expect_err(yaml).to_string();
@@ -399,6 +447,27 @@ spec:
             assert!(error.to_string().contains("cannot name a cluster"), "{error}");
         }
         assert!(validate(&"k".repeat(52), "ns", &spec("spec: {}")).is_ok());
+    }
+
+    #[test]
+    fn auth_uses_the_named_secret_or_one_the_operator_makes() {
+        let auth = |yaml: &str| validate("kv", "ns", &spec(yaml)).unwrap().auth;
+        assert_eq!(auth("spec: {}"), None);
+        assert_eq!(auth("spec: {auth: {rootPasswordSecret: mine}}"), None);
+        assert_eq!(
+            auth("spec: {auth: {enabled: true}}"),
+            Some(AuthPlan {
+                root_secret: "kv-root-password".into(),
+                made_by_operator: true
+            })
+        );
+        assert_eq!(
+            auth("spec: {auth: {enabled: true, rootPasswordSecret: etcd-root.v2}}"),
+            Some(AuthPlan {
+                root_secret: "etcd-root.v2".into(),
+                made_by_operator: false
+            })
+        );
     }
 
     #[test]

@@ -129,10 +129,18 @@ pub fn client_options() -> ConnectOptions {
         .with_timeout(Duration::from_secs(5))
 }
 
+/// `client_options`, logged in as `user` (name, password) when there is one.
+pub fn logged_in(user: Option<&(String, String)>) -> ConnectOptions {
+    match user {
+        Some((name, password)) => client_options().with_user(name.clone(), password.clone()),
+        None => client_options(),
+    }
+}
+
 /// The keys under `w/` (what the writers of the operator tests put) as one member has them: its
-/// own copy, a serializable read.
-pub async fn keys_on(endpoint: &str) -> Option<BTreeSet<String>> {
-    let mut client = Client::connect([endpoint], Some(client_options())).await.ok()?;
+/// own copy, a serializable read (as `user`, on a cluster with auth on).
+pub async fn keys_on(endpoint: &str, user: Option<&(String, String)>) -> Option<BTreeSet<String>> {
+    let mut client = Client::connect([endpoint], Some(logged_in(user))).await.ok()?;
     let options = GetOptions::new()
         .with_prefix()
         .with_keys_only()

@@ -63,6 +63,16 @@ impl Names {
         format!("{}-peer", self.cluster)
     }
 
+    /// The Secret the operator makes for root's password when the spec names none.
+    pub fn root_password_secret(&self) -> String {
+        format!("{}-root-password", self.cluster)
+    }
+
+    /// The Secret holding the operator's own user and password on the cluster.
+    pub fn operator_credentials_secret(&self) -> String {
+        format!("{}-operator-credentials", self.cluster)
+    }
+
     /// The ConfigMap holding each member's bootstrap file.
     pub fn bootstrap_config_map(&self) -> String {
         format!("{}-bootstrap", self.cluster)
