@@ -1,8 +1,10 @@
 //! DNS SRV bootstrap (etcd's `--discovery-srv`): the initial members are the targets of
 //! `_cairn-server._tcp.<domain>` (or `_cairn-server-<name>._tcp.<domain>` with
 //! `--discovery-srv-name`); a member whose own peer URLs are https:// looks up
-//! `_cairn-server-ssl._tcp` instead and reaches its peers over TLS. This member is the target that resolves to its own advertised peer address. Peers that start
-//! later are published later, so with `--initial-cluster-size` the member looks again until the
+//! `_cairn-server-ssl._tcp` instead, or `_cairn-server._tcp` when that has no records (a Kubernetes
+//! Service cannot publish the longer name), and reaches its peers over TLS. This member is the
+//! target that resolves to its own advertised peer address. Peers that start later are published
+//! later, so with `--initial-cluster-size` the member looks again until the
 //! records list the whole initial cluster instead of bootstrapping from part of it.
 
 use std::collections::BTreeMap;
@@ -170,13 +172,29 @@ pub async fn discover(
 ) -> Result<BTreeMap<String, Vec<String>>, SrvError> {
     let tls = tls_peers(advertised_peer_urls);
     let record = record_name(domain, service_name, tls);
-    let answer = resolver(nameserver)?
-        .lookup(record.as_str(), RecordType::SRV)
-        .await
-        .map_err(|e| SrvError::Lookup {
-            name: record.clone(),
-            reason: e.to_string(),
-        })?;
+    let resolver = resolver(nameserver)?;
+    let answer = match resolver.lookup(record.as_str(), RecordType::SRV).await {
+        Ok(answer) => answer,
+        // Kubernetes names SRV records after Service ports, whose names are at most 15
+        // characters: `cairn-server-ssl` cannot be one. TLS peers published under the plain
+        // name are reached over TLS all the same.
+        Err(ssl_error) if tls => {
+            let plain = record_name(domain, service_name, false);
+            resolver
+                .lookup(plain.as_str(), RecordType::SRV)
+                .await
+                .map_err(|plain_error| SrvError::Lookup {
+                    name: format!("{record} and {plain}"),
+                    reason: format!("{ssl_error}; {plain_error}"),
+                })?
+        }
+        Err(error) => {
+            return Err(SrvError::Lookup {
+                name: record.clone(),
+                reason: error.to_string(),
+            });
+        }
+    };
     let mut mine = Vec::new();
     for url in advertised_peer_urls {
         let host_port = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
