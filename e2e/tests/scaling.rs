@@ -33,8 +33,8 @@ async fn clusters_grow_and_shrink_one_member_at_a_time_under_writes() {
     } = OperatorSandbox::start(18343, 25690, 19).await;
     with_operator(&env, context, async {
         tokio::join!(
-            scale_under_writes(&env, "grow-shrink", "Static", 3, &[5, 3], true),
-            scale_under_writes(&env, "one-to-three", "DnsSrv", 1, &[3], false),
+            scale_under_writes(&env, "grow-shrink", "Static", 3, &[5, 3], Secured::Auth),
+            scale_under_writes(&env, "one-to-three", "DnsSrv", 1, &[3], Secured::PeerTls),
         )
     })
     .await;
@@ -42,19 +42,29 @@ async fn clusters_grow_and_shrink_one_member_at_a_time_under_writes() {
 
 const SETTLE: Duration = Duration::from_secs(240);
 
+/// What a scaled cluster runs with besides the defaults.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Secured {
+    /// `spec.auth.enabled`.
+    Auth,
+    /// `spec.tls.peer.enabled`.
+    PeerTls,
+}
+
 async fn scale_under_writes(
     env: &TestSandbox,
     prefix: &str,
     mode: &str,
     initial: usize,
     steps: &[usize],
-    auth: bool,
+    secured: Secured,
 ) {
     let ns = env.namespace(prefix).await;
+    let (auth, peer_tls) = (secured == Secured::Auth, secured == Secured::PeerTls);
     ns.apply(&format!(
         "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
          spec: {{replicas: {initial}, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}, \
-         auth: {{enabled: {auth}}}}}\n"
+         auth: {{enabled: {auth}}}, tls: {{peer: {{enabled: {peer_tls}}}}}}}\n"
     ))
     .await;
     wait_settled(&ns, initial, Duration::from_secs(120)).await;
@@ -82,6 +92,27 @@ async fn scale_under_writes(
             status.auth_enabled,
             root.as_ref().map(|_| true),
             "status after scaling to {size}"
+        );
+        assert_eq!(status.peer_tls, Some(peer_tls), "status after scaling to {size}");
+        let scheme = if peer_tls { "https://" } else { "http://" };
+        assert!(
+            status.members.iter().all(|m| m.peer_url.starts_with(scheme)),
+            "peer URLs after scaling to {size}: {:?}",
+            status.members
+        );
+    }
+    if peer_tls {
+        // Members found each other through `_cairn-server-ssl._tcp`, and hold the cluster CA's
+        // certificate; a plaintext client gets nothing from the peer port.
+        let secrets: Api<Secret> = ns.api();
+        let peer = secrets.get("kv-peer-tls").await.expect("the peer TLS Secret");
+        let keys: Vec<&String> = peer.data.as_ref().unwrap().keys().collect();
+        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+        let peer_port = first.replace(":2379", ":2380");
+        let plaintext = plaintext_get(&peer_port).await;
+        assert!(
+            plaintext.is_none(),
+            "the peer port answered plaintext: {plaintext:?}"
         );
     }
     // Keep writing a little after the last change, then stop.
@@ -241,6 +272,22 @@ async fn auth_turned_on(ns: &TestNamespace, endpoint: &str) -> (String, String) 
     );
     assert_anonymous_refused(endpoint).await;
     ("root".to_owned(), password)
+}
+
+/// What a server says to a plaintext HTTP/1.1 GET, if it answers one.
+async fn plaintext_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = url.strip_prefix("http://")?.to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&address).await.ok()?;
+    let request = format!("GET /members HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .ok()?
+        .ok()?;
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.starts_with("HTTP/").then_some(text)
 }
 
 async fn assert_anonymous_refused(endpoint: &str) {

@@ -108,7 +108,7 @@ fn credentials_in(secret: &Secret) -> Option<Credentials> {
 /// Reads the Secrets, first making the ones the operator owns when the spec asks for auth. The
 /// operator's own Secret is read either way: auth turned off in the spec is turned off with it.
 pub async fn read(client: &kube::Client, spec: &ValidSpec) -> Result<Access, kube::Error> {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     let secrets = Api::<Secret>::namespaced(client.clone(), &spec.namespace);
     let own_name = names.operator_credentials_secret();
     let mut own = secrets.get_opt(&own_name).await?;
@@ -167,7 +167,7 @@ pub async fn read(client: &kube::Client, spec: &ValidSpec) -> Result<Access, kub
 
 /// Creates `secret`; one made in between (by an earlier pass that failed later, or by hand) is
 /// read instead, never overwritten.
-async fn create_once(secrets: &Api<Secret>, secret: &Secret) -> Result<Secret, kube::Error> {
+pub(crate) async fn create_once(secrets: &Api<Secret>, secret: &Secret) -> Result<Secret, kube::Error> {
     match secrets.create(&PostParams::default(), secret).await {
         Ok(made) => Ok(made),
         Err(kube::Error::Api(status)) if status.code == 409 => {

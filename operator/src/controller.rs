@@ -29,6 +29,7 @@ use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
 use crate::build::statefulset::statefulset;
 use crate::build::{FIELD_MANAGER, owner_reference};
+use crate::certificates::{TlsError, ensure_peer_tls};
 use crate::crd::{KVCluster, KVClusterStatus};
 use crate::membership::{ClaimSeen, PodSeen, Step};
 use crate::metrics::Metrics;
@@ -50,6 +51,8 @@ pub enum ReconcileError {
     },
     #[error("the KVCluster has no {0} yet")]
     Incomplete(&'static str),
+    #[error(transparent)]
+    PeerTls(#[from] TlsError),
 }
 
 impl ReconcileError {
@@ -58,6 +61,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Api { .. } => "api",
             ReconcileError::Incomplete(_) => "incomplete",
+            ReconcileError::PeerTls(_) => "peer_tls",
         }
     }
 }
@@ -321,19 +325,26 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         }
     };
 
-    // The token is latched in status before anything uses it, and never changes after.
-    let token = match &previous.cluster_token {
-        Some(token) => token.clone(),
-        None => {
-            let token = cluster_token(&namespace, &name, &uid);
+    // The token and the peers' scheme are latched in status before anything uses them, and
+    // never change after. A cluster that has a token but no scheme was made before peer TLS
+    // existed, without it.
+    let (token, peer_tls) = match (&previous.cluster_token, previous.peer_tls) {
+        (Some(token), Some(peer_tls)) => (token.clone(), peer_tls),
+        (token, _) => {
+            let peer_tls = token.is_none() && spec.peer_tls;
+            let token = token
+                .clone()
+                .unwrap_or_else(|| cluster_token(&namespace, &name, &uid));
             let latched = KVClusterStatus {
                 cluster_token: Some(token.clone()),
+                peer_tls: Some(peer_tls),
                 ..previous.clone()
             };
             write_status(&clusters, &name, &latched).await?;
-            token
+            (token, peer_tls)
         }
     };
+    let spec = spec.with_latched_peer_tls(peer_tls);
 
     let observed = match observe_all(&context.client, &cluster, &spec, &previous, &now).await {
         Ok(observed) => observed,
@@ -468,7 +479,7 @@ async fn observe_all(
     previous: &KVClusterStatus,
     now: &Time,
 ) -> Result<Observed, ReconcileError> {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     let namespace = &spec.namespace;
     let config_map = Api::<ConfigMap>::namespaced(client.clone(), namespace)
         .get_opt(&names.bootstrap_config_map())
@@ -676,7 +687,7 @@ async fn apply_plan(
     let Some(members) = plan.members else {
         return Ok(());
     };
-    let names = Names::new(&spec.name, namespace);
+    let names = Names::of(spec);
     if let Some(clients) = &context.network_policies {
         let policies = Api::<NetworkPolicy>::namespaced(client.clone(), namespace);
         apply(&policies, &network_policy(spec, owner, clients)).await?;
@@ -684,6 +695,10 @@ async fn apply_plan(
     let services = Api::<Service>::namespaced(client.clone(), namespace);
     apply(&services, &peer_service(spec, owner)).await?;
     apply(&services, &client_service(spec, owner)).await?;
+    // Members cannot start without their certificates.
+    if spec.peer_tls {
+        ensure_peer_tls(client, &names, owner).await?;
+    }
     // A StatefulSet's claim template cannot change: it keeps what its members were made with.
     let mut kept = spec.clone();
     kept.storage = plan.storage.template.clone();

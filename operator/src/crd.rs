@@ -93,6 +93,31 @@ pub struct KVClusterSpec {
     /// etcd's role-based authentication on the cluster's API.
     #[serde(default)]
     pub auth: Auth,
+
+    /// TLS on the members' ports.
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// TLS on the members' ports.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Tls {
+    /// Traffic between members (port 2380).
+    #[serde(default)]
+    pub peer: PeerTls,
+}
+
+/// Traffic between members (port 2380).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTls {
+    /// Members talk to each other over TLS and refuse any peer without a certificate from the
+    /// cluster's own CA, which the operator makes (Secret `<cluster>-ca`) and issues the members'
+    /// certificate from (Secret `<cluster>-peer-tls`). Decided when the cluster is created
+    /// (`status.peerTLS`) and kept after; default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
 }
 
 /// etcd's role-based authentication on the cluster's API. With it on, clients log in
@@ -388,6 +413,11 @@ pub struct KVClusterStatus {
     /// Whether the cluster's auth is on, as its leader reports (unset while no leader answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth_enabled: Option<bool>,
+
+    /// Whether members talk to each other over TLS: decided when the cluster is created, from
+    /// `spec.tls.peer.enabled`, and never changed after.
+    #[serde(default, rename = "peerTLS", skip_serializing_if = "Option::is_none")]
+    pub peer_tls: Option<bool>,
 }
 
 /// One member as the cluster reports it.

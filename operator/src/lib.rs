@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod build;
+pub mod certificates;
 pub mod change;
 pub mod controller;
 pub mod crd;

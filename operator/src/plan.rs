@@ -88,7 +88,7 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
             observed.leftovers.join(", ")
         )));
     }
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     let view = &observed.view;
     let files = match &observed.bootstrap {
         Some(files) if !files.is_empty() => files.clone(),
@@ -165,7 +165,7 @@ fn auth_step(spec: &ValidSpec, observed: &Observed) -> Step {
     if let Some(refused) = &view.login_refused {
         return Step::Wait(format!(
             "the cluster refuses the operator's credentials (Secret {}): {refused}",
-            Names::new(&spec.name, &spec.namespace).operator_credentials_secret()
+            Names::of(spec).operator_credentials_secret()
         ));
     }
     let wanted = spec.auth.is_some();

@@ -30,7 +30,7 @@ pub struct Observation<'a> {
 
 pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVClusterStatus {
     let view = seen.view;
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     let voters = view.voters();
     let healthy = view.healthy_voters();
     let quorate = view.leader.is_some() && voters > 0 && healthy >= quorum(voters as i32) as usize;
@@ -188,6 +188,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         membership_change: seen.change.clone(),
         // Kept from the last look while no leader answers.
         auth_enabled: view.auth_enabled.or(seen.previous.auth_enabled),
+        peer_tls: Some(spec.peer_tls),
         conditions: Vec::new(),
     };
     let storage = match &seen.storage {

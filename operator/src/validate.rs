@@ -68,6 +68,8 @@ pub enum Warning {
     EvenSize(i32),
     /// Members keep their data in emptyDir.
     Ephemeral,
+    /// spec.tls.peer.enabled differs from what the cluster was created with (the value kept).
+    PeerTlsFixed(bool),
 }
 
 impl Warning {
@@ -75,6 +77,7 @@ impl Warning {
         match self {
             Warning::EvenSize(_) => "EvenSize",
             Warning::Ephemeral => "EphemeralStorage",
+            Warning::PeerTlsFixed(_) => "PeerTLSFixed",
         }
     }
 
@@ -89,6 +92,12 @@ impl Warning {
                 "members keep data in emptyDir: a member whose pod is deleted loses its data and is replaced"
                     .to_owned()
             }
+            Warning::PeerTlsFixed(kept) => format!(
+                "spec.tls.peer.enabled is {}, but this cluster was created with peer TLS {}, which it \
+                 keeps: a running cluster does not change its peers' scheme",
+                !kept,
+                if *kept { "on" } else { "off" }
+            ),
         }
     }
 }
@@ -148,6 +157,9 @@ pub struct ValidSpec {
     pub quorum_loss_seconds: u64,
     /// None while auth is to be off.
     pub auth: Option<AuthPlan>,
+    /// Peers speak TLS with certificates from the cluster's CA. The spec asks; what the cluster
+    /// was created with (latched in status) decides, see `with_latched_peer_tls`.
+    pub peer_tls: bool,
     pub warnings: Vec<Warning>,
 }
 
@@ -298,6 +310,7 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             .quorum_loss_seconds
             .map_or(DEFAULT_QUORUM_LOSS_SECONDS, u64::from),
         auth,
+        peer_tls: spec.tls.peer.enabled.unwrap_or(false),
         warnings,
     })
 }
@@ -312,6 +325,19 @@ fn is_cluster_name(name: &str) -> bool {
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+impl ValidSpec {
+    /// The spec with peer TLS as the cluster was created: a running cluster cannot switch its
+    /// peers' scheme by a restart (its members know each other by their peer URLs), so a
+    /// different wish in the spec becomes a warning instead.
+    pub fn with_latched_peer_tls(mut self, latched: bool) -> ValidSpec {
+        if self.peer_tls != latched {
+            self.warnings.push(Warning::PeerTlsFixed(latched));
+        }
+        self.peer_tls = latched;
+        self
+    }
 }
 
 /// A DNS-1123 subdomain, what Kubernetes accepts as a Secret's name.
@@ -468,6 +494,22 @@ spec:
                 made_by_operator: false
             })
         );
+    }
+
+    #[test]
+    fn peer_tls_is_what_the_cluster_was_created_with() {
+        let asked = validate("kv", "ns", &spec("spec: {tls: {peer: {enabled: true}}}")).unwrap();
+        assert!(asked.peer_tls);
+        assert!(asked.clone().with_latched_peer_tls(true).warnings.is_empty());
+        let kept = asked.with_latched_peer_tls(false);
+        assert!(!kept.peer_tls);
+        assert_eq!(kept.warnings, vec![Warning::PeerTlsFixed(false)]);
+        assert_eq!(
+            kept.warnings[0].message(),
+            "spec.tls.peer.enabled is true, but this cluster was created with peer TLS off, which it \
+             keeps: a running cluster does not change its peers' scheme"
+        );
+        assert!(!validate("kv", "ns", &spec("spec: {}")).unwrap().peer_tls);
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub fn is_new(file: &str) -> bool {
 
 /// The plan for the members that form the cluster: all `spec.replicas` of them, by the mode.
 pub fn initial_members(spec: &ValidSpec) -> BTreeMap<String, MemberBootstrap> {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     let members: Vec<String> = (0..spec.replicas).map(|i| names.member(i)).collect();
     let plan = match spec.bootstrap {
         crate::crd::BootstrapMode::Static => MemberBootstrap::StaticNew {
@@ -81,7 +81,7 @@ pub fn bootstrap_files(
     owner: &OwnerReference,
     files: BTreeMap<String, String>,
 ) -> ConfigMap {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     ConfigMap {
         metadata: metadata(&names, names.bootstrap_config_map(), owner),
         data: Some(files),

@@ -6,6 +6,7 @@ pub mod bootstrap;
 pub mod names;
 pub mod network_policy;
 pub mod pdb;
+pub mod peer_tls;
 pub mod services;
 pub mod statefulset;
 

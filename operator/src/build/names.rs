@@ -1,16 +1,21 @@
 //! The names, labels and addresses every object of one cluster shares, derived from the
-//! KVCluster's name and namespace only, so that every builder agrees on them.
+//! KVCluster's name and namespace (and whether its peers speak TLS), so that every builder agrees
+//! on them.
 
 use std::collections::BTreeMap;
 
 pub const CLIENT_PORT: u16 = 2379;
 pub const PEER_PORT: u16 = 2380;
 /// Port names are part of the contract: the headless Service's `cairn-server` port is what makes
-/// Kubernetes publish the `_cairn-server._tcp` SRV records that `--discovery-srv` reads.
+/// Kubernetes publish the `_cairn-server._tcp` SRV records that `--discovery-srv` reads. Members
+/// with https:// peer URLs read them too when `_cairn-server-ssl._tcp` has no records, as it
+/// cannot have here: port names are at most 15 characters.
 pub const PEER_PORT_NAME: &str = "cairn-server";
 pub const CLIENT_PORT_NAME: &str = "cairn-client";
 pub const DATA_DIR: &str = "/var/lib/cairn";
 pub const BOOTSTRAP_DIR: &str = "/etc/cairn/bootstrap";
+/// Where members find their peer certificate, key and CA (the peer TLS Secret's keys).
+pub const PEER_TLS_DIR: &str = "/etc/cairn/peer-tls";
 
 const APP_LABEL: &str = "app.kubernetes.io/name";
 const APP: &str = "cairn";
@@ -31,6 +36,8 @@ pub fn cluster_of_member(labels: &BTreeMap<String, String>) -> Option<&str> {
 pub struct Names {
     pub cluster: String,
     pub namespace: String,
+    /// Peers speak TLS: peer URLs are https://.
+    pub peer_tls: bool,
 }
 
 impl Names {
@@ -38,7 +45,30 @@ impl Names {
         Names {
             cluster: cluster.to_owned(),
             namespace: namespace.to_owned(),
+            peer_tls: false,
         }
+    }
+
+    /// The names of the cluster `spec` describes, with its peers' scheme.
+    pub fn of(spec: &crate::validate::ValidSpec) -> Names {
+        Names {
+            peer_tls: spec.peer_tls,
+            ..Names::new(&spec.name, &spec.namespace)
+        }
+    }
+
+    fn peer_scheme(&self) -> &'static str {
+        if self.peer_tls { "https" } else { "http" }
+    }
+
+    /// The Secret holding the cluster's own CA (certificate and key).
+    pub fn ca_secret(&self) -> String {
+        format!("{}-ca", self.cluster)
+    }
+
+    /// The Secret the members' peer certificate, key and CA certificate are mounted from.
+    pub fn peer_tls_secret(&self) -> String {
+        format!("{}-peer-tls", self.cluster)
     }
 
     /// The StatefulSet, the client Service and the PodDisruptionBudget share the cluster's name.
@@ -101,7 +131,11 @@ impl Names {
 
     /// The ordinal of the member with this peer URL, if it is one of this cluster's pods.
     pub fn ordinal_of_peer_url(&self, url: &str) -> Option<i32> {
-        let host = url.strip_prefix("http://")?.split(['.', ':']).next()?;
+        let host = url
+            .strip_prefix(self.peer_scheme())?
+            .strip_prefix("://")?
+            .split(['.', ':'])
+            .next()?;
         let ordinal = self.ordinal_of_member(host)?;
         (self.peer_url(host) == url).then_some(ordinal)
     }
@@ -116,7 +150,11 @@ impl Names {
     }
 
     pub fn peer_url(&self, member: &str) -> String {
-        format!("http://{}:{PEER_PORT}", self.member_host(member))
+        format!(
+            "{}://{}:{PEER_PORT}",
+            self.peer_scheme(),
+            self.member_host(member)
+        )
     }
 
     pub fn client_url(&self, member: &str) -> String {
@@ -224,6 +262,18 @@ mod tests {
             names.ordinal_of_peer_url("http://kv-4.kv-peer.prod.svc.cluster.local:2380"),
             Some(4)
         );
+        // Peers with TLS are https://, and a URL of the other scheme is not theirs.
+        let tls = Names {
+            peer_tls: true,
+            ..names.clone()
+        };
+        assert_eq!(
+            tls.peer_url("kv-4"),
+            "https://kv-4.kv-peer.prod.svc.cluster.local:2380"
+        );
+        assert_eq!(tls.ordinal_of_peer_url(&tls.peer_url("kv-4")), Some(4));
+        assert_eq!(tls.ordinal_of_peer_url(&names.peer_url("kv-4")), None);
+        assert_eq!(names.ordinal_of_peer_url(&tls.peer_url("kv-4")), None);
         for url in [
             "http://kv-4.kv-peer.staging.svc.cluster.local:2380",
             "http://kv-4:2380",

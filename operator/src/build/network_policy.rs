@@ -50,7 +50,7 @@ fn namespace(name: &str) -> NetworkPolicyPeer {
 }
 
 pub fn network_policy(spec: &ValidSpec, owner: &OwnerReference, clients: &ClientNamespaces) -> NetworkPolicy {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     let members = LabelSelector {
         match_labels: Some(names.selector_labels()),
         ..LabelSelector::default()

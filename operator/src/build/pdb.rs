@@ -39,7 +39,7 @@ pub fn quorum(members: i32) -> i32 {
 
 /// The object as JSON, since its type depends on the server's version.
 pub fn pod_disruption_budget(spec: &ValidSpec, owner: &OwnerReference, api: PdbApi) -> Value {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     json!({
         "apiVersion": api.api_version(),
         "kind": "PodDisruptionBudget",

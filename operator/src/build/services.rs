@@ -23,7 +23,7 @@ fn port(name: &str, number: u16) -> ServicePort {
 }
 
 pub fn peer_service(spec: &ValidSpec, owner: &OwnerReference) -> Service {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     Service {
         metadata: metadata(&names, names.peer_service(), owner),
         spec: Some(ServiceSpec {
@@ -41,7 +41,7 @@ pub fn peer_service(spec: &ValidSpec, owner: &OwnerReference) -> Service {
 }
 
 pub fn client_service(spec: &ValidSpec, owner: &OwnerReference) -> Service {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
     let mut metadata = metadata(&names, names.client_service(), owner);
     if !spec.client_service.annotations.is_empty() {
         metadata.annotations = Some(spec.client_service.annotations.clone());

@@ -10,14 +10,16 @@ use serde_json::{Value, json};
 
 use super::metadata;
 use super::names::{
-    BOOTSTRAP_DIR, CLIENT_PORT, CLIENT_PORT_NAME, DATA_DIR, Names, PEER_PORT, PEER_PORT_NAME,
+    BOOTSTRAP_DIR, CLIENT_PORT, CLIENT_PORT_NAME, DATA_DIR, Names, PEER_PORT, PEER_PORT_NAME, PEER_TLS_DIR,
 };
+use super::peer_tls::{CA_CERT, CERT, KEY};
 use crate::crd::PullPolicy;
 use crate::validate::{StoragePlan, ValidSpec};
 
 /// `replicas` is not always the spec's: members are added and removed one at a time.
 pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replicas: i32) -> StatefulSet {
-    let names = Names::new(&spec.name, &spec.namespace);
+    let names = Names::of(spec);
+    let peer_scheme = if names.peer_tls { "https" } else { "http" };
     let mut pod_labels = spec.pod_labels.clone();
     pod_labels.extend(names.selector_labels());
     let mut env = vec![
@@ -33,10 +35,13 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
             "CAIRN_ADVERTISE_CLIENT_URLS",
             &format!("http://$(POD_NAME).{}:{CLIENT_PORT}", names.peer_domain()),
         ),
-        env("CAIRN_LISTEN_PEER_URLS", &format!("http://$(POD_IP):{PEER_PORT}")),
+        env(
+            "CAIRN_LISTEN_PEER_URLS",
+            &format!("{peer_scheme}://$(POD_IP):{PEER_PORT}"),
+        ),
         env(
             "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
-            &format!("http://$(POD_NAME).{}:{PEER_PORT}", names.peer_domain()),
+            &format!("{peer_scheme}://$(POD_NAME).{}:{PEER_PORT}", names.peer_domain()),
         ),
         env("CAIRN_INITIAL_CLUSTER_TOKEN", token),
         env("CAIRN_CONFIG_FILE", &format!("{BOOTSTRAP_DIR}/$(POD_NAME).yaml")),
@@ -61,6 +66,15 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
     if let Some((mode, retention)) = &server.auto_compaction {
         env.push(self::env("CAIRN_AUTO_COMPACTION_MODE", mode));
         env.push(self::env("CAIRN_AUTO_COMPACTION_RETENTION", retention));
+    }
+    if names.peer_tls {
+        // A peer must show a certificate from the cluster's CA before a byte of Raft is read.
+        env.extend([
+            self::env("CAIRN_PEER_CERT_FILE", &format!("{PEER_TLS_DIR}/{CERT}")),
+            self::env("CAIRN_PEER_KEY_FILE", &format!("{PEER_TLS_DIR}/{KEY}")),
+            self::env("CAIRN_PEER_TRUSTED_CA_FILE", &format!("{PEER_TLS_DIR}/{CA_CERT}")),
+            self::env("CAIRN_PEER_CLIENT_CERT_AUTH", "true"),
+        ]);
     }
 
     let mut container = json!({
@@ -112,6 +126,14 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         "name": "bootstrap",
         "configMap": {"name": names.bootstrap_config_map()},
     })];
+    if names.peer_tls {
+        // Kubernetes refreshes a Secret volume in place, and members re-read the files.
+        volumes.push(json!({"name": "peer-tls", "secret": {"secretName": names.peer_tls_secret()}}));
+        container["volumeMounts"]
+            .as_array_mut()
+            .expect("the mounts are a list")
+            .push(json!({"name": "peer-tls", "mountPath": PEER_TLS_DIR, "readOnly": true}));
+    }
     let mut claims = Vec::new();
     match &spec.storage {
         StoragePlan::Ephemeral => volumes.push(json!({"name": "data", "emptyDir": {}})),
@@ -336,6 +358,42 @@ spec:
         assert_eq!(env["CAIRN_AUTO_COMPACTION_MODE"], "revision");
         assert_eq!(env["CAIRN_AUTO_COMPACTION_RETENTION"], "10000");
         assert_eq!(env["CAIRN_QUOTA_BACKEND_BYTES"], "1073741824");
+    }
+
+    #[test]
+    fn peer_tls_members_listen_on_https_with_the_cluster_certificates() {
+        let set = statefulset(&valid("spec: {tls: {peer: {enabled: true}}}"), &owner(), "t", 3);
+        let json = serde_json::to_value(&set).unwrap();
+        let pod = &json["spec"]["template"]["spec"];
+        let env: std::collections::BTreeMap<&str, &str> = pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+            .collect();
+        assert_eq!(env["CAIRN_LISTEN_PEER_URLS"], "https://$(POD_IP):2380");
+        assert_eq!(
+            env["CAIRN_INITIAL_ADVERTISE_PEER_URLS"],
+            "https://$(POD_NAME).kv-peer.prod.svc.cluster.local:2380"
+        );
+        assert_eq!(env["CAIRN_PEER_CERT_FILE"], "/etc/cairn/peer-tls/tls.crt");
+        assert_eq!(env["CAIRN_PEER_KEY_FILE"], "/etc/cairn/peer-tls/tls.key");
+        assert_eq!(env["CAIRN_PEER_TRUSTED_CA_FILE"], "/etc/cairn/peer-tls/ca.crt");
+        assert_eq!(env["CAIRN_PEER_CLIENT_CERT_AUTH"], "true");
+        // Clients still speak plaintext: client TLS is its own setting.
+        assert_eq!(env["CAIRN_LISTEN_CLIENT_URLS"], "http://$(POD_IP):2379");
+        assert_eq!(
+            pod["volumes"][1],
+            json!({"name": "peer-tls", "secret": {"secretName": "kv-peer-tls"}})
+        );
+        assert_eq!(
+            pod["containers"][0]["volumeMounts"][2],
+            json!({"name": "peer-tls", "mountPath": "/etc/cairn/peer-tls", "readOnly": true})
+        );
+
+        let plain = serde_json::to_value(statefulset(&valid("spec: {}"), &owner(), "t", 3)).unwrap();
+        let env = plain["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+        assert!(!env.contains("PEER_CERT") && !env.contains("https"), "{env}");
     }
 
     #[test]
