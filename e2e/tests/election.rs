@@ -252,7 +252,8 @@ async fn members(client: &mut Client) -> Option<Vec<(String, bool)>> {
         .map(|m| {
             let peer = m.peer_urls().first().cloned().unwrap_or_default();
             let host = peer
-                .trim_start_matches("http://")
+                .split_once("://")
+                .map_or(peer.as_str(), |(_, rest)| rest)
                 .split('.')
                 .next()
                 .unwrap_or_default()

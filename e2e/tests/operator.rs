@@ -50,8 +50,9 @@ async fn kvclusters_become_available_with_their_own_identity() {
     let endpoints = tokio::spawn(cairn_operator::http::serve(listener, metrics));
     let scenarios = async {
         let ((_, statics), (srv_ns, srv), ()) = tokio::join!(
-            available_cluster(&env, "static", "Static"),
-            available_cluster(&env, "srv", "DnsSrv"),
+            available_cluster(&env, "static", "Static", ""),
+            // Plaintext peers, so that the stranger below gets as far as the token check.
+            available_cluster(&env, "srv", "DnsSrv", ", tls: {peer: {enabled: false}}"),
             invalid_spec_changes_nothing(&env),
         );
         assert_ne!(
@@ -84,15 +85,30 @@ async fn kvclusters_become_available_with_their_own_identity() {
 /// The image tag the clusters ask for; the sandbox runs the workspace's cairn whatever the tag.
 const SPEC_VERSION: &str = "9.9.9-any-tag";
 
-async fn available_cluster(env: &TestSandbox, prefix: &str, mode: &str) -> (TestNamespace, KVClusterStatus) {
+/// A 3-member cluster of `mode` (and `more` spec), Available; with peer TLS unless `more` turns
+/// it off, as the default is.
+async fn available_cluster(
+    env: &TestSandbox,
+    prefix: &str,
+    mode: &str,
+    more: &str,
+) -> (TestNamespace, KVClusterStatus) {
     let ns = env.namespace(prefix).await;
     ns.apply(&format!(
         "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
-         spec: {{replicas: 3, version: {SPEC_VERSION}, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}}}\n"
+         spec: {{replicas: 3, version: {SPEC_VERSION}, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}{more}}}\n"
     ))
     .await;
     let status = wait_settled(&ns, 3, Duration::from_secs(120)).await;
     assert_eq!(status.phase.as_deref(), Some("Running"));
+    let peer_tls = !more.contains("enabled: false");
+    assert_eq!(status.peer_tls, Some(peer_tls));
+    let scheme = if peer_tls { "https://" } else { "http://" };
+    assert!(
+        status.members.iter().all(|m| m.peer_url.starts_with(scheme)),
+        "{:?}",
+        status.members
+    );
     assert!(status.members.iter().all(|m| m.name.starts_with("kv-")));
     // The version is what the members report running (the sandbox runs the workspace's cairn for
     // any tag of the cairn image), not what the spec asked for.

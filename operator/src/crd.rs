@@ -115,7 +115,8 @@ pub struct PeerTls {
     /// Members talk to each other over TLS and refuse any peer without a certificate from the
     /// cluster's own CA, which the operator makes (Secret `<cluster>-ca`) and issues the members'
     /// certificate from (Secret `<cluster>-peer-tls`). Decided when the cluster is created
-    /// (`status.peerTLS`) and kept after; default false.
+    /// (`status.peerTLS`) and kept after; default true (clusters created before this setting
+    /// existed stay plaintext).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
 }

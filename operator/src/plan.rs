@@ -359,8 +359,9 @@ mod tests {
 
     const ORDINALS: i32 = 7;
 
+    /// The names of a default cluster (peer TLS on).
     fn names() -> Names {
-        Names::new("kv", "prod")
+        Names::of(&valid("spec: {}"))
     }
 
     fn spec(replicas: i32) -> ValidSpec {
@@ -564,9 +565,10 @@ mod tests {
         assert_eq!(rebuilt.members, Some(5));
         let files = rebuilt.bootstrap.expect("rebuilt files");
         assert_eq!(files.len(), 5);
-        assert!(files.values().all(
-            |file| !is_new(file) && file.contains("kv-4=http://kv-4.kv-peer.prod.svc.cluster.local:2380")
-        ));
+        assert!(
+            files.values().all(|file| !is_new(file)
+                && file.contains("kv-4=https://kv-4.kv-peer.prod.svc.cluster.local:2380"))
+        );
         assert_eq!(
             rebuilt.step,
             Step::Remove {
@@ -646,7 +648,7 @@ mod tests {
             added.step,
             Step::AddLearner {
                 member: "kv-2".into(),
-                peer_url: "http://kv-2.kv-peer.prod.svc.cluster.local:2380".into()
+                peer_url: "https://kv-2.kv-peer.prod.svc.cluster.local:2380".into()
             }
         );
         assert!(!added.bootstrap.unwrap().contains_key("kv-2.replacing"));

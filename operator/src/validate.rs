@@ -310,7 +310,7 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             .quorum_loss_seconds
             .map_or(DEFAULT_QUORUM_LOSS_SECONDS, u64::from),
         auth,
-        peer_tls: spec.tls.peer.enabled.unwrap_or(false),
+        peer_tls: spec.tls.peer.enabled.unwrap_or(true),
         warnings,
     })
 }
@@ -509,7 +509,12 @@ spec:
             "spec.tls.peer.enabled is true, but this cluster was created with peer TLS off, which it \
              keeps: a running cluster does not change its peers' scheme"
         );
-        assert!(!validate("kv", "ns", &spec("spec: {}")).unwrap().peer_tls);
+        assert!(
+            validate("kv", "ns", &spec("spec: {}")).unwrap().peer_tls,
+            "on by default"
+        );
+        let off = validate("kv", "ns", &spec("spec: {tls: {peer: {enabled: false}}}")).unwrap();
+        assert!(!off.peer_tls);
     }
 
     #[test]

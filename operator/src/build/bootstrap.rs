@@ -98,7 +98,7 @@ mod tests {
     fn static_members_each_get_the_full_list() {
         let spec = valid("spec: {replicas: 2}");
         let map = bootstrap_config_map(&spec, &owner(), &initial_members(&spec));
-        let cluster = "kv-0=http://kv-0.kv-peer.prod.svc.cluster.local:2380,kv-1=http://kv-1.kv-peer.prod.svc.cluster.local:2380";
+        let cluster = "kv-0=https://kv-0.kv-peer.prod.svc.cluster.local:2380,kv-1=https://kv-1.kv-peer.prod.svc.cluster.local:2380";
         assert_yaml(
             &map,
             &format!(

@@ -242,7 +242,7 @@ mod tests {
     }
 
     #[test]
-    fn a_default_cluster_runs_members_with_claims_probes_and_their_bootstrap_file() {
+    fn a_default_cluster_runs_members_with_claims_probes_peer_tls_and_their_bootstrap_file() {
         let set = statefulset(&valid("spec: {}"), &owner(), "prod-kv-u-1", 3);
         assert_yaml(
             &set,
@@ -277,10 +277,14 @@ spec:
         - {{name: CAIRN_DATA_DIR, value: /var/lib/cairn/data}}
         - {{name: CAIRN_LISTEN_CLIENT_URLS, value: "http://$(POD_IP):2379"}}
         - {{name: CAIRN_ADVERTISE_CLIENT_URLS, value: "http://$(POD_NAME).kv-peer.prod.svc.cluster.local:2379"}}
-        - {{name: CAIRN_LISTEN_PEER_URLS, value: "http://$(POD_IP):2380"}}
-        - {{name: CAIRN_INITIAL_ADVERTISE_PEER_URLS, value: "http://$(POD_NAME).kv-peer.prod.svc.cluster.local:2380"}}
+        - {{name: CAIRN_LISTEN_PEER_URLS, value: "https://$(POD_IP):2380"}}
+        - {{name: CAIRN_INITIAL_ADVERTISE_PEER_URLS, value: "https://$(POD_NAME).kv-peer.prod.svc.cluster.local:2380"}}
         - {{name: CAIRN_INITIAL_CLUSTER_TOKEN, value: prod-kv-u-1}}
         - {{name: CAIRN_CONFIG_FILE, value: /etc/cairn/bootstrap/$(POD_NAME).yaml}}
+        - {{name: CAIRN_PEER_CERT_FILE, value: /etc/cairn/peer-tls/tls.crt}}
+        - {{name: CAIRN_PEER_KEY_FILE, value: /etc/cairn/peer-tls/tls.key}}
+        - {{name: CAIRN_PEER_TRUSTED_CA_FILE, value: /etc/cairn/peer-tls/ca.crt}}
+        - {{name: CAIRN_PEER_CLIENT_CERT_AUTH, value: "true"}}
         ports:
         - {{name: cairn-client, containerPort: 2379, protocol: TCP}}
         - {{name: cairn-server, containerPort: 2380, protocol: TCP}}
@@ -291,8 +295,10 @@ spec:
         volumeMounts:
         - {{name: data, mountPath: /var/lib/cairn}}
         - {{name: bootstrap, mountPath: /etc/cairn/bootstrap, readOnly: true}}
+        - {{name: peer-tls, mountPath: /etc/cairn/peer-tls, readOnly: true}}
       volumes:
       - {{name: bootstrap, configMap: {{name: kv-bootstrap}}}}
+      - {{name: peer-tls, secret: {{secretName: kv-peer-tls}}}}
   volumeClaimTemplates:
   - apiVersion: v1
     kind: PersistentVolumeClaim
@@ -314,6 +320,7 @@ spec:
   image: registry.local/cairn:dev
   imagePullPolicy: Never
   storage: {ephemeral: true}
+  tls: {peer: {enabled: false}}
   resources: {limits: {memory: 1Gi}, requests: {cpu: 100m}}
   server: {heartbeatIntervalMs: 50, electionTimeoutMs: 500, snapshotCount: 1000, quotaBackendBytes: 1Gi, autoCompaction: {mode: Revision, retention: "10000"}}
   pod:
@@ -361,8 +368,8 @@ spec:
     }
 
     #[test]
-    fn peer_tls_members_listen_on_https_with_the_cluster_certificates() {
-        let set = statefulset(&valid("spec: {tls: {peer: {enabled: true}}}"), &owner(), "t", 3);
+    fn members_listen_on_https_with_the_cluster_certificates_unless_peer_tls_is_off() {
+        let set = statefulset(&valid("spec: {}"), &owner(), "t", 3);
         let json = serde_json::to_value(&set).unwrap();
         let pod = &json["spec"]["template"]["spec"];
         let env: std::collections::BTreeMap<&str, &str> = pod["containers"][0]["env"]
@@ -391,7 +398,8 @@ spec:
             json!({"name": "peer-tls", "mountPath": "/etc/cairn/peer-tls", "readOnly": true})
         );
 
-        let plain = serde_json::to_value(statefulset(&valid("spec: {}"), &owner(), "t", 3)).unwrap();
+        let plain = valid("spec: {tls: {peer: {enabled: false}}}");
+        let plain = serde_json::to_value(statefulset(&plain, &owner(), "t", 3)).unwrap();
         let env = plain["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
         assert!(!env.contains("PEER_CERT") && !env.contains("https"), "{env}");
     }
