@@ -27,8 +27,6 @@ pub struct MemberReport {
     pub applied_index: u64,
     /// The Cairn version it runs, when its `/version` said.
     pub version: Option<String>,
-    /// How it took the operator's login (which tells whether auth is on).
-    pub login: Login,
 }
 
 /// One entry of the member list.
@@ -78,13 +76,28 @@ pub async fn observe(
     known: Vec<ListedMember>,
     operator: Option<&Credentials>,
 ) -> ClusterView {
-    let answers = futures::future::join_all(pods.iter().map(|(pod, ip)| ask(pod, ip, operator))).await;
+    let answers = futures::future::join_all(pods.iter().map(|(pod, ip)| ask(pod, ip))).await;
     let reports: Vec<MemberReport> = answers.iter().flatten().map(|(r, _)| r.clone()).collect();
     let leader = leader_by_majority(&reports);
-    let login = reports
+    // Status and MemberList need no rights; one login, at the leader, tells whether auth is on
+    // and whether the operator's credentials still work (a login is a log entry: one per pass).
+    let leader_ip = reports
         .iter()
         .find(|r| Some(r.member_id) == leader)
-        .map(|r| r.login.clone());
+        .and_then(|r| pods.iter().find(|(pod, _)| *pod == r.pod))
+        .map(|(_, ip)| ip);
+    let login = match (operator, leader_ip) {
+        (Some(credentials), Some(ip)) => {
+            match access::connect(&endpoint(ip), options(), Some(credentials)).await {
+                Ok((_, login)) => Some(login),
+                Err(error) => {
+                    tracing::debug!(%error, "the leader does not take the operator's login");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
     let with_auth = |view: ClusterView| ClusterView {
         auth_enabled: login.as_ref().and_then(Login::auth_enabled),
         login_refused: match &login {
@@ -130,13 +143,19 @@ pub fn listed_in(members: &[MemberStatus]) -> Vec<ListedMember> {
         .collect()
 }
 
-async fn ask(pod: &str, ip: &str, operator: Option<&Credentials>) -> Option<(MemberReport, Client)> {
-    let options = ConnectOptions::new()
+fn options() -> ConnectOptions {
+    ConnectOptions::new()
         .with_connect_timeout(TIMEOUT)
-        .with_timeout(TIMEOUT);
-    let endpoint = format!("http://{ip}:{CLIENT_PORT}");
-    let (mut client, login) = match access::connect(&endpoint, options, operator).await {
-        Ok(connected) => connected,
+        .with_timeout(TIMEOUT)
+}
+
+fn endpoint(ip: &str) -> String {
+    format!("http://{ip}:{CLIENT_PORT}")
+}
+
+async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
+    let mut client = match Client::connect([endpoint(ip)], Some(options())).await {
+        Ok(client) => client,
         Err(error) => {
             tracing::debug!(%pod, %error, "member does not answer");
             return None;
@@ -156,7 +175,6 @@ async fn ask(pod: &str, ip: &str, operator: Option<&Credentials>) -> Option<(Mem
         leader: status.leader(),
         applied_index: status.raft_applied_index(),
         version: cairn_version(ip).await,
-        login,
     };
     Some((report, client))
 }
@@ -295,7 +313,6 @@ mod tests {
             leader,
             applied_index,
             version: Some("0.1.0".into()),
-            login: Login::NotTried,
         }
     }
 
