@@ -2,11 +2,9 @@
 //! credentials, kept in Secrets (made once with random passwords, never rewritten), member
 //! connections that log in with them, and turning auth on and off through a member.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use etcd_client::{Client, ConnectOptions};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
@@ -14,6 +12,7 @@ use kube::api::PostParams;
 use rand::distr::{Alphanumeric, SampleString};
 
 use crate::build::names::Names;
+use crate::build::secret_data;
 use crate::validate::ValidSpec;
 
 /// The user the operator logs in as; it has the root role.
@@ -77,11 +76,7 @@ pub fn secret(names: &Names, name: String, data: &[(&str, &str)]) -> Secret {
             ..ObjectMeta::default()
         },
         type_: Some("Opaque".to_owned()),
-        data: Some(
-            data.iter()
-                .map(|(key, value)| ((*key).to_owned(), ByteString(value.as_bytes().to_vec())))
-                .collect::<BTreeMap<_, _>>(),
-        ),
+        data: Some(secret_data(data)),
         ..Secret::default()
     }
 }

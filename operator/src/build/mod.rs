@@ -10,6 +10,9 @@ pub mod peer_tls;
 pub mod services;
 pub mod statefulset;
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
 use self::names::Names;
@@ -38,6 +41,13 @@ fn metadata(names: &Names, name: String, owner: &OwnerReference) -> ObjectMeta {
         owner_references: Some(vec![owner.clone()]),
         ..ObjectMeta::default()
     }
+}
+
+/// A Secret's `data` from text values.
+pub fn secret_data(data: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+    data.iter()
+        .map(|(key, value)| ((*key).to_owned(), ByteString(value.as_bytes().to_vec())))
+        .collect()
 }
 
 #[cfg(test)]

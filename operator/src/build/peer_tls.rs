@@ -3,9 +3,6 @@
 //! each other both ways), and the two Secrets that carry them. The keys come from the caller, so
 //! everything here is a pure function of its inputs.
 
-use std::collections::BTreeMap;
-
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use rcgen::{
@@ -13,8 +10,8 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use super::metadata;
 use super::names::Names;
+use super::{metadata, secret_data};
 
 /// The keys of a TLS Secret, as cert-manager and `kubectl create secret tls` write them.
 pub const CERT: &str = "tls.crt";
@@ -101,11 +98,7 @@ fn tls_secret(names: &Names, name: String, owner: &OwnerReference, data: &[(&str
     Secret {
         metadata: metadata(names, name, owner),
         type_: Some("kubernetes.io/tls".to_owned()),
-        data: Some(
-            data.iter()
-                .map(|(key, value)| ((*key).to_owned(), ByteString(value.as_bytes().to_vec())))
-                .collect::<BTreeMap<_, _>>(),
-        ),
+        data: Some(secret_data(data)),
         ..Secret::default()
     }
 }
