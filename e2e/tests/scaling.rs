@@ -1,11 +1,13 @@
 //! Runtime scaling through the operator in the sandbox (controller in this process, members as
-//! real `cairn` pods), the way users scale: `kubectl scale kvc`. A Static cluster with auth on
-//! (`spec.auth`) goes 3 → 5 → 3 and a DnsSrv one 1 → 3, each with writes running the whole time.
-//! No acknowledged write is lost; the member list never changes by more than one member between
-//! two looks and never holds two learners; in the end the member list is the pods and the claims
-//! of removed members are gone. With auth on, the operator scales as its own user, etcdctl
-//! works with root's password from the Secret the operator made, and an anonymous client is
-//! refused by every member, old and new.
+//! real `cairn` pods), the way users scale: `kubectl scale kvc`. A Static cluster with auth and
+//! client TLS on (`spec.auth`, `spec.tls.client`) goes 3 → 5 → 3 and a DnsSrv one with peer TLS
+//! 1 → 3, each with writes running the whole time. No acknowledged write is lost; the member list
+//! never changes by more than one member between two looks and never holds two learners; in the
+//! end the member list is the pods and the claims of removed members are gone. With auth and
+//! client TLS on, the operator observes and scales with its own certificate and user; etcdctl
+//! works with the client certificate the operator issued into the Secret the spec names, and
+//! with root's password from the Secret the operator made; a client without a certificate and
+//! an anonymous one are refused by every member, old and new.
 
 mod common;
 
@@ -19,7 +21,10 @@ use cairn_operator::crd::KVCluster;
 use common::{
     OperatorSandbox, client_options, keys_on, logged_in, member_endpoint, wait_settled, with_operator,
 };
-use etcd_client::Client;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -33,7 +38,14 @@ async fn clusters_grow_and_shrink_one_member_at_a_time_under_writes() {
     } = OperatorSandbox::start(18343, 25690, 19).await;
     with_operator(&env, context, async {
         tokio::join!(
-            scale_under_writes(&env, "grow-shrink", "Static", 3, &[5, 3], Secured::Auth),
+            scale_under_writes(
+                &env,
+                "grow-shrink",
+                "Static",
+                3,
+                &[5, 3],
+                Secured::AuthAndClientTls
+            ),
             scale_under_writes(&env, "one-to-three", "DnsSrv", 1, &[3], Secured::PeerTls),
         )
     })
@@ -45,8 +57,8 @@ const SETTLE: Duration = Duration::from_secs(240);
 /// What a scaled cluster runs with besides the defaults.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Secured {
-    /// `spec.auth.enabled`.
-    Auth,
+    /// `spec.auth.enabled` and `spec.tls.client.enabled`, with a client certificate for root.
+    AuthAndClientTls,
     /// `spec.tls.peer.enabled`.
     PeerTls,
 }
@@ -60,25 +72,47 @@ async fn scale_under_writes(
     secured: Secured,
 ) {
     let ns = env.namespace(prefix).await;
-    let (auth, peer_tls) = (secured == Secured::Auth, secured == Secured::PeerTls);
+    let auth = secured == Secured::AuthAndClientTls;
+    let peer_tls = secured == Secured::PeerTls;
+    let client_tls = if auth {
+        "client: {enabled: true, certificates: [{secretName: kv-admin, user: root}, \
+         {secretName: kv-guest, user: guest}]}"
+    } else {
+        "client: {enabled: false}"
+    };
     ns.apply(&format!(
         "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
          spec: {{replicas: {initial}, bootstrap: {{mode: {mode}}}, storage: {{size: 64Mi}}, \
-         auth: {{enabled: {auth}}}, tls: {{peer: {{enabled: {peer_tls}}}}}}}\n"
+         auth: {{enabled: {auth}}}, tls: {{peer: {{enabled: {peer_tls}}}, {client_tls}}}}}\n"
     ))
     .await;
     wait_settled(&ns, initial, Duration::from_secs(120)).await;
-    // kv-0 stays through every step, so writer and watcher talk to it.
-    let first = member_endpoint(&ns, "kv-0").await;
-    let root = if auth {
-        Some(auth_turned_on(&ns, &first).await)
-    } else {
-        None
+    let mut reach = Reach {
+        namespace: ns.name.clone(),
+        certificate: None,
+        guest: None,
+        root: None,
     };
+    if auth {
+        let (certificate, files) = issued_certificate(&ns, "kv-admin").await;
+        reach.certificate = Some(certificate);
+        reach.guest = Some(issued_certificate(&ns, "kv-guest").await.0);
+        reach.root = Some(auth_turned_on(&ns, &reach, files.path()).await);
+    }
+    // kv-0 stays through every step, so writer and watcher talk to it.
+    let first = reach.endpoint(&ns, "kv-0").await;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_until(first.clone(), root.clone(), stop.clone()));
-    let watcher = tokio::spawn(watch_membership(first.clone(), stop.clone()));
+    let writer = tokio::spawn(write_until(
+        first.clone(),
+        reach.options("kv-0", true),
+        stop.clone(),
+    ));
+    let watcher = tokio::spawn(watch_membership(
+        first.clone(),
+        reach.options("kv-0", false),
+        stop.clone(),
+    ));
     for &size in steps {
         succeed(
             env.kubectl()
@@ -90,7 +124,7 @@ async fn scale_under_writes(
         assert_eq!(names, expected, "members after scaling to {size}");
         assert_eq!(
             status.auth_enabled,
-            root.as_ref().map(|_| true),
+            auth.then_some(true),
             "status after scaling to {size}"
         );
         assert_eq!(status.peer_tls, Some(peer_tls), "status after scaling to {size}");
@@ -100,6 +134,21 @@ async fn scale_under_writes(
             "peer URLs after scaling to {size}: {:?}",
             status.members
         );
+        // The operator saw every member through its own certificate: all are healthy, one leads,
+        // and each advertises the scheme it serves.
+        let scheme = if auth { "https://" } else { "http://" };
+        assert!(
+            status.members.iter().all(|m| m.healthy
+                && m.version.is_some()
+                && m.client_url.as_deref().is_some_and(|url| url.starts_with(scheme))),
+            "members after scaling to {size}: {:?}",
+            status.members
+        );
+        assert_eq!(
+            status.members.iter().filter(|m| m.is_leader).count(),
+            1,
+            "one leader after scaling to {size}"
+        );
     }
     if peer_tls {
         // Members found each other through `_cairn-server-ssl._tcp`, and hold the cluster CA's
@@ -108,7 +157,7 @@ async fn scale_under_writes(
         let peer = secrets.get("kv-peer-tls").await.expect("the peer TLS Secret");
         let keys: Vec<&String> = peer.data.as_ref().unwrap().keys().collect();
         assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
-        let peer_port = first.replace(":2379", ":2380");
+        let peer_port = first.replace(":2379", ":2380").replace("https://", "http://");
         let plaintext = plaintext_get(&peer_port).await;
         assert!(
             plaintext.is_none(),
@@ -170,12 +219,12 @@ async fn scale_under_writes(
     let expected: BTreeSet<String> = (0..last).map(|i| format!("kv-{i}")).collect();
     assert_eq!(pod_names, expected, "the pods are the members");
     for pod in &pod_names {
-        let endpoint = member_endpoint(&ns, pod).await;
+        let endpoint = reach.endpoint(&ns, pod).await;
         let missing = wait_for(
             &format!("{pod} to have every acknowledged write"),
             Duration::from_secs(30),
             || async {
-                let keys = keys_on(&endpoint, root.as_ref()).await?;
+                let keys = keys_on(&endpoint, reach.options(pod, true)).await?;
                 let missing: Vec<&String> = acknowledged.iter().filter(|k| !keys.contains(*k)).collect();
                 Some(missing.len()).filter(|n| *n == 0)
             },
@@ -205,19 +254,123 @@ async fn scale_under_writes(
     let expected: BTreeSet<String> = (0..last).map(|i| format!("data-kv-{i}")).collect();
     assert_eq!(claim_names, expected);
 
-    // Members added after auth was turned on hold it too (it came to them through the log).
-    if root.is_some() {
+    // Members added after auth was turned on hold it too (it came to them through the log), and
+    // every member wants a client certificate.
+    if auth {
         for pod in &pod_names {
-            let endpoint = member_endpoint(&ns, pod).await;
-            assert_anonymous_refused(&endpoint).await;
+            let endpoint = reach.endpoint(&ns, pod).await;
+            assert_anonymous_refused(&endpoint, reach.anonymous(pod)).await;
+            assert_refused_without_certificate(&endpoint, &reach, pod).await;
         }
     }
 }
 
-/// Waits for the operator to turn auth on, then checks it from a client's side: etcdctl in a
-/// member pod, through the client Service, with root's password from the Secret the operator
-/// made; and an anonymous client refused with etcd's words. Returns root's credentials.
-async fn auth_turned_on(ns: &TestNamespace, endpoint: &str) -> (String, String) {
+/// A client certificate and the CA, as the operator issued them into a Secret.
+#[derive(Clone)]
+struct IssuedCertificate {
+    cert: String,
+    key: String,
+    ca: String,
+}
+
+/// How the test reaches members: in plaintext, or over TLS with a client certificate (checking
+/// each member's certificate under its host name, as members are dialed by IP); logged in as
+/// root when auth is on.
+struct Reach {
+    namespace: String,
+    certificate: Option<IssuedCertificate>,
+    /// A certificate for a user that does not exist.
+    guest: Option<IssuedCertificate>,
+    root: Option<(String, String)>,
+}
+
+impl Reach {
+    async fn endpoint(&self, ns: &TestNamespace, pod: &str) -> String {
+        let plain = member_endpoint(ns, pod).await;
+        match self.certificate {
+            Some(_) => plain.replacen("http://", "https://", 1),
+            None => plain,
+        }
+    }
+
+    fn tls(&self, pod: &str, certificate: &IssuedCertificate, with_identity: bool) -> TlsOptions {
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(&certificate.ca))
+            .domain_name(format!("{pod}.kv-peer.{}.svc.cluster.local", self.namespace));
+        match with_identity {
+            true => tls.identity(Identity::from_pem(&certificate.cert, &certificate.key)),
+            false => tls,
+        }
+    }
+
+    /// Options for `pod`: the client certificate, and root's login when `as_root`.
+    fn options(&self, pod: &str, as_root: bool) -> ConnectOptions {
+        let options = logged_in(self.root.as_ref().filter(|_| as_root));
+        match &self.certificate {
+            Some(certificate) => options.with_tls(self.tls(pod, certificate, true)),
+            None => options,
+        }
+    }
+
+    /// Options for `pod` with neither a login nor a certificate that names a user.
+    fn anonymous(&self, pod: &str) -> ConnectOptions {
+        match &self.guest {
+            Some(guest) => client_options().with_tls(self.tls(pod, guest, true)),
+            None => client_options(),
+        }
+    }
+}
+
+/// The client certificate the operator issued into the Secret `name`, checked for its keys,
+/// and written to files etcdctl in a pod can read.
+async fn issued_certificate(ns: &TestNamespace, name: &str) -> (IssuedCertificate, tempfile::TempDir) {
+    let secrets: Api<Secret> = ns.api();
+    let secret = wait_for(
+        &format!("the operator to issue the {name} certificate"),
+        Duration::from_secs(60),
+        || async { secrets.get_opt(name).await.ok()? },
+    )
+    .await;
+    let data = secret.data.expect("the Secret has data");
+    let keys: Vec<&String> = data.keys().collect();
+    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
+    let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+    let files = tempfile::tempdir().unwrap();
+    // Members run as an unprivileged user, and so does etcdctl in their pods.
+    std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    for key in ["ca.crt", "tls.crt", "tls.key"] {
+        let path = files.path().join(key);
+        std::fs::write(&path, text(key)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let certificate = IssuedCertificate {
+        cert: text("tls.crt"),
+        key: text("tls.key"),
+        ca: text("ca.crt"),
+    };
+    (certificate, files)
+}
+
+/// Over TLS, a client that shows no certificate gets no answer from the member.
+async fn assert_refused_without_certificate(endpoint: &str, reach: &Reach, pod: &str) {
+    let certificate = reach.certificate.as_ref().expect("a TLS cluster");
+    let options = client_options().with_tls(reach.tls(pod, certificate, false));
+    let answer = match Client::connect([endpoint], Some(options)).await {
+        Ok(mut client) => client.get("w/", None).await.map(|_| ()),
+        Err(error) => Err(error),
+    };
+    assert!(
+        answer.is_err(),
+        "{endpoint} answered a client without a certificate"
+    );
+}
+
+/// Waits for the operator to turn auth on, then checks it from a client's side with etcdctl in a
+/// member pod, through the client Service over TLS: with the issued certificate (in `files`)
+/// and root's password from the Secret the operator made; with the certificate alone (its
+/// common name, root, is the user); never without a certificate. A client whose certificate
+/// names no user is refused. Returns root's credentials.
+async fn auth_turned_on(ns: &TestNamespace, reach: &Reach, files: &Path) -> (String, String) {
     let clusters: Api<KVCluster> = ns.api();
     wait_for(
         "the operator to turn auth on",
@@ -242,35 +395,44 @@ async fn auth_turned_on(ns: &TestNamespace, endpoint: &str) -> (String, String) 
         .expect("the operator's Secret");
     assert_eq!(own.data.unwrap()["username"].0, b"cairn-operator");
 
-    let user = format!("--user=root:{password}");
-    let put = ns.exec(
-        "kv-0",
-        None,
-        &[
-            "etcdctl",
-            "--endpoints=http://kv:2379",
-            &user,
-            "put",
-            "greeting",
-            "hello",
-        ],
+    let file = |flag: &str, key: &str| format!("--{flag}={}", files.join(key).display());
+    let (cacert, cert, key) = (
+        file("cacert", "ca.crt"),
+        file("cert", "tls.crt"),
+        file("key", "tls.key"),
     );
+    let etcdctl = |args: &[&str]| {
+        let mut command = vec!["etcdctl", "--endpoints=https://kv:2379"];
+        command.extend(args);
+        ns.exec("kv-0", None, &command)
+    };
+    let user = format!("--user=root:{password}");
+    let put = etcdctl(&[&cacert, &cert, &key, &user, "put", "greeting", "hello"]);
     assert_eq!(
         String::from_utf8_lossy(&put.stdout),
         "OK\n",
         "{}",
         String::from_utf8_lossy(&put.stderr)
     );
-    let anonymous = ns.exec(
-        "kv-0",
-        None,
-        &["etcdctl", "--endpoints=http://kv:2379", "get", "greeting"],
+    let by_certificate = etcdctl(&[&cacert, &cert, &key, "get", "greeting"]);
+    assert_eq!(
+        String::from_utf8_lossy(&by_certificate.stdout),
+        "greeting\nhello\n",
+        "{}",
+        String::from_utf8_lossy(&by_certificate.stderr)
     );
+    let without_certificate = etcdctl(&[
+        "--dial-timeout=3s",
+        "--command-timeout=5s",
+        &cacert,
+        "get",
+        "greeting",
+    ]);
     assert!(
-        String::from_utf8_lossy(&anonymous.stderr).contains("etcdserver: user name is empty"),
-        "an anonymous etcdctl get: {anonymous:?}"
+        !without_certificate.status.success() && without_certificate.stdout.is_empty(),
+        "etcdctl without a client certificate: {without_certificate:?}"
     );
-    assert_anonymous_refused(endpoint).await;
+    assert_anonymous_refused(&reach.endpoint(ns, "kv-0").await, reach.anonymous("kv-0")).await;
     ("root".to_owned(), password)
 }
 
@@ -290,8 +452,9 @@ async fn plaintext_get(url: &str) -> Option<String> {
     text.starts_with("HTTP/").then_some(text)
 }
 
-async fn assert_anonymous_refused(endpoint: &str) {
-    let mut client = Client::connect([endpoint], Some(client_options()))
+/// A put by a client that is no user (its certificate names none) is refused.
+async fn assert_anonymous_refused(endpoint: &str, options: ConnectOptions) {
+    let mut client = Client::connect([endpoint], Some(options))
         .await
         .expect("connect without credentials");
     let refused = client
@@ -299,7 +462,7 @@ async fn assert_anonymous_refused(endpoint: &str) {
         .await
         .expect_err("an anonymous put");
     assert!(
-        refused.to_string().contains("etcdserver: user name is empty"),
+        refused.to_string().contains("etcdserver: permission denied"),
         "{endpoint}: {refused}"
     );
 }
@@ -307,10 +470,10 @@ async fn assert_anonymous_refused(endpoint: &str) {
 /// Puts `w/<n>` until told to stop; returns the acknowledged keys and the number of failures.
 async fn write_until(
     endpoint: String,
-    root: Option<(String, String)>,
+    options: ConnectOptions,
     stop: Arc<AtomicBool>,
 ) -> (Vec<String>, usize) {
-    let mut client = Client::connect([endpoint.as_str()], Some(logged_in(root.as_ref())))
+    let mut client = Client::connect([endpoint.as_str()], Some(options))
         .await
         .expect("connect the writer");
     let (mut acknowledged, mut failed) = (Vec::new(), 0);
@@ -335,8 +498,8 @@ struct Look {
 }
 
 /// Looks at the member list every 100 ms until told to stop.
-async fn watch_membership(endpoint: String, stop: Arc<AtomicBool>) -> Vec<Look> {
-    let mut client = Client::connect([endpoint.as_str()], Some(client_options()))
+async fn watch_membership(endpoint: String, options: ConnectOptions, stop: Arc<AtomicBool>) -> Vec<Look> {
+    let mut client = Client::connect([endpoint.as_str()], Some(options))
         .await
         .expect("connect the watcher");
     let mut history = Vec::new();

@@ -175,7 +175,7 @@ async fn upgrade(env: &TestSandbox) {
             &format!("{member} to have every acknowledged write"),
             Duration::from_secs(30),
             || async {
-                let keys = keys_on(&endpoint, None).await?;
+                let keys = keys_on(&endpoint, client_options()).await?;
                 acknowledged.iter().all(|k| keys.contains(k)).then_some(())
             },
         )

@@ -1,18 +1,21 @@
-//! The operator's access to clusters with auth on: root's password and the operator's own
-//! credentials, kept in Secrets (made once with random passwords, never rewritten), member
-//! connections that log in with them, and turning auth on and off through a member.
+//! The operator's access to a cluster's members: how it reaches a member's client port (over TLS
+//! with its own client certificate where the member wants one), root's password and the
+//! operator's own credentials while auth is on, kept in Secrets (made once with random passwords,
+//! never rewritten), member connections that log in with them, and turning auth on and off
+//! through a member.
 
 use std::fmt;
 
-use etcd_client::{Client, ConnectOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::build::names::Names;
+use crate::build::names::{CLIENT_PORT, Names};
 use crate::build::secret_data;
+use crate::build::tls::{CA_CERT, Pem, pem_in, text_in};
 use crate::validate::ValidSpec;
 
 /// The user the operator logs in as; it has the root role.
@@ -50,6 +53,50 @@ pub struct Access {
     pub root_password: Option<String>,
     /// Why auth cannot be turned on (the Secret the spec names is missing, or has no password).
     pub problem: Option<String>,
+    /// The operator's client certificate, for members that want one.
+    pub identity: Option<ClientIdentity>,
+}
+
+/// The operator's client certificate for one cluster, and the CA its members' certificates are
+/// from.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ClientIdentity {
+    pub certificate: Pem,
+    pub ca: String,
+}
+
+/// Where the operator reaches one member's client port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberAddress {
+    pub pod: String,
+    pub ip: String,
+    /// The member's host name, which its certificate is valid for (pod IPs change; names stay).
+    pub host: String,
+    /// The member serves clients over TLS only.
+    pub tls: bool,
+}
+
+impl Access {
+    /// The endpoint and options to reach `member` with: its IP, and over TLS the operator's
+    /// certificate, checking the member's under its host name. None when the member wants a
+    /// certificate the operator does not have yet.
+    pub fn dial(&self, member: &MemberAddress, options: ConnectOptions) -> Option<(String, ConnectOptions)> {
+        if !member.tls {
+            return Some((format!("http://{}:{CLIENT_PORT}", member.ip), options));
+        }
+        let identity = self.identity.as_ref()?;
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(&identity.ca))
+            .identity(Identity::from_pem(
+                &identity.certificate.cert,
+                &identity.certificate.key,
+            ))
+            .domain_name(member.host.clone());
+        Some((
+            format!("https://{}:{CLIENT_PORT}", member.ip),
+            options.with_tls(tls),
+        ))
+    }
 }
 
 impl fmt::Debug for Access {
@@ -61,6 +108,7 @@ impl fmt::Debug for Access {
                 &self.root_password.as_ref().map(|_| "<redacted>"),
             )
             .field("problem", &self.problem)
+            .field("identity", &self.identity)
             .finish()
     }
 }
@@ -105,11 +153,22 @@ fn credentials_in(secret: &Secret) -> Option<Credentials> {
 pub async fn read(client: &kube::Client, spec: &ValidSpec) -> Result<Access, kube::Error> {
     let names = Names::of(spec);
     let secrets = Api::<Secret>::namespaced(client.clone(), &spec.namespace);
+    // Read whatever the spec says: members keep wanting certificates while they roll off TLS.
+    let identity = secrets
+        .get_opt(&names.operator_tls_secret())
+        .await?
+        .and_then(|secret| {
+            Some(ClientIdentity {
+                certificate: pem_in(&secret)?,
+                ca: text_in(&secret, CA_CERT)?,
+            })
+        });
     let own_name = names.operator_credentials_secret();
     let mut own = secrets.get_opt(&own_name).await?;
     let Some(auth) = &spec.auth else {
         return Ok(Access {
             operator: own.as_ref().and_then(credentials_in),
+            identity,
             ..Access::default()
         });
     };
@@ -157,6 +216,7 @@ pub async fn read(client: &kube::Client, spec: &ValidSpec) -> Result<Access, kub
         operator,
         root_password,
         problem,
+        identity,
     })
 }
 
@@ -297,10 +357,44 @@ mod tests {
             }),
             root_password: Some(b.clone()),
             problem: None,
+            identity: Some(ClientIdentity {
+                certificate: Pem {
+                    cert: "CERT".into(),
+                    key: "PRIVATE-KEY".into(),
+                },
+                ca: "CA".into(),
+            }),
         };
         let printed = format!("{access:?}");
         assert!(!printed.contains(&a) && !printed.contains(&b), "{printed}");
+        assert!(!printed.contains("PRIVATE-KEY"), "{printed}");
         assert!(printed.contains(OPERATOR_USER), "{printed}");
+    }
+
+    #[test]
+    fn members_are_dialed_by_ip_and_over_tls_only_with_the_operators_certificate() {
+        let member = |tls| MemberAddress {
+            pod: "kv-1".into(),
+            ip: "10.0.0.7".into(),
+            host: "kv-1.kv-peer.ns.svc.cluster.local".into(),
+            tls,
+        };
+        let endpoint =
+            |access: &Access, tls| access.dial(&member(tls), ConnectOptions::new()).map(|(e, _)| e);
+        let without = Access::default();
+        assert_eq!(endpoint(&without, false).as_deref(), Some("http://10.0.0.7:2379"));
+        assert_eq!(endpoint(&without, true), None);
+        let with = Access {
+            identity: Some(ClientIdentity {
+                certificate: Pem {
+                    cert: "c".into(),
+                    key: "k".into(),
+                },
+                ca: "ca".into(),
+            }),
+            ..Access::default()
+        };
+        assert_eq!(endpoint(&with, true).as_deref(), Some("https://10.0.0.7:2379"));
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! Making a cluster's peer TLS Secrets when they are missing: its CA first, then the members'
-//! certificate from it. Both are made once and never rewritten: a new CA would cut members that
-//! still hold the old certificate off from each other.
+//! Making the cluster's TLS Secrets when they are missing: its CA first, then what the spec needs
+//! the CA to issue (see `build::tls::wanted`). Each is made once and never rewritten: a new CA
+//! would cut members that still hold the old certificate off from each other.
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -9,7 +9,8 @@ use rcgen::KeyPair;
 
 use crate::access::create_once;
 use crate::build::names::Names;
-use crate::build::peer_tls::{ca_in, ca_secret, member_certificate, new_ca, peer_secret};
+use crate::build::tls::{ca_secret, issue, issued_secret, new_ca, pem_in, wanted};
+use crate::validate::ValidSpec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -19,7 +20,7 @@ pub enum TlsError {
         #[source]
         source: kube::Error,
     },
-    #[error("cannot make the peer certificates: {0}")]
+    #[error("cannot make the cluster's certificates: {0}")]
     Generate(#[from] rcgen::Error),
     #[error(
         "the Secret {0:?} has no CA certificate and key (tls.crt, tls.key); delete it and the operator \
@@ -28,45 +29,52 @@ pub enum TlsError {
     BadCa(String),
 }
 
-/// Makes whichever of the cluster's CA and peer Secrets is missing.
-pub async fn ensure_peer_tls(
+/// Makes whichever of the cluster's TLS Secrets is missing.
+pub async fn ensure_tls(
     client: &kube::Client,
-    names: &Names,
+    spec: &ValidSpec,
     owner: &OwnerReference,
 ) -> Result<(), TlsError> {
+    let names = Names::of(spec);
     let secrets = Api::<Secret>::namespaced(client.clone(), &names.namespace);
-    let api = |action: &str| {
-        let action = action.to_owned();
-        move |source| TlsError::Api { action, source }
-    };
-    let peer_name = names.peer_tls_secret();
-    if secrets
-        .get_opt(&peer_name)
-        .await
-        .map_err(api("read the peer TLS Secret"))?
-        .is_some()
-    {
+    let api = |action: String| move |source| TlsError::Api { action, source };
+    let mut missing = Vec::new();
+    for (secret, certificate) in wanted(spec) {
+        let found = secrets
+            .get_opt(&secret)
+            .await
+            .map_err(api(format!("read the Secret {secret:?}")))?;
+        if found.is_none() {
+            missing.push((secret, certificate));
+        }
+    }
+    if missing.is_empty() {
         return Ok(());
     }
     let ca_name = names.ca_secret();
-    let ca_secret_seen = match secrets
+    let ca_seen = match secrets
         .get_opt(&ca_name)
         .await
-        .map_err(api("read the CA Secret"))?
+        .map_err(api("read the CA Secret".into()))?
     {
         Some(secret) => secret,
         None => {
-            let ca = new_ca(names, &KeyPair::generate()?)?;
-            create_once(&secrets, &ca_secret(names, owner, &ca))
+            let ca = new_ca(&names, &KeyPair::generate()?)?;
+            create_once(&secrets, &ca_secret(&names, owner, &ca))
                 .await
-                .map_err(api("make the CA Secret"))?
+                .map_err(api("make the CA Secret".into()))?
         }
     };
-    let ca = ca_in(&ca_secret_seen).ok_or(TlsError::BadCa(ca_name))?;
-    let member = member_certificate(names, &ca, &KeyPair::generate()?)?;
-    create_once(&secrets, &peer_secret(names, owner, &member, &ca))
+    let ca = pem_in(&ca_seen).ok_or(TlsError::BadCa(ca_name))?;
+    for (secret, certificate) in missing {
+        let issued = issue(&names, &ca, &certificate, &KeyPair::generate()?)?;
+        create_once(
+            &secrets,
+            &issued_secret(&names, secret.clone(), owner, &issued, &ca),
+        )
         .await
-        .map_err(api("make the peer TLS Secret"))?;
-    tracing::info!(cluster = %names.cluster, "peer certificates issued");
+        .map_err(api(format!("make the Secret {secret:?}")))?;
+        tracing::info!(cluster = %names.cluster, %secret, ?certificate, "certificate issued");
+    }
     Ok(())
 }

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, MemberAddOptions};
 
-use crate::access::{self, Access};
-use crate::build::names::CLIENT_PORT;
+use crate::access::{self, Access, MemberAddress};
 use crate::membership::Step;
 
 #[derive(Debug, thiserror::Error)]
@@ -25,10 +24,16 @@ pub enum ChangeError {
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Sends `step` to the leader at `leader_ip`, logged in with the operator's credentials while
-/// auth is on; steps that are not cluster calls do nothing.
-pub async fn send(step: &Step, leader_ip: &str, access: &Access) -> Result<(), ChangeError> {
-    let endpoint = format!("http://{leader_ip}:{CLIENT_PORT}");
+/// Sends `step` to the `leader`, logged in with the operator's credentials while auth is on;
+/// steps that are not cluster calls do nothing.
+pub async fn send(step: &Step, leader: &MemberAddress, access: &Access) -> Result<(), ChangeError> {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(TIMEOUT);
+    let (endpoint, options) = access.dial(leader, options).ok_or_else(|| ChangeError::Missing {
+        action: step.describe(),
+        missing: "its client certificate for the cluster",
+    })?;
     let failed = |source| ChangeError::Refused {
         action: step.describe(),
         endpoint: endpoint.clone(),
@@ -38,9 +43,6 @@ pub async fn send(step: &Step, leader_ip: &str, access: &Access) -> Result<(), C
         action: step.describe(),
         missing,
     };
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(TIMEOUT);
     let connect = || async {
         access::connect(&endpoint, options.clone(), access.operator.as_ref())
             .await

@@ -22,6 +22,7 @@ use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use crate::access::MemberAddress;
 use crate::build::bootstrap::bootstrap_files;
 use crate::build::names::{MEMBER_PODS, Names, cluster_of_member};
 use crate::build::network_policy::{ClientNamespaces, network_policy};
@@ -29,7 +30,7 @@ use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
 use crate::build::statefulset::statefulset;
 use crate::build::{FIELD_MANAGER, owner_reference};
-use crate::certificates::{TlsError, ensure_peer_tls};
+use crate::certificates::{TlsError, ensure_tls};
 use crate::crd::{KVCluster, KVClusterStatus};
 use crate::membership::{ClaimSeen, PodSeen, Step};
 use crate::metrics::Metrics;
@@ -52,7 +53,7 @@ pub enum ReconcileError {
     #[error("the KVCluster has no {0} yet")]
     Incomplete(&'static str),
     #[error(transparent)]
-    PeerTls(#[from] TlsError),
+    Tls(#[from] TlsError),
 }
 
 impl ReconcileError {
@@ -61,7 +62,7 @@ impl ReconcileError {
         match self {
             ReconcileError::Api { .. } => "api",
             ReconcileError::Incomplete(_) => "incomplete",
-            ReconcileError::PeerTls(_) => "peer_tls",
+            ReconcileError::Tls(_) => "tls",
         }
     }
 }
@@ -544,6 +545,7 @@ async fn observe_all(
                 unready_seconds: in_readiness(pod, now, false),
                 ready_seconds: in_readiness(pod, now, true),
                 address: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
+                client_tls: serves_client_tls(pod),
                 outdated: outdated(pod, revision.as_deref()),
             };
             (pod.name_any(), seen)
@@ -565,15 +567,15 @@ async fn observe_all(
                 (claim.name_any(), seen)
             })
             .collect();
-    let addresses: Vec<(String, String)> = pods
+    let addresses: Vec<MemberAddress> = pods
         .iter()
         .filter(|(_, pod)| !pod.terminating)
-        .filter_map(|(name, pod)| Some((name.clone(), pod.address.clone()?)))
+        .filter_map(|(name, pod)| address_of(&names, name, pod))
         .collect();
     let access = access::read(client, spec)
         .await
         .map_err(api_error("read or make the auth Secrets"))?;
-    let view = observe(&addresses, listed_in(&previous.members), access.operator.as_ref()).await;
+    let view = observe(&addresses, listed_in(&previous.members), &access).await;
     Ok(Observed {
         bootstrap,
         statefulset_replicas: statefulset.as_ref().and_then(|set| set.spec.as_ref()?.replicas),
@@ -592,6 +594,29 @@ async fn observe_all(
         leftovers,
         access,
     })
+}
+
+/// Where the operator reaches the member `pod`, once it has an IP.
+fn address_of(names: &Names, name: &str, pod: &PodSeen) -> Option<MemberAddress> {
+    Some(MemberAddress {
+        pod: name.to_owned(),
+        ip: pod.address.clone()?,
+        host: names.member_host(name),
+        tls: pod.client_tls,
+    })
+}
+
+/// Whether the pod's member serves clients over TLS, as its own spec says (while members roll
+/// onto or off client TLS, some do and some do not).
+fn serves_client_tls(pod: &Pod) -> bool {
+    let listen = pod
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.containers.first())
+        .and_then(|container| container.env.as_ref())
+        .and_then(|env| env.iter().find(|var| var.name == "CAIRN_LISTEN_CLIENT_URLS"))
+        .and_then(|var| var.value.as_deref());
+    listen.is_some_and(|urls| urls.starts_with("https://"))
 }
 
 /// Whether `pod` was made from another revision of the StatefulSet's pod template than
@@ -696,9 +721,7 @@ async fn apply_plan(
     apply(&services, &peer_service(spec, owner)).await?;
     apply(&services, &client_service(spec, owner)).await?;
     // Members cannot start without their certificates.
-    if spec.peer_tls {
-        ensure_peer_tls(client, &names, owner).await?;
-    }
+    ensure_tls(client, spec, owner).await?;
     // A StatefulSet's claim template cannot change: it keeps what its members were made with.
     let mut kept = spec.clone();
     kept.storage = plan.storage.template.clone();
@@ -759,17 +782,14 @@ async fn act(
         | Step::Replace { .. }
         | Step::EnableAuth
         | Step::DisableAuth => {
-            let leader_ip = observed
-                .view
-                .leader
-                .as_ref()
-                .and_then(|leader| observed.pods.get(leader))
-                .filter(|pod| !pod.terminating)
-                .and_then(|pod| pod.address.clone());
-            let Some(leader_ip) = leader_ip else {
+            let leader = observed.view.leader.as_ref().and_then(|leader| {
+                let pod = observed.pods.get(leader).filter(|pod| !pod.terminating)?;
+                address_of(&Names::of(spec), leader, pod)
+            });
+            let Some(leader) = leader else {
                 return Ok(Some(format!("{described}: waiting for the leader's pod address")));
             };
-            if let Err(error) = change::send(step, &leader_ip, &observed.access).await {
+            if let Err(error) = change::send(step, &leader, &observed.access).await {
                 tracing::info!(cluster = %spec.name, %error, "membership step refused; will retry");
                 return Ok(Some(format!("{described}: {error}")));
             }

@@ -106,6 +106,38 @@ pub struct Tls {
     /// Traffic between members (port 2380).
     #[serde(default)]
     pub peer: PeerTls,
+
+    /// Traffic from clients (port 2379).
+    #[serde(default)]
+    pub client: ClientTls,
+}
+
+/// Traffic from clients (port 2379).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    /// Members serve clients over TLS only, with a certificate from the cluster's CA (Secret
+    /// `<cluster>-ca`) valid for the client Service and every member's name, and take only
+    /// clients with a certificate from that CA (etcd's `--client-cert-auth`); with auth on, the
+    /// certificate's common name is the user. Probes move to a plain port (2381) that serves
+    /// only health, version and metrics. Turning it on or off restarts members one at a time.
+    #[serde(default)]
+    pub enabled: bool,
+
+    /// Client certificates the operator issues from the cluster's CA, each into a Secret of the
+    /// cluster's namespace (`tls.crt`, `tls.key`, `ca.crt`), made once when missing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates: Vec<ClientCertificate>,
+}
+
+/// One client certificate the operator issues.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientCertificate {
+    /// The Secret to issue it into.
+    pub secret_name: String,
+    /// Its common name: the user a client presenting it is while auth is on.
+    pub user: String,
 }
 
 /// Traffic between members (port 2380).

@@ -139,6 +139,8 @@ pub struct PodSeen {
     pub ready_seconds: Option<u64>,
     /// The pod's IP, once it has one.
     pub address: Option<String>,
+    /// Its member serves clients over TLS (the pod's own spec says).
+    pub client_tls: bool,
     /// Made from an older pod template than the StatefulSet's (which leaves its pods alone:
     /// the operator restarts them, `upgrade`).
     pub outdated: bool,

@@ -1,7 +1,8 @@
 //! Observing a cluster through its own API: every member pod is asked for its Status and its
 //! version (`/version`), the leader for the MemberList, and the answers are assembled (purely,
 //! in `assemble`) into what the status reports. Members are reached by pod IP, which works from
-//! inside and outside the Kubernetes network alike.
+//! inside and outside the Kubernetes network alike (over TLS, their certificates are checked under
+//! their host names).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -12,8 +13,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::time::timeout;
 
-use crate::access::{self, Credentials, Login};
-use crate::build::names::CLIENT_PORT;
+use crate::access::{self, Access, Login, MemberAddress};
+use crate::build::names::{CLIENT_PORT, METRICS_PORT};
 use crate::crd::MemberStatus;
 
 /// What one member said about itself.
@@ -71,24 +72,20 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// unhealthy. The member list comes from the leader: a member cut off from it may hold an older
 /// list, and membership decisions must not follow an old list. When no member can give a list
 /// (without a leader they cannot), the `known` one (the last status's) is shown, not acted on.
-pub async fn observe(
-    pods: &[(String, String)],
-    known: Vec<ListedMember>,
-    operator: Option<&Credentials>,
-) -> ClusterView {
-    let answers = futures::future::join_all(pods.iter().map(|(pod, ip)| ask(pod, ip))).await;
+pub async fn observe(pods: &[MemberAddress], known: Vec<ListedMember>, access: &Access) -> ClusterView {
+    let answers = futures::future::join_all(pods.iter().map(|pod| ask(pod, access))).await;
     let reports: Vec<MemberReport> = answers.iter().flatten().map(|(r, _)| r.clone()).collect();
     let leader = leader_by_majority(&reports);
     // Status and MemberList need no rights; one login, at the leader, tells whether auth is on
     // and whether the operator's credentials still work (a login is a log entry: one per pass).
-    let leader_ip = reports
+    let leader_pod = reports
         .iter()
         .find(|r| Some(r.member_id) == leader)
-        .and_then(|r| pods.iter().find(|(pod, _)| *pod == r.pod))
-        .map(|(_, ip)| ip);
-    let login = match (operator, leader_ip) {
-        (Some(credentials), Some(ip)) => {
-            match access::connect(&endpoint(ip), options(), Some(credentials)).await {
+        .and_then(|r| pods.iter().find(|pod| pod.pod == r.pod));
+    let leader_dial = leader_pod.and_then(|pod| access.dial(pod, options()));
+    let login = match (&access.operator, leader_dial) {
+        (Some(credentials), Some((endpoint, options))) => {
+            match access::connect(&endpoint, options, Some(credentials)).await {
                 Ok((_, login)) => Some(login),
                 Err(error) => {
                     tracing::debug!(%error, "the leader does not take the operator's login");
@@ -149,12 +146,13 @@ fn options() -> ConnectOptions {
         .with_timeout(TIMEOUT)
 }
 
-fn endpoint(ip: &str) -> String {
-    format!("http://{ip}:{CLIENT_PORT}")
-}
-
-async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
-    let mut client = match Client::connect([endpoint(ip)], Some(options())).await {
+async fn ask(member: &MemberAddress, access: &Access) -> Option<(MemberReport, Client)> {
+    let pod = &member.pod;
+    let Some((endpoint, options)) = access.dial(member, options()) else {
+        tracing::debug!(%pod, "member wants a client certificate the operator has not made yet");
+        return None;
+    };
+    let mut client = match Client::connect([endpoint], Some(options)).await {
         Ok(client) => client,
         Err(error) => {
             tracing::debug!(%pod, %error, "member does not answer");
@@ -174,15 +172,16 @@ async fn ask(pod: &str, ip: &str) -> Option<(MemberReport, Client)> {
         cluster_id: status.header().map_or(0, |h| h.cluster_id()),
         leader: status.leader(),
         applied_index: status.raft_applied_index(),
-        version: cairn_version(ip).await,
+        // With client TLS, /version is on the plain port beside the client port.
+        version: cairn_version(&member.ip, if member.tls { METRICS_PORT } else { CLIENT_PORT }).await,
     };
     Some((report, client))
 }
 
 /// The `cairn` field of the member's `/version` (the Status RPC reports the etcd API version
 /// clients expect, not Cairn's own).
-async fn cairn_version(ip: &str) -> Option<String> {
-    let stream = timeout(TIMEOUT, tokio::net::TcpStream::connect((ip, CLIENT_PORT)))
+async fn cairn_version(ip: &str, port: u16) -> Option<String> {
+    let stream = timeout(TIMEOUT, tokio::net::TcpStream::connect((ip, port)))
         .await
         .ok()?
         .ok()?;

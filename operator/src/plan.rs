@@ -453,6 +453,7 @@ mod tests {
             }),
             root_password: Some("r".into()),
             problem: None,
+            identity: None,
         };
         let mut observed = five_members();
         observed.access = access.clone();
@@ -1037,6 +1038,7 @@ mod tests {
                                 unready_seconds,
                                 ready_seconds: unready_seconds.is_none().then_some(10_000),
                                 address: Some(format!("10.0.0.{o}")),
+                                client_tls: false,
                                 outdated,
                             };
                             Some((names.member(o as i32), seen))

@@ -2,14 +2,15 @@
 //! default resolved and every quantity parsed, or a `SpecError` that names the field and the
 //! problem (reported in a condition; nothing is changed until the spec is edited).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 
 use crate::build::names::Names;
 
 use crate::crd::{
-    BootstrapMode, ClientService, CompactionMode, DeletionPolicy, KVClusterSpec, PullPolicy, QuorumLossPolicy,
+    BootstrapMode, ClientService, ClientTls, CompactionMode, DeletionPolicy, KVClusterSpec, PullPolicy,
+    QuorumLossPolicy,
 };
 
 /// The image repository members run when the spec names none.
@@ -55,10 +56,24 @@ pub enum SpecError {
     )]
     RevisionRetention(String),
     #[error(
-        "spec.auth.rootPasswordSecret {0:?} is not a Secret name (lowercase letters, digits, '-' and \
-         '.', starting and ending with a letter or digit; at most 253)"
+        "{field} {value:?} is not a Secret name (lowercase letters, digits, '-' and '.', starting \
+         and ending with a letter or digit; at most 253)"
     )]
-    SecretName(String),
+    SecretName { field: String, value: String },
+    #[error("{field} {value:?} is the name of a Secret the operator keeps for the cluster; pick another")]
+    ReservedSecret { field: String, value: String },
+    #[error("{field} {value:?} is issued twice; each certificate needs its own Secret")]
+    DuplicateSecret { field: String, value: String },
+    #[error(
+        "{field} {value:?} cannot be a certificate's common name: it must be 1 to 64 characters \
+         without control characters"
+    )]
+    CertificateUser { field: String, value: String },
+    #[error(
+        "spec.tls.client.certificates are issued only with spec.tls.client.enabled: true (members \
+         without client TLS would not check them)"
+    )]
+    CertificatesWithoutClientTls,
 }
 
 /// Something the spec allows but a user should hear about (as a condition).
@@ -160,7 +175,23 @@ pub struct ValidSpec {
     /// Peers speak TLS with certificates from the cluster's CA. The spec asks; what the cluster
     /// was created with (latched in status) decides, see `with_latched_peer_tls`.
     pub peer_tls: bool,
+    /// None while members serve clients in plaintext.
+    pub client_tls: Option<ClientTlsPlan>,
     pub warnings: Vec<Warning>,
+}
+
+/// Client TLS: members take only clients with a certificate from the cluster's CA.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientTlsPlan {
+    /// The client certificates the spec asks the operator to issue.
+    pub certificates: Vec<IssuedCertificate>,
+}
+
+/// A client certificate for `user`, issued into the Secret `secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IssuedCertificate {
+    pub secret: String,
+    pub user: String,
 }
 
 /// How long a member may fail before it is replaced, unless the spec says.
@@ -255,7 +286,12 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
     };
 
     let auth = match &spec.auth.root_password_secret {
-        Some(secret) if !is_subdomain(secret) => return Err(SpecError::SecretName(secret.clone())),
+        Some(secret) if !is_subdomain(secret) => {
+            return Err(SpecError::SecretName {
+                field: "spec.auth.rootPasswordSecret".into(),
+                value: secret.clone(),
+            });
+        }
         _ if !spec.auth.enabled => None,
         Some(secret) => Some(AuthPlan {
             root_secret: secret.clone(),
@@ -266,6 +302,8 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             made_by_operator: true,
         }),
     };
+
+    let client_tls = client_tls(name, namespace, &spec.tls.client)?;
 
     let mut warnings = Vec::new();
     if spec.replicas % 2 == 0 {
@@ -311,8 +349,58 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             .map_or(DEFAULT_QUORUM_LOSS_SECONDS, u64::from),
         auth,
         peer_tls: spec.tls.peer.enabled.unwrap_or(true),
+        client_tls,
         warnings,
     })
+}
+
+/// Client TLS as the spec asks for it: the certificates to issue, each into a Secret of its own
+/// that is none of those the operator keeps.
+fn client_tls(name: &str, namespace: &str, tls: &ClientTls) -> Result<Option<ClientTlsPlan>, SpecError> {
+    if !tls.enabled {
+        return match tls.certificates.is_empty() {
+            true => Ok(None),
+            false => Err(SpecError::CertificatesWithoutClientTls),
+        };
+    }
+    let reserved = Names::new(name, namespace).operator_secrets();
+    let mut seen = BTreeSet::new();
+    let mut certificates = Vec::new();
+    for (i, certificate) in tls.certificates.iter().enumerate() {
+        let field = |key: &str| format!("spec.tls.client.certificates[{i}].{key}");
+        let secret = &certificate.secret_name;
+        if !is_subdomain(secret) {
+            return Err(SpecError::SecretName {
+                field: field("secretName"),
+                value: secret.clone(),
+            });
+        }
+        if reserved.contains(secret) {
+            return Err(SpecError::ReservedSecret {
+                field: field("secretName"),
+                value: secret.clone(),
+            });
+        }
+        if !seen.insert(secret.clone()) {
+            return Err(SpecError::DuplicateSecret {
+                field: field("secretName"),
+                value: secret.clone(),
+            });
+        }
+        let user = &certificate.user;
+        // 64 characters is X.509's upper bound for a common name.
+        if user.is_empty() || user.chars().count() > 64 || user.chars().any(char::is_control) {
+            return Err(SpecError::CertificateUser {
+                field: field("user"),
+                value: user.clone(),
+            });
+        }
+        certificates.push(IssuedCertificate {
+            secret: secret.clone(),
+            user: user.clone(),
+        });
+    }
+    Ok(Some(ClientTlsPlan { certificates }))
 }
 
 /// A DNS-1035 label short enough for the StatefulSet's pod labels.
@@ -461,6 +549,63 @@ spec:
             ),
         ];
         for (yaml, expected) in cases {
+            let error = validate("kv", "ns", &spec(yaml)).expect_err(yaml).to_string();
+            assert!(error.contains(expected), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
+    fn client_tls_issues_each_certificate_into_a_secret_of_its_own() {
+        let plan = validate(
+            "kv",
+            "ns",
+            &spec(
+                "spec: {tls: {client: {enabled: true, certificates: [\
+                 {secretName: kv-admin, user: root}, {secretName: app.client, user: 'app one'}]}}}",
+            ),
+        )
+        .unwrap()
+        .client_tls
+        .unwrap();
+        assert_eq!(
+            plan.certificates,
+            [
+                IssuedCertificate {
+                    secret: "kv-admin".into(),
+                    user: "root".into()
+                },
+                IssuedCertificate {
+                    secret: "app.client".into(),
+                    user: "app one".into()
+                },
+            ]
+        );
+        assert_eq!(validate("kv", "ns", &spec("spec: {}")).unwrap().client_tls, None);
+
+        let refused = [
+            (
+                "spec: {tls: {client: {certificates: [{secretName: a, user: b}]}}}",
+                "only with spec.tls.client.enabled: true",
+            ),
+            (
+                "spec: {tls: {client: {enabled: true, certificates: [{secretName: A, user: b}]}}}",
+                "spec.tls.client.certificates[0].secretName \"A\" is not a Secret name",
+            ),
+            (
+                "spec: {tls: {client: {enabled: true, certificates: [{secretName: kv-ca, user: b}]}}}",
+                "\"kv-ca\" is the name of a Secret the operator keeps",
+            ),
+            (
+                "spec: {tls: {client: {enabled: true, certificates: \
+                 [{secretName: a, user: b}, {secretName: a, user: c}]}}}",
+                "spec.tls.client.certificates[1].secretName \"a\" is issued twice",
+            ),
+            (
+                "spec: {tls: {client: {enabled: true, certificates: [{secretName: a, user: ''}]}}}",
+                "spec.tls.client.certificates[0].user \"\" cannot be a certificate's common name",
+            ),
+        ];
+        for (yaml, expected) in refused {
             let error = validate("kv", "ns", &spec(yaml)).expect_err(yaml).to_string();
             assert!(error.contains(expected), "{yaml}: {error}");
         }

@@ -138,9 +138,9 @@ pub fn logged_in(user: Option<&(String, String)>) -> ConnectOptions {
 }
 
 /// The keys under `w/` (what the writers of the operator tests put) as one member has them: its
-/// own copy, a serializable read (as `user`, on a cluster with auth on).
-pub async fn keys_on(endpoint: &str, user: Option<&(String, String)>) -> Option<BTreeSet<String>> {
-    let mut client = Client::connect([endpoint], Some(logged_in(user))).await.ok()?;
+/// own copy, a serializable read (with `options`: a login or a certificate where needed).
+pub async fn keys_on(endpoint: &str, options: ConnectOptions) -> Option<BTreeSet<String>> {
+    let mut client = Client::connect([endpoint], Some(options)).await.ok()?;
     let options = GetOptions::new()
         .with_prefix()
         .with_keys_only()

@@ -6,9 +6,9 @@ pub mod bootstrap;
 pub mod names;
 pub mod network_policy;
 pub mod pdb;
-pub mod peer_tls;
 pub mod services;
 pub mod statefulset;
+pub mod tls;
 
 use std::collections::BTreeMap;
 

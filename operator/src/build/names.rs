@@ -16,6 +16,12 @@ pub const DATA_DIR: &str = "/var/lib/cairn";
 pub const BOOTSTRAP_DIR: &str = "/etc/cairn/bootstrap";
 /// Where members find their peer certificate, key and CA (the peer TLS Secret's keys).
 pub const PEER_TLS_DIR: &str = "/etc/cairn/peer-tls";
+/// Where members find their client-port certificate, key and the CA clients must be from.
+pub const CLIENT_TLS_DIR: &str = "/etc/cairn/client-tls";
+/// The plain HTTP port (health, version, metrics) probes use once the client port wants
+/// certificates; etcd's conventional `--listen-metrics-urls` port.
+pub const METRICS_PORT: u16 = 2381;
+pub const METRICS_PORT_NAME: &str = "cairn-metrics";
 
 const APP_LABEL: &str = "app.kubernetes.io/name";
 const APP: &str = "cairn";
@@ -69,6 +75,28 @@ impl Names {
     /// The Secret the members' peer certificate, key and CA certificate are mounted from.
     pub fn peer_tls_secret(&self) -> String {
         format!("{}-peer-tls", self.cluster)
+    }
+
+    /// The Secret the members' client-port certificate, key and CA certificate are mounted from.
+    pub fn server_tls_secret(&self) -> String {
+        format!("{}-server-tls", self.cluster)
+    }
+
+    /// The Secret holding the operator's own client certificate for the cluster.
+    pub fn operator_tls_secret(&self) -> String {
+        format!("{}-operator-tls", self.cluster)
+    }
+
+    /// Every Secret the operator keeps for the cluster under a name of its choosing.
+    pub fn operator_secrets(&self) -> Vec<String> {
+        vec![
+            self.ca_secret(),
+            self.peer_tls_secret(),
+            self.server_tls_secret(),
+            self.operator_tls_secret(),
+            self.root_password_secret(),
+            self.operator_credentials_secret(),
+        ]
     }
 
     /// The StatefulSet, the client Service and the PodDisruptionBudget share the cluster's name.
@@ -143,6 +171,18 @@ impl Names {
     /// The domain the peer Service's SRV records live under.
     pub fn peer_domain(&self) -> String {
         format!("{}.{}.svc.cluster.local", self.peer_service(), self.namespace)
+    }
+
+    /// The names the client Service answers to, short to fully qualified.
+    pub fn client_service_hosts(&self) -> Vec<String> {
+        let service = self.client_service();
+        let namespace = &self.namespace;
+        vec![
+            service.clone(),
+            format!("{service}.{namespace}"),
+            format!("{service}.{namespace}.svc"),
+            format!("{service}.{namespace}.svc.cluster.local"),
+        ]
     }
 
     pub fn member_host(&self, member: &str) -> String {

@@ -10,9 +10,10 @@ use serde_json::{Value, json};
 
 use super::metadata;
 use super::names::{
-    BOOTSTRAP_DIR, CLIENT_PORT, CLIENT_PORT_NAME, DATA_DIR, Names, PEER_PORT, PEER_PORT_NAME, PEER_TLS_DIR,
+    BOOTSTRAP_DIR, CLIENT_PORT, CLIENT_PORT_NAME, CLIENT_TLS_DIR, DATA_DIR, METRICS_PORT, METRICS_PORT_NAME,
+    Names, PEER_PORT, PEER_PORT_NAME, PEER_TLS_DIR,
 };
-use super::peer_tls::{CA_CERT, CERT, KEY};
+use super::tls::{CA_CERT, CERT, KEY};
 use crate::crd::PullPolicy;
 use crate::validate::{StoragePlan, ValidSpec};
 
@@ -20,6 +21,15 @@ use crate::validate::{StoragePlan, ValidSpec};
 pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replicas: i32) -> StatefulSet {
     let names = Names::of(spec);
     let peer_scheme = if names.peer_tls { "https" } else { "http" };
+    let client_tls = spec.client_tls.is_some();
+    let client_scheme = if client_tls { "https" } else { "http" };
+    // Probes cannot show a client certificate: with client TLS they use the plain port that
+    // serves only health, version and metrics.
+    let probe_port = if client_tls {
+        METRICS_PORT_NAME
+    } else {
+        CLIENT_PORT_NAME
+    };
     let mut pod_labels = spec.pod_labels.clone();
     pod_labels.extend(names.selector_labels());
     let mut env = vec![
@@ -29,11 +39,14 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         env("CAIRN_DATA_DIR", &format!("{DATA_DIR}/data")),
         env(
             "CAIRN_LISTEN_CLIENT_URLS",
-            &format!("http://$(POD_IP):{CLIENT_PORT}"),
+            &format!("{client_scheme}://$(POD_IP):{CLIENT_PORT}"),
         ),
         env(
             "CAIRN_ADVERTISE_CLIENT_URLS",
-            &format!("http://$(POD_NAME).{}:{CLIENT_PORT}", names.peer_domain()),
+            &format!(
+                "{client_scheme}://$(POD_NAME).{}:{CLIENT_PORT}",
+                names.peer_domain()
+            ),
         ),
         env(
             "CAIRN_LISTEN_PEER_URLS",
@@ -76,24 +89,41 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
             self::env("CAIRN_PEER_CLIENT_CERT_AUTH", "true"),
         ]);
     }
+    if client_tls {
+        // A client must show a certificate from the cluster's CA; its common name is its user.
+        env.extend([
+            self::env("CAIRN_CERT_FILE", &format!("{CLIENT_TLS_DIR}/{CERT}")),
+            self::env("CAIRN_KEY_FILE", &format!("{CLIENT_TLS_DIR}/{KEY}")),
+            self::env("CAIRN_TRUSTED_CA_FILE", &format!("{CLIENT_TLS_DIR}/{CA_CERT}")),
+            self::env("CAIRN_CLIENT_CERT_AUTH", "true"),
+            self::env(
+                "CAIRN_LISTEN_METRICS_URLS",
+                &format!("http://$(POD_IP):{METRICS_PORT}"),
+            ),
+        ]);
+    }
+    let mut ports = vec![
+        json!({"name": CLIENT_PORT_NAME, "containerPort": CLIENT_PORT, "protocol": "TCP"}),
+        json!({"name": PEER_PORT_NAME, "containerPort": PEER_PORT, "protocol": "TCP"}),
+    ];
+    if client_tls {
+        ports.push(json!({"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"}));
+    }
 
     let mut container = json!({
         "name": "cairn",
         "image": spec.image,
         "env": env,
-        "ports": [
-            {"name": CLIENT_PORT_NAME, "containerPort": CLIENT_PORT, "protocol": "TCP"},
-            {"name": PEER_PORT_NAME, "containerPort": PEER_PORT, "protocol": "TCP"},
-        ],
+        "ports": ports,
         "livenessProbe": {
-            "httpGet": {"path": "/livez", "port": CLIENT_PORT_NAME},
+            "httpGet": {"path": "/livez", "port": probe_port},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
         // /readyz, not /health: a NOSPACE alarm (which any client could raise) must not take
         // every member out of the client Service while reads and deletes still work.
         "readinessProbe": {
-            "httpGet": {"path": "/readyz", "port": CLIENT_PORT_NAME},
+            "httpGet": {"path": "/readyz", "port": probe_port},
             "periodSeconds": 2,
             "failureThreshold": 3,
         },
@@ -133,6 +163,13 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
             .as_array_mut()
             .expect("the mounts are a list")
             .push(json!({"name": "peer-tls", "mountPath": PEER_TLS_DIR, "readOnly": true}));
+    }
+    if client_tls {
+        volumes.push(json!({"name": "client-tls", "secret": {"secretName": names.server_tls_secret()}}));
+        container["volumeMounts"]
+            .as_array_mut()
+            .expect("the mounts are a list")
+            .push(json!({"name": "client-tls", "mountPath": CLIENT_TLS_DIR, "readOnly": true}));
     }
     let mut claims = Vec::new();
     match &spec.storage {
@@ -402,6 +439,46 @@ spec:
         let plain = serde_json::to_value(statefulset(&plain, &owner(), "t", 3)).unwrap();
         let env = plain["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
         assert!(!env.contains("PEER_CERT") && !env.contains("https"), "{env}");
+    }
+
+    #[test]
+    fn with_client_tls_members_want_client_certificates_and_probes_use_the_plain_metrics_port() {
+        let spec = valid("spec: {tls: {client: {enabled: true}}}");
+        let set = statefulset(&spec, &owner(), "t", 3);
+        let env = member_env(&set);
+        assert_eq!(env["CAIRN_LISTEN_CLIENT_URLS"], "https://$(POD_IP):2379");
+        assert_eq!(
+            env["CAIRN_ADVERTISE_CLIENT_URLS"],
+            "https://$(POD_NAME).kv-peer.prod.svc.cluster.local:2379"
+        );
+        assert_eq!(env["CAIRN_CERT_FILE"], "/etc/cairn/client-tls/tls.crt");
+        assert_eq!(env["CAIRN_KEY_FILE"], "/etc/cairn/client-tls/tls.key");
+        assert_eq!(env["CAIRN_TRUSTED_CA_FILE"], "/etc/cairn/client-tls/ca.crt");
+        assert_eq!(env["CAIRN_CLIENT_CERT_AUTH"], "true");
+        assert_eq!(env["CAIRN_LISTEN_METRICS_URLS"], "http://$(POD_IP):2381");
+        let json = serde_json::to_value(&set).unwrap();
+        let pod = &json["spec"]["template"]["spec"];
+        let container = &pod["containers"][0];
+        assert_eq!(
+            container["ports"][2],
+            json!({"name": "cairn-metrics", "containerPort": 2381, "protocol": "TCP"})
+        );
+        assert_eq!(container["livenessProbe"]["httpGet"]["port"], "cairn-metrics");
+        assert_eq!(container["readinessProbe"]["httpGet"]["port"], "cairn-metrics");
+        assert!(pod["volumes"].as_array().unwrap().contains(&json!(
+            {"name": "client-tls", "secret": {"secretName": "kv-server-tls"}}
+        )));
+        assert!(container["volumeMounts"].as_array().unwrap().contains(&json!(
+            {"name": "client-tls", "mountPath": "/etc/cairn/client-tls", "readOnly": true}
+        )));
+
+        // Without it nothing of this is there.
+        let plain = serde_json::to_value(statefulset(&valid("spec: {}"), &owner(), "t", 3)).unwrap();
+        let text = plain.to_string();
+        assert!(
+            !text.contains("2381") && !text.contains("CAIRN_CERT_FILE"),
+            "{text}"
+        );
     }
 
     #[test]
