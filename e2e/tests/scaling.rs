@@ -19,12 +19,13 @@ use std::time::Duration;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, succeed, wait_for};
 use cairn_operator::crd::KVCluster;
 use common::{
-    OperatorSandbox, client_options, keys_on, logged_in, member_endpoint, wait_settled, with_operator,
+    IssuedCertificate, OperatorSandbox, client_options, keys_on, logged_in, member_endpoint, wait_settled,
+    with_operator,
 };
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use etcd_client::{Certificate, Client, ConnectOptions, Identity, TlsOptions};
+use etcd_client::{Client, ConnectOptions};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret};
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -94,9 +95,10 @@ async fn scale_under_writes(
         root: None,
     };
     if auth {
-        let (certificate, files) = issued_certificate(&ns, "kv-admin").await;
+        let certificate = IssuedCertificate::read(&ns, "kv-admin").await;
+        let files = certificate_files(&certificate);
         reach.certificate = Some(certificate);
-        reach.guest = Some(issued_certificate(&ns, "kv-guest").await.0);
+        reach.guest = Some(IssuedCertificate::read(&ns, "kv-guest").await);
         reach.root = Some(auth_turned_on(&ns, &reach, files.path()).await);
     }
     // kv-0 stays through every step, so writer and watcher talk to it.
@@ -265,14 +267,6 @@ async fn scale_under_writes(
     }
 }
 
-/// A client certificate and the CA, as the operator issued them into a Secret.
-#[derive(Clone)]
-struct IssuedCertificate {
-    cert: String,
-    key: String,
-    ca: String,
-}
-
 /// How the test reaches members: in plaintext, or over TLS with a client certificate (checking
 /// each member's certificate under its host name, as members are dialed by IP); logged in as
 /// root when auth is on.
@@ -293,21 +287,11 @@ impl Reach {
         }
     }
 
-    fn tls(&self, pod: &str, certificate: &IssuedCertificate, with_identity: bool) -> TlsOptions {
-        let tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(&certificate.ca))
-            .domain_name(format!("{pod}.kv-peer.{}.svc.cluster.local", self.namespace));
-        match with_identity {
-            true => tls.identity(Identity::from_pem(&certificate.cert, &certificate.key)),
-            false => tls,
-        }
-    }
-
     /// Options for `pod`: the client certificate, and root's login when `as_root`.
     fn options(&self, pod: &str, as_root: bool) -> ConnectOptions {
         let options = logged_in(self.root.as_ref().filter(|_| as_root));
         match &self.certificate {
-            Some(certificate) => options.with_tls(self.tls(pod, certificate, true)),
+            Some(certificate) => options.with_tls(certificate.tls(&self.namespace, pod, true)),
             None => options,
         }
     }
@@ -315,46 +299,33 @@ impl Reach {
     /// Options for `pod` with neither a login nor a certificate that names a user.
     fn anonymous(&self, pod: &str) -> ConnectOptions {
         match &self.guest {
-            Some(guest) => client_options().with_tls(self.tls(pod, guest, true)),
+            Some(guest) => client_options().with_tls(guest.tls(&self.namespace, pod, true)),
             None => client_options(),
         }
     }
 }
 
-/// The client certificate the operator issued into the Secret `name`, checked for its keys,
-/// and written to files etcdctl in a pod can read.
-async fn issued_certificate(ns: &TestNamespace, name: &str) -> (IssuedCertificate, tempfile::TempDir) {
-    let secrets: Api<Secret> = ns.api();
-    let secret = wait_for(
-        &format!("the operator to issue the {name} certificate"),
-        Duration::from_secs(60),
-        || async { secrets.get_opt(name).await.ok()? },
-    )
-    .await;
-    let data = secret.data.expect("the Secret has data");
-    let keys: Vec<&String> = data.keys().collect();
-    assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
-    let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+/// Writes `certificate` to files etcdctl in a pod can read.
+fn certificate_files(certificate: &IssuedCertificate) -> tempfile::TempDir {
     let files = tempfile::tempdir().unwrap();
     // Members run as an unprivileged user, and so does etcdctl in their pods.
     std::fs::set_permissions(files.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    for key in ["ca.crt", "tls.crt", "tls.key"] {
-        let path = files.path().join(key);
-        std::fs::write(&path, text(key)).unwrap();
+    for (name, text) in [
+        ("ca.crt", &certificate.ca),
+        ("tls.crt", &certificate.cert),
+        ("tls.key", &certificate.key),
+    ] {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
-    let certificate = IssuedCertificate {
-        cert: text("tls.crt"),
-        key: text("tls.key"),
-        ca: text("ca.crt"),
-    };
-    (certificate, files)
+    files
 }
 
 /// Over TLS, a client that shows no certificate gets no answer from the member.
 async fn assert_refused_without_certificate(endpoint: &str, reach: &Reach, pod: &str) {
     let certificate = reach.certificate.as_ref().expect("a TLS cluster");
-    let options = client_options().with_tls(reach.tls(pod, certificate, false));
+    let options = client_options().with_tls(certificate.tls(&reach.namespace, pod, false));
     let answer = match Client::connect([endpoint], Some(options)).await {
         Ok(mut client) => client.get("w/", None).await.map(|_| ()),
         Err(error) => Err(error),

@@ -1,7 +1,9 @@
 //! A version change under the operator in the sandbox, while a client writes throughout: the
 //! members are restarted onto the new pod template one at a time, followers first, the leader
 //! last and only after leadership has moved off it, and every write the client saw acknowledged
-//! is on every member afterwards.
+//! is on every member afterwards. Then the running cluster moves to client TLS the same way:
+//! never two members away, every member serving TLS only afterwards, the operator seeing each
+//! through its own certificate, and every write there, read with a certificate it issued.
 
 mod common;
 
@@ -10,8 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_e2e::testkit::{TestSandbox, is_ready, wait_for};
-use common::{OperatorSandbox, client_options, keys_on, member_endpoint, wait_settled, with_operator};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, is_ready, wait_for};
+use cairn_operator::crd::KVCluster;
+use common::{
+    IssuedCertificate, OperatorSandbox, client_options, keys_on, member_endpoint, wait_settled, with_operator,
+};
 use etcd_client::Client;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
@@ -182,6 +187,83 @@ async fn upgrade(env: &TestSandbox) {
         .await;
     }
     eprintln!("restart order {restarted:?}, first leader {first_leader}");
+
+    move_to_client_tls(&ns, &pods, &acknowledged).await;
+}
+
+/// Turns client TLS on in the running cluster's spec and follows the roll that carries it out.
+async fn move_to_client_tls(ns: &TestNamespace, pods: &Api<Pod>, written: &[String]) {
+    let clusters: Api<KVCluster> = ns.api();
+    let before = clusters.get("kv").await.unwrap().status.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let looker = tokio::spawn(look_until(pods.clone(), stop.clone()));
+    let started = Instant::now();
+    let tls = serde_json::json!({"spec": {"tls": {"client": {
+        "enabled": true,
+        "certificates": [{"secretName": "kv-admin", "user": "root"}],
+    }}}});
+    clusters
+        .patch("kv", &PatchParams::default(), &Patch::Merge(&tls))
+        .await
+        .unwrap();
+    wait_for(
+        "the move to client TLS to begin",
+        Duration::from_secs(60),
+        || async {
+            let status = clusters.get("kv").await.ok()?.status?;
+            (status.phase.as_deref() == Some("Upgrading")).then_some(())
+        },
+    )
+    .await;
+    let after = wait_settled(ns, 3, Duration::from_secs(240)).await;
+    let moved_in = started.elapsed();
+    for member in MEMBERS {
+        ns.wait_pod_ready(member, Duration::from_secs(60)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let looks = looker.await.unwrap();
+    eprintln!("moved 3 members to client TLS in {:.1}s", moved_in.as_secs_f64());
+
+    for (i, look) in looks.iter().enumerate() {
+        let away = look.pods.values().filter(|uid| uid.is_none()).count();
+        assert!(away <= 1, "{away} members away at once in look {i}");
+    }
+    assert_eq!(after.cluster_id, before.cluster_id, "the same cluster");
+    assert!(
+        after.members.iter().all(|m| m.healthy
+            && m.client_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://"))),
+        "every member serves TLS and the operator sees it: {:?}",
+        after.members
+    );
+
+    let admin = IssuedCertificate::read(ns, "kv-admin").await;
+    for member in MEMBERS {
+        let endpoint = member_endpoint(ns, member)
+            .await
+            .replacen("http://", "https://", 1);
+        let options = client_options().with_tls(admin.tls(&ns.name, member, true));
+        wait_for(
+            &format!("{member} to have every acknowledged write, read over TLS"),
+            Duration::from_secs(30),
+            || async {
+                let keys = keys_on(&endpoint, options.clone()).await?;
+                written.iter().all(|k| keys.contains(k)).then_some(())
+            },
+        )
+        .await;
+        let plaintext = member_endpoint(ns, member).await;
+        assert!(
+            keys_on(&plaintext, client_options()).await.is_none(),
+            "{member} still answers plaintext clients"
+        );
+        let without_certificate = client_options().with_tls(admin.tls(&ns.name, member, false));
+        assert!(
+            keys_on(&endpoint, without_certificate).await.is_none(),
+            "{member} answers a client without a certificate"
+        );
+    }
 }
 
 /// The operator's Events about the roll (`reason: note`), in the order they happened.

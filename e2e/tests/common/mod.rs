@@ -1,6 +1,7 @@
 //! What the operator tests share: a sandbox with the CRDs and an operator context, running
 //! scenarios with the operator and taking everything down after, waiting for a KVCluster to
-//! settle with the pods and their logs in the failure message, and reaching members by pod IP.
+//! settle with the pods and their logs in the failure message, and reaching members by pod IP
+//! (over TLS with a client certificate the operator issued).
 
 // Every test binary compiles this module and uses part of it.
 #![allow(dead_code)]
@@ -15,8 +16,9 @@ use cairn_e2e::sandbox::Sandbox;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until};
 use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
-use etcd_client::{Client, ConnectOptions, GetOptions};
+use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use futures::FutureExt;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 
 /// A sandbox of the test's own (apiserver port, etcd client port and the next one, pod octet),
@@ -152,4 +154,47 @@ pub async fn keys_on(endpoint: &str, options: ConnectOptions) -> Option<BTreeSet
             .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
             .collect(),
     )
+}
+
+/// A client certificate and the CA, as the operator issued them into a Secret.
+#[derive(Clone)]
+pub struct IssuedCertificate {
+    pub cert: String,
+    pub key: String,
+    pub ca: String,
+}
+
+impl IssuedCertificate {
+    /// The certificate in the Secret `name`, once the operator has issued it, with exactly the
+    /// keys of a TLS Secret.
+    pub async fn read(ns: &TestNamespace, name: &str) -> IssuedCertificate {
+        let secrets: Api<Secret> = ns.api();
+        let secret = cairn_e2e::testkit::wait_for(
+            &format!("the operator to issue the {name} certificate"),
+            Duration::from_secs(60),
+            || async { secrets.get_opt(name).await.ok()? },
+        )
+        .await;
+        let data = secret.data.expect("the Secret has data");
+        let keys: Vec<&String> = data.keys().collect();
+        assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"], "the keys of {name}");
+        let text = |key: &str| String::from_utf8(data[key].0.clone()).unwrap();
+        IssuedCertificate {
+            cert: text("tls.crt"),
+            key: text("tls.key"),
+            ca: text("ca.crt"),
+        }
+    }
+
+    /// TLS to the member `pod` of the cluster `kv` in `namespace`, dialed by IP and checked under
+    /// its host name; presenting this certificate when `present`.
+    pub fn tls(&self, namespace: &str, pod: &str, present: bool) -> TlsOptions {
+        let tls = TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(&self.ca))
+            .domain_name(format!("{pod}.kv-peer.{namespace}.svc.cluster.local"));
+        match present {
+            true => tls.identity(Identity::from_pem(&self.cert, &self.key)),
+            false => tls,
+        }
+    }
 }
