@@ -4,7 +4,10 @@
 //! Service is readable on every member; the two clusters have distinct tokens and cluster IDs, and
 //! a member with the one's token pointed at the other's members is refused by them. With
 //! NetworkPolicies on (as the chart's `networkPolicy.enabled`), each cluster gets its policy.
-//! An invalid spec gets a condition naming the field, and nothing is created for it.
+//! An invalid spec gets a condition naming the field, and nothing is created for it. A cluster
+//! on certificates the user keeps (made here as cert-manager would, from a CA of the test's own)
+//! says in status which Secret is missing or does not fit and why, and runs on them once they
+//! fit: peers and clients over TLS, a client with a certificate from that CA let in.
 
 mod common;
 
@@ -14,10 +17,12 @@ use std::time::Duration;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, http_get, poll_until, wait_for};
 use cairn_operator::build::network_policy::ClientNamespaces;
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
-use common::{OperatorSandbox, wait_settled, with_operator};
+use common::{OperatorSandbox, client_options, member_endpoint, wait_settled, with_operator};
+use etcd_client::{Certificate, Client, Identity, TlsOptions};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
+use kube::api::PostParams;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -49,11 +54,12 @@ async fn kvclusters_become_available_with_their_own_identity() {
     let metrics_address = listener.local_addr().unwrap();
     let endpoints = tokio::spawn(cairn_operator::http::serve(listener, metrics));
     let scenarios = async {
-        let ((_, statics), (srv_ns, srv), ()) = tokio::join!(
+        let ((_, statics), (srv_ns, srv), (), ()) = tokio::join!(
             available_cluster(&env, "static", "Static", ""),
             // Plaintext peers, so that the stranger below gets as far as the token check.
             available_cluster(&env, "srv", "DnsSrv", ", tls: {peer: {enabled: false}}"),
             invalid_spec_changes_nothing(&env),
+            supplied_certificates_are_checked_then_used(&env),
         );
         assert_ne!(
             statics.cluster_token, srv.cluster_token,
@@ -296,4 +302,167 @@ async fn invalid_spec_changes_nothing(env: &TestSandbox) {
         "a StatefulSet for an invalid spec"
     );
     assert!(configs.get_opt("kv-bootstrap").await.unwrap().is_none());
+}
+
+/// A CA of the user's, as cert-manager's CA issuer keeps one.
+struct UserCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl UserCa {
+    fn new() -> UserCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "example platform CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let pem = params.clone().self_signed(&key).unwrap().pem();
+        UserCa {
+            issuer: rcgen::Issuer::new(params, key),
+            pem,
+        }
+    }
+
+    /// A certificate for `common_name` and `hosts` with the extended key `uses`, as a TLS
+    /// Secret's data (`tls.crt`, `tls.key`, `ca.crt`).
+    fn issue(
+        &self,
+        common_name: &str,
+        hosts: Vec<String>,
+        uses: Vec<rcgen::ExtendedKeyUsagePurpose>,
+    ) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(hosts).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, common_name);
+        params.extended_key_usages = uses;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn secret(&self, name: &str, (cert, key): (String, String)) -> Secret {
+        let data = [("tls.crt", cert), ("tls.key", key), ("ca.crt", self.pem.clone())]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), k8s_openapi::ByteString(v.into_bytes())))
+            .collect();
+        Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            type_: Some("kubernetes.io/tls".into()),
+            data: Some(data),
+            ..Default::default()
+        }
+    }
+}
+
+async fn degraded_saying(clusters: &Api<KVCluster>, words: &str) -> String {
+    wait_for(
+        &format!("status to say {words:?}"),
+        Duration::from_secs(30),
+        || async {
+            let status = clusters.get("kv").await.ok()?.status?;
+            status
+                .conditions
+                .into_iter()
+                .find(|c| c.type_ == "Degraded" && c.status == "True" && c.message.contains(words))
+                .map(|c| c.message)
+        },
+    )
+    .await
+}
+
+async fn supplied_certificates_are_checked_then_used(env: &TestSandbox) {
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let ns = env.namespace("supplied").await;
+    let domain = format!("kv-peer.{}.svc.cluster.local", ns.name);
+    ns.apply(&format!(
+        "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
+         spec: {{replicas: 3, version: {SPEC_VERSION}, storage: {{size: 64Mi}}, tls: {{\
+         peer: {{secretName: kv-peer-certs}}, client: {{enabled: true, secretName: kv-server-certs, \
+         operatorSecretName: kv-operator-certs}}}}}}\n"
+    ))
+    .await;
+    let clusters: Api<KVCluster> = ns.api();
+    let secrets: Api<Secret> = ns.api();
+    let made = PostParams::default();
+    degraded_saying(
+        &clusters,
+        "the Secret \"kv-peer-certs\" that spec.tls names does not exist (yet)",
+    )
+    .await;
+    let sets: Api<StatefulSet> = ns.api();
+    assert!(
+        sets.get_opt("kv").await.unwrap().is_none(),
+        "members start only once their certificates are there"
+    );
+
+    // Each member's name, one by one, as a cert-manager Certificate lists dnsNames.
+    let ca = UserCa::new();
+    let members: Vec<String> = (0..3).map(|i| format!("kv-{i}.{domain}")).collect();
+    // A peer certificate without client authentication: peers dial each other with it.
+    let server_only = ca.issue("kv-peer", members.clone(), vec![ServerAuth]);
+    secrets
+        .create(&made, &ca.secret("kv-peer-certs", server_only))
+        .await
+        .unwrap();
+    let words = degraded_saying(&clusters, "does not pass as a client").await;
+    assert!(words.contains("\"kv-peer-certs\""), "{words}");
+
+    secrets
+        .delete("kv-peer-certs", &Default::default())
+        .await
+        .unwrap();
+    let peer = ca.issue("kv-peer", members.clone(), vec![ServerAuth, ClientAuth]);
+    secrets
+        .create(&made, &ca.secret("kv-peer-certs", peer))
+        .await
+        .unwrap();
+    let mut server_names = members.clone();
+    server_names.push(format!("kv.{}.svc", ns.name));
+    let server = ca.issue("kv-server", server_names, vec![ServerAuth]);
+    secrets
+        .create(&made, &ca.secret("kv-server-certs", server))
+        .await
+        .unwrap();
+    let operator = ca.issue("cairn-operator", vec![], vec![ClientAuth]);
+    secrets
+        .create(&made, &ca.secret("kv-operator-certs", operator))
+        .await
+        .unwrap();
+
+    let status = wait_settled(&ns, 3, Duration::from_secs(120)).await;
+    assert!(
+        status.members.iter().all(|m| m.healthy
+            && m.peer_url.starts_with("https://")
+            && m.client_url.as_deref().is_some_and(|u| u.starts_with("https://"))),
+        "{:?}",
+        status.members
+    );
+    // A client of the user's, with a certificate from the same CA.
+    let (cert, key) = ca.issue("app", vec![], vec![ClientAuth]);
+    let endpoint = member_endpoint(&ns, "kv-1")
+        .await
+        .replacen("http://", "https://", 1);
+    let tls = TlsOptions::new()
+        .ca_certificate(Certificate::from_pem(&ca.pem))
+        .identity(Identity::from_pem(&cert, &key))
+        .domain_name(format!("kv-1.{domain}"));
+    let mut client = Client::connect([endpoint.as_str()], Some(client_options().with_tls(tls)))
+        .await
+        .expect("connect with the user's certificate");
+    client
+        .put("greeting", "hello", None)
+        .await
+        .expect("a put over TLS");
+    let got = client.get("greeting", None).await.expect("a get over TLS");
+    assert_eq!(got.kvs()[0].value(), b"hello");
+    // The operator issued nothing of its own.
+    for own in ["kv-ca", "kv-peer-tls", "kv-server-tls", "kv-operator-tls"] {
+        assert!(secrets.get_opt(own).await.unwrap().is_none(), "{own} was made");
+    }
 }

@@ -155,7 +155,7 @@ pub async fn read(client: &kube::Client, spec: &ValidSpec) -> Result<Access, kub
     let secrets = Api::<Secret>::namespaced(client.clone(), &spec.namespace);
     // Read whatever the spec says: members keep wanting certificates while they roll off TLS.
     let identity = secrets
-        .get_opt(&names.operator_tls_secret())
+        .get_opt(&spec.operator_tls_secret())
         .await?
         .and_then(|secret| {
             Some(ClientIdentity {

@@ -1,15 +1,19 @@
-//! Making the cluster's TLS Secrets when they are missing: its CA first, then what the spec needs
-//! the CA to issue (see `build::tls::wanted`). Each is made once and never rewritten: a new CA
-//! would cut members that still hold the old certificate off from each other.
+//! The cluster's TLS Secrets before members mount them: the ones the operator keeps are made
+//! when missing, its CA first, then what the spec needs the CA to issue (see
+//! `build::tls::wanted`), each made once and never rewritten (a new CA would cut members that
+//! still hold the old certificate off from each other); the ones the user supplies are checked
+//! (see `supplied_tls`).
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Api;
 use rcgen::KeyPair;
+use rustls::pki_types::UnixTime;
 
 use crate::access::create_once;
 use crate::build::names::Names;
 use crate::build::tls::{ca_secret, issue, issued_secret, new_ca, pem_in, wanted};
+use crate::supplied_tls::{check, supplied};
 use crate::validate::ValidSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +31,8 @@ pub enum TlsError {
          makes a new CA"
     )]
     BadCa(String),
+    #[error("the Secret {secret:?} that spec.tls names {problem}")]
+    Supplied { secret: String, problem: String },
 }
 
 /// Makes whichever of the cluster's TLS Secrets is missing.
@@ -47,6 +53,20 @@ pub async fn ensure_tls(
         if found.is_none() {
             missing.push((secret, certificate));
         }
+    }
+    for (secret, purpose) in supplied(spec) {
+        let found = secrets
+            .get_opt(&secret)
+            .await
+            .map_err(api(format!("read the Secret {secret:?}")))?;
+        let problem = match found {
+            None => Err("does not exist (yet)".to_owned()),
+            Some(found) => check(&found, &purpose, UnixTime::now()),
+        };
+        problem.map_err(|problem| TlsError::Supplied {
+            secret: secret.clone(),
+            problem,
+        })?;
     }
     if missing.is_empty() {
         return Ok(());

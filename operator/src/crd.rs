@@ -125,9 +125,23 @@ pub struct ClientTls {
     pub enabled: bool,
 
     /// Client certificates the operator issues from the cluster's CA, each into a Secret of the
-    /// cluster's namespace (`tls.crt`, `tls.key`, `ca.crt`), made once when missing.
+    /// cluster's namespace (`tls.crt`, `tls.key`, `ca.crt`), made once when missing. They are
+    /// issued whether or not `enabled` is on yet, so clients can hold theirs before the switch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub certificates: Vec<ClientCertificate>,
+
+    /// A Secret you keep (cert-manager's, for one) with the members' client-port certificate,
+    /// its key and the CA clients must be from (`tls.crt`, `tls.key`, `ca.crt`), used instead of
+    /// the operator's CA. The certificate must be valid for the client Service and every
+    /// member's name under the peer Service. Needs `operatorSecretName`; the operator then
+    /// issues no `certificates` (it does not hold that CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// With `secretName`: a Secret you keep with the operator's own client certificate (from a
+    /// CA in `secretName`'s `ca.crt`), its key and that CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator_secret_name: Option<String>,
 }
 
 /// One client certificate the operator issues.
@@ -151,6 +165,14 @@ pub struct PeerTls {
     /// existed stay plaintext).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
+
+    /// A Secret you keep (cert-manager's, for one) with the members' peer certificate, its key
+    /// and the CA peers must be from (`tls.crt`, `tls.key`, `ca.crt`), used instead of the
+    /// operator's CA. The certificate must be valid for `*.<cluster>-peer.<namespace>.svc.cluster.local`
+    /// and for both server and client authentication; the operator checks it before members
+    /// mount it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
 }
 
 /// etcd's role-based authentication on the cluster's API. With it on, clients log in

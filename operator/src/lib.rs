@@ -20,5 +20,6 @@ pub mod plan;
 pub mod quorum;
 pub mod status;
 pub mod storage;
+pub mod supplied_tls;
 pub mod upgrade;
 pub mod validate;

@@ -70,10 +70,16 @@ pub enum SpecError {
     )]
     CertificateUser { field: String, value: String },
     #[error(
-        "spec.tls.client.certificates are issued only with spec.tls.client.enabled: true (members \
-         without client TLS would not check them)"
+        "spec.tls.client.secretName and spec.tls.client.operatorSecretName go together: members \
+         with your certificate trust only your CA, so the operator needs a client certificate \
+         from it too"
     )]
-    CertificatesWithoutClientTls,
+    SuppliedClientTlsHalf,
+    #[error(
+        "spec.tls.client.certificates cannot be issued with spec.tls.client.secretName: the \
+         operator does not hold the CA of your certificates; issue them where you got that one"
+    )]
+    CertificatesWithSuppliedCa,
 }
 
 /// Something the spec allows but a user should hear about (as a condition).
@@ -175,16 +181,29 @@ pub struct ValidSpec {
     /// Peers speak TLS with certificates from the cluster's CA. The spec asks; what the cluster
     /// was created with (latched in status) decides, see `with_latched_peer_tls`.
     pub peer_tls: bool,
-    /// None while members serve clients in plaintext.
-    pub client_tls: Option<ClientTlsPlan>,
+    /// The members' peer certificate comes from this Secret of the user's, not the operator's CA.
+    pub peer_tls_supplied: Option<String>,
+    pub client_tls: ClientTlsPlan,
     pub warnings: Vec<Warning>,
 }
 
-/// Client TLS: members take only clients with a certificate from the cluster's CA.
+/// Client TLS: members take only clients with a certificate from the cluster's CA (or the
+/// user's).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ClientTlsPlan {
+    /// Members serve clients over TLS only.
+    pub enabled: bool,
+    /// The Secrets of the user's that hold the members' and the operator's certificates.
+    pub supplied: Option<SuppliedClientTls>,
     /// The client certificates the spec asks the operator to issue.
     pub certificates: Vec<IssuedCertificate>,
+}
+
+/// Certificates for client TLS the user keeps, by Secret name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppliedClientTls {
+    pub server: String,
+    pub operator: String,
 }
 
 /// A client certificate for `user`, issued into the Secret `secret`.
@@ -304,6 +323,10 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
     };
 
     let client_tls = client_tls(name, namespace, &spec.tls.client)?;
+    let peer_tls_supplied = match &spec.tls.peer.secret_name {
+        Some(secret) => Some(secret_name("spec.tls.peer.secretName".into(), secret)?),
+        None => None,
+    };
 
     let mut warnings = Vec::new();
     if spec.replicas % 2 == 0 {
@@ -349,42 +372,53 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             .map_or(DEFAULT_QUORUM_LOSS_SECONDS, u64::from),
         auth,
         peer_tls: spec.tls.peer.enabled.unwrap_or(true),
+        peer_tls_supplied,
         client_tls,
         warnings,
     })
 }
 
-/// Client TLS as the spec asks for it: the certificates to issue, each into a Secret of its own
-/// that is none of those the operator keeps.
-fn client_tls(name: &str, namespace: &str, tls: &ClientTls) -> Result<Option<ClientTlsPlan>, SpecError> {
-    if !tls.enabled {
-        return match tls.certificates.is_empty() {
-            true => Ok(None),
-            false => Err(SpecError::CertificatesWithoutClientTls),
-        };
+/// A Secret name the spec gives in `field`, checked.
+fn secret_name(field: String, value: &str) -> Result<String, SpecError> {
+    match is_subdomain(value) {
+        true => Ok(value.to_owned()),
+        false => Err(SpecError::SecretName {
+            field,
+            value: value.to_owned(),
+        }),
+    }
+}
+
+/// Client TLS as the spec asks for it: on or off, the certificates to issue (each into a Secret
+/// of its own that is none of those the operator keeps), or the Secrets the user supplies.
+fn client_tls(name: &str, namespace: &str, tls: &ClientTls) -> Result<ClientTlsPlan, SpecError> {
+    let supplied = match (&tls.secret_name, &tls.operator_secret_name) {
+        (None, None) => None,
+        (Some(server), Some(operator)) => Some(SuppliedClientTls {
+            server: secret_name("spec.tls.client.secretName".into(), server)?,
+            operator: secret_name("spec.tls.client.operatorSecretName".into(), operator)?,
+        }),
+        _ => return Err(SpecError::SuppliedClientTlsHalf),
+    };
+    if supplied.is_some() && !tls.certificates.is_empty() {
+        return Err(SpecError::CertificatesWithSuppliedCa);
     }
     let reserved = Names::new(name, namespace).operator_secrets();
     let mut seen = BTreeSet::new();
     let mut certificates = Vec::new();
     for (i, certificate) in tls.certificates.iter().enumerate() {
         let field = |key: &str| format!("spec.tls.client.certificates[{i}].{key}");
-        let secret = &certificate.secret_name;
-        if !is_subdomain(secret) {
-            return Err(SpecError::SecretName {
-                field: field("secretName"),
-                value: secret.clone(),
-            });
-        }
-        if reserved.contains(secret) {
+        let secret = secret_name(field("secretName"), &certificate.secret_name)?;
+        if reserved.contains(&secret) {
             return Err(SpecError::ReservedSecret {
                 field: field("secretName"),
-                value: secret.clone(),
+                value: secret,
             });
         }
         if !seen.insert(secret.clone()) {
             return Err(SpecError::DuplicateSecret {
                 field: field("secretName"),
-                value: secret.clone(),
+                value: secret,
             });
         }
         let user = &certificate.user;
@@ -396,11 +430,15 @@ fn client_tls(name: &str, namespace: &str, tls: &ClientTls) -> Result<Option<Cli
             });
         }
         certificates.push(IssuedCertificate {
-            secret: secret.clone(),
+            secret,
             user: user.clone(),
         });
     }
-    Ok(Some(ClientTlsPlan { certificates }))
+    Ok(ClientTlsPlan {
+        enabled: tls.enabled,
+        supplied,
+        certificates,
+    })
 }
 
 /// A DNS-1035 label short enough for the StatefulSet's pod labels.
@@ -416,6 +454,27 @@ fn is_cluster_name(name: &str) -> bool {
 }
 
 impl ValidSpec {
+    /// The Secret the members' peer certificate is mounted from.
+    pub fn peer_tls_secret(&self) -> String {
+        (self.peer_tls_supplied.clone()).unwrap_or_else(|| Names::of(self).peer_tls_secret())
+    }
+
+    /// The Secret the members' client-port certificate is mounted from.
+    pub fn server_tls_secret(&self) -> String {
+        match &self.client_tls.supplied {
+            Some(supplied) => supplied.server.clone(),
+            None => Names::of(self).server_tls_secret(),
+        }
+    }
+
+    /// The Secret holding the operator's own client certificate.
+    pub fn operator_tls_secret(&self) -> String {
+        match &self.client_tls.supplied {
+            Some(supplied) => supplied.operator.clone(),
+            None => Names::of(self).operator_tls_secret(),
+        }
+    }
+
     /// The spec with peer TLS as the cluster was created: a running cluster cannot switch its
     /// peers' scheme by a restart (its members know each other by their peer URLs), so a
     /// different wish in the spec becomes a warning instead.
@@ -565,8 +624,8 @@ spec:
             ),
         )
         .unwrap()
-        .client_tls
-        .unwrap();
+        .client_tls;
+        assert!(plan.enabled);
         assert_eq!(
             plan.certificates,
             [
@@ -580,12 +639,59 @@ spec:
                 },
             ]
         );
-        assert_eq!(validate("kv", "ns", &spec("spec: {}")).unwrap().client_tls, None);
+        assert_eq!(
+            validate("kv", "ns", &spec("spec: {}")).unwrap().client_tls,
+            ClientTlsPlan::default()
+        );
+        // Certificates can be handed out before members switch.
+        let early = validate(
+            "kv",
+            "ns",
+            &spec("spec: {tls: {client: {certificates: [{secretName: a, user: b}]}}}"),
+        )
+        .unwrap();
+        assert!(!early.client_tls.enabled);
+        assert_eq!(early.client_tls.certificates.len(), 1);
+        // Or the user supplies the certificates, and the operator issues none.
+        let supplied = validate(
+            "kv",
+            "ns",
+            &spec(
+                "spec: {tls: {peer: {secretName: kv-peer-certs}, client: {enabled: true, \
+                 secretName: kv-server-certs, operatorSecretName: kv-operator-certs}}}",
+            ),
+        )
+        .unwrap();
+        assert_eq!(supplied.peer_tls_secret(), "kv-peer-certs");
+        assert_eq!(supplied.server_tls_secret(), "kv-server-certs");
+        assert_eq!(supplied.operator_tls_secret(), "kv-operator-certs");
+        let own = validate("kv", "ns", &spec("spec: {}")).unwrap();
+        assert_eq!(
+            (
+                own.peer_tls_secret(),
+                own.server_tls_secret(),
+                own.operator_tls_secret()
+            ),
+            (
+                "kv-peer-tls".into(),
+                "kv-server-tls".into(),
+                "kv-operator-tls".into()
+            )
+        );
 
         let refused = [
             (
-                "spec: {tls: {client: {certificates: [{secretName: a, user: b}]}}}",
-                "only with spec.tls.client.enabled: true",
+                "spec: {tls: {client: {enabled: true, secretName: mine}}}",
+                "spec.tls.client.secretName and spec.tls.client.operatorSecretName go together",
+            ),
+            (
+                "spec: {tls: {client: {secretName: a, operatorSecretName: b, \
+                 certificates: [{secretName: c, user: d}]}}}",
+                "cannot be issued with spec.tls.client.secretName",
+            ),
+            (
+                "spec: {tls: {peer: {secretName: Peer}}}",
+                "spec.tls.peer.secretName \"Peer\" is not a Secret name",
             ),
             (
                 "spec: {tls: {client: {enabled: true, certificates: [{secretName: A, user: b}]}}}",

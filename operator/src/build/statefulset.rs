@@ -21,7 +21,7 @@ use crate::validate::{StoragePlan, ValidSpec};
 pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replicas: i32) -> StatefulSet {
     let names = Names::of(spec);
     let peer_scheme = if names.peer_tls { "https" } else { "http" };
-    let client_tls = spec.client_tls.is_some();
+    let client_tls = spec.client_tls.enabled;
     let client_scheme = if client_tls { "https" } else { "http" };
     // Probes cannot show a client certificate: with client TLS they use the plain port that
     // serves only health, version and metrics.
@@ -158,14 +158,14 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
     })];
     if names.peer_tls {
         // Kubernetes refreshes a Secret volume in place, and members re-read the files.
-        volumes.push(json!({"name": "peer-tls", "secret": {"secretName": names.peer_tls_secret()}}));
+        volumes.push(json!({"name": "peer-tls", "secret": {"secretName": spec.peer_tls_secret()}}));
         container["volumeMounts"]
             .as_array_mut()
             .expect("the mounts are a list")
             .push(json!({"name": "peer-tls", "mountPath": PEER_TLS_DIR, "readOnly": true}));
     }
     if client_tls {
-        volumes.push(json!({"name": "client-tls", "secret": {"secretName": names.server_tls_secret()}}));
+        volumes.push(json!({"name": "client-tls", "secret": {"secretName": spec.server_tls_secret()}}));
         container["volumeMounts"]
             .as_array_mut()
             .expect("the mounts are a list")
@@ -470,6 +470,20 @@ spec:
         )));
         assert!(container["volumeMounts"].as_array().unwrap().contains(&json!(
             {"name": "client-tls", "mountPath": "/etc/cairn/client-tls", "readOnly": true}
+        )));
+
+        // Certificates the user keeps are mounted from the Secrets the spec names.
+        let supplied = valid(
+            "spec: {tls: {peer: {secretName: mine-peer}, client: {enabled: true, \
+             secretName: mine-server, operatorSecretName: mine-operator}}}",
+        );
+        let supplied = serde_json::to_value(statefulset(&supplied, &owner(), "t", 3)).unwrap();
+        let volumes = &supplied["spec"]["template"]["spec"]["volumes"];
+        assert!(volumes.as_array().unwrap().contains(&json!(
+            {"name": "peer-tls", "secret": {"secretName": "mine-peer"}}
+        )));
+        assert!(volumes.as_array().unwrap().contains(&json!(
+            {"name": "client-tls", "secret": {"secretName": "mine-server"}}
         )));
 
         // Without it nothing of this is there.

@@ -158,24 +158,26 @@ pub fn issue(names: &Names, ca: &Pem, certificate: &Certificate, key: &KeyPair) 
     }
 }
 
-/// The certificates `spec` needs, each with the Secret it lives in: the members' peer
-/// certificate with peer TLS; with client TLS, the members' client-port certificate, the
-/// operator's own client certificate and the ones the spec asks for.
+/// The certificates the operator issues for `spec`, each with the Secret it lives in: the
+/// members' peer certificate with peer TLS; with client TLS, the members' client-port
+/// certificate and the operator's own client certificate (unless the user supplies them); and
+/// the client certificates the spec asks for.
 pub fn wanted(spec: &ValidSpec) -> Vec<(String, Certificate)> {
     let names = Names::of(spec);
     let mut wanted = Vec::new();
-    if spec.peer_tls {
+    if spec.peer_tls && spec.peer_tls_supplied.is_none() {
         wanted.push((names.peer_tls_secret(), Certificate::Member));
     }
-    if let Some(client_tls) = &spec.client_tls {
+    let client = &spec.client_tls;
+    if client.enabled && client.supplied.is_none() {
         wanted.push((names.server_tls_secret(), Certificate::Server));
         wanted.push((
             names.operator_tls_secret(),
             Certificate::Client(OPERATOR_USER.to_owned()),
         ));
-        for asked in &client_tls.certificates {
-            wanted.push((asked.secret.clone(), Certificate::Client(asked.user.clone())));
-        }
+    }
+    for asked in &client.certificates {
+        wanted.push((asked.secret.clone(), Certificate::Client(asked.user.clone())));
     }
     wanted
 }
