@@ -7,7 +7,9 @@
 //! An invalid spec gets a condition naming the field, and nothing is created for it. A cluster
 //! on certificates the user keeps (made here as cert-manager would, from a CA of the test's own)
 //! says in status which Secret is missing or does not fit and why, and runs on them once they
-//! fit: peers and clients over TLS, a client with a certificate from that CA let in.
+//! fit: peers and clients over TLS, a client with a certificate from that CA let in. The
+//! certificates the operator issues are renewed before they expire, and members serve the new
+//! ones without a restart while a client connected before keeps working.
 
 mod common;
 
@@ -17,7 +19,9 @@ use std::time::Duration;
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, http_get, poll_until, wait_for};
 use cairn_operator::build::network_policy::ClientNamespaces;
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
-use common::{OperatorSandbox, client_options, member_endpoint, wait_settled, with_operator};
+use common::{
+    IssuedCertificate, OperatorSandbox, client_options, member_endpoint, wait_settled, with_operator,
+};
 use etcd_client::{Certificate, Client, Identity, TlsOptions};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
@@ -54,12 +58,13 @@ async fn kvclusters_become_available_with_their_own_identity() {
     let metrics_address = listener.local_addr().unwrap();
     let endpoints = tokio::spawn(cairn_operator::http::serve(listener, metrics));
     let scenarios = async {
-        let ((_, statics), (srv_ns, srv), (), ()) = tokio::join!(
+        let ((_, statics), (srv_ns, srv), (), (), ()) = tokio::join!(
             available_cluster(&env, "static", "Static", ""),
             // Plaintext peers, so that the stranger below gets as far as the token check.
             available_cluster(&env, "srv", "DnsSrv", ", tls: {peer: {enabled: false}}"),
             invalid_spec_changes_nothing(&env),
             supplied_certificates_are_checked_then_used(&env),
+            issued_certificates_are_renewed_before_they_expire(&env),
         );
         assert_ne!(
             statics.cluster_token, srv.cluster_token,
@@ -465,4 +470,91 @@ async fn supplied_certificates_are_checked_then_used(env: &TestSandbox) {
     for own in ["kv-ca", "kv-peer-tls", "kv-server-tls", "kv-operator-tls"] {
         assert!(secrets.get_opt(own).await.unwrap().is_none(), "{own} was made");
     }
+}
+
+/// The certificate in `secret`'s `tls.crt`, if it is there.
+async fn certificate_in(secrets: &Api<Secret>, secret: &str) -> Option<Vec<u8>> {
+    let found = secrets.get_opt(secret).await.ok()??;
+    Some(found.data?.get("tls.crt")?.0.clone())
+}
+
+async fn issued_certificates_are_renewed_before_they_expire(env: &TestSandbox) {
+    let ns = env.namespace("renewal").await;
+    // Valid for 75 s from a minute before issue: renewed 30 s after it, expired 75 s after it.
+    ns.apply(&format!(
+        "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
+         spec: {{replicas: 3, version: {SPEC_VERSION}, storage: {{size: 64Mi}}, tls: {{\
+         certificateLifetime: 75s, client: {{enabled: true, \
+         certificates: [{{secretName: kv-admin, user: root}}]}}}}}}\n"
+    ))
+    .await;
+    wait_settled(&ns, 3, Duration::from_secs(120)).await;
+    // Every certificate of the first issue ends before this moment.
+    let expired_by = std::time::Instant::now() + Duration::from_secs(80);
+    let secrets: Api<Secret> = ns.api();
+    let issued = ["kv-peer-tls", "kv-server-tls", "kv-operator-tls", "kv-admin"];
+    let mut first = Vec::new();
+    for secret in issued {
+        first.push(certificate_in(&secrets, secret).await.expect(secret));
+    }
+    let pods: Api<Pod> = ns.api();
+    let uids =
+        |listed: Vec<Pod>| -> Vec<Option<String>> { listed.iter().map(|p| p.metadata.uid.clone()).collect() };
+    let members_before = uids(pods.list(&Default::default()).await.unwrap().items);
+
+    let admin = IssuedCertificate::read(&ns, "kv-admin").await;
+    let endpoint = member_endpoint(&ns, "kv-0")
+        .await
+        .replacen("http://", "https://", 1);
+    let options = client_options().with_tls(admin.tls(&ns.name, "kv-0", true));
+    let mut connected_before = Client::connect([endpoint.as_str()], Some(options))
+        .await
+        .expect("connect with the first certificate");
+    connected_before.put("before", "1", None).await.expect("a put");
+
+    wait_for(
+        "every issued certificate to be renewed",
+        Duration::from_secs(75),
+        || async {
+            for (secret, first) in issued.iter().zip(&first) {
+                if certificate_in(&secrets, secret).await.as_ref() == Some(first) {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
+    .await;
+    tokio::time::sleep_until(expired_by.into()).await;
+
+    // Past the first certificates' end, members serve renewed ones: a new client checking them
+    // gets in, with the renewed client certificate, on every member.
+    let renewed = IssuedCertificate::read(&ns, "kv-admin").await;
+    for member in ["kv-0", "kv-1", "kv-2"] {
+        let endpoint = member_endpoint(&ns, member)
+            .await
+            .replacen("http://", "https://", 1);
+        let options = client_options().with_tls(renewed.tls(&ns.name, member, true));
+        let mut client = Client::connect([endpoint.as_str()], Some(options))
+            .await
+            .unwrap_or_else(|e| panic!("{member} after renewal: {e}"));
+        let got = client
+            .get("before", None)
+            .await
+            .unwrap_or_else(|e| panic!("{member}: {e}"));
+        assert_eq!(got.kvs().len(), 1, "{member}");
+    }
+    connected_before
+        .put("after", "1", None)
+        .await
+        .expect("the client connected before renewal keeps working");
+    // The operator still sees every member through its renewed certificate, and no member was
+    // restarted for it.
+    let status = wait_settled(&ns, 3, Duration::from_secs(30)).await;
+    assert!(status.members.iter().all(|m| m.healthy), "{:?}", status.members);
+    assert_eq!(
+        uids(pods.list(&Default::default()).await.unwrap().items),
+        members_before,
+        "members were restarted"
+    );
 }

@@ -110,6 +110,13 @@ pub struct Tls {
     /// Traffic from clients (port 2379).
     #[serde(default)]
     pub client: ClientTls,
+
+    /// How long the certificates the operator issues are valid, as a Go duration of hours,
+    /// minutes and seconds (`8760h`, `720h30m`); at least `1m`, default `8760h` (a year). Each is
+    /// renewed, with a new key, once a third of its lifetime is left; members pick the new files
+    /// up without a restart. The cluster's CA is valid for ten years.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_lifetime: Option<String>,
 }
 
 /// Traffic from clients (port 2379).

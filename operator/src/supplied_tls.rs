@@ -139,10 +139,17 @@ mod tests {
     use super::*;
     use crate::build::testing::{owner, valid};
     use crate::build::tls::{
-        Pem, client_certificate, issued_secret, member_certificate, new_ca, server_certificate,
+        Pem, Validity, client_certificate, issued_secret, member_certificate, new_ca, server_certificate,
     };
 
     const HOST: &str = "kv-0.kv-peer.prod.svc.cluster.local";
+
+    fn year() -> Validity {
+        Validity::starting(
+            time::OffsetDateTime::now_utc(),
+            Duration::from_secs(365 * 24 * 3600),
+        )
+    }
 
     fn key() -> KeyPair {
         KeyPair::generate().unwrap()
@@ -181,18 +188,18 @@ mod tests {
     #[test]
     fn a_fitting_certificate_passes_for_its_use() {
         let names = Names::new("kv", "prod");
-        let ca = new_ca(&names, &key()).unwrap();
-        let peer = member_certificate(&names, &ca, &key()).unwrap();
+        let ca = new_ca(&names, &key(), &year()).unwrap();
+        let peer = member_certificate(&names, &ca, &key(), &year()).unwrap();
         assert_eq!(
             check(&secret_of(&peer, &ca), &Use::Peer { host: HOST.into() }, now()),
             Ok(())
         );
-        let server = server_certificate(&names, &ca, &key()).unwrap();
+        let server = server_certificate(&names, &ca, &key(), &year()).unwrap();
         let client_port = Use::ClientPort {
             host: "kv.prod.svc".into(),
         };
         assert_eq!(check(&secret_of(&server, &ca), &client_port, now()), Ok(()));
-        let operator = client_certificate(&names, &ca, "cairn-operator", &key()).unwrap();
+        let operator = client_certificate(&names, &ca, "cairn-operator", &key(), &year()).unwrap();
         assert_eq!(
             check(&secret_of(&operator, &ca), &Use::OperatorClient, now()),
             Ok(())
@@ -202,35 +209,39 @@ mod tests {
     #[test]
     fn each_misfit_is_named() {
         let names = Names::new("kv", "prod");
-        let ca = new_ca(&names, &key()).unwrap();
+        let ca = new_ca(&names, &key(), &year()).unwrap();
         let peer = Use::Peer { host: HOST.into() };
         let problem =
             |secret: &Secret, purpose: &Use, now: UnixTime| check(secret, purpose, now).unwrap_err();
 
         // A server-only certificate cannot be a peer's (peers also dial).
-        let server = server_certificate(&names, &ca, &key()).unwrap();
+        let server = server_certificate(&names, &ca, &key(), &year()).unwrap();
         let words = problem(&secret_of(&server, &ca), &peer, now());
         assert!(words.contains("does not pass as a client"), "{words}");
         // Another cluster's names.
-        let other = member_certificate(&Names::new("kv", "other"), &ca, &key()).unwrap();
+        let other = member_certificate(&Names::new("kv", "other"), &ca, &key(), &year()).unwrap();
         let words = problem(&secret_of(&other, &ca), &peer, now());
         assert!(
             words.contains("does not pass as a server for kv-0.kv-peer.prod"),
             "{words}"
         );
         // Another CA than the one beside it.
-        let stranger = new_ca(&names, &key()).unwrap();
-        let member = member_certificate(&names, &stranger, &key()).unwrap();
+        let stranger = new_ca(&names, &key(), &year()).unwrap();
+        let member = member_certificate(&names, &stranger, &key(), &year()).unwrap();
         let words = problem(&secret_of(&member, &ca), &peer, now());
         assert!(words.contains("from the CA in ca.crt"), "{words}");
         // A key of another certificate.
-        let mut swapped = member_certificate(&names, &ca, &key()).unwrap();
+        let mut swapped = member_certificate(&names, &ca, &key(), &year()).unwrap();
         swapped.key = key().serialize_pem();
         let words = problem(&secret_of(&swapped, &ca), &peer, now());
         assert!(words.contains("tls.key does not fit tls.crt"), "{words}");
-        // Expired (rcgen's certificates end in 4096).
-        let fine = member_certificate(&names, &ca, &key()).unwrap();
-        let later = UnixTime::since_unix_epoch(Duration::from_secs(100_000_000_000));
+        // Expired.
+        let fine = member_certificate(&names, &ca, &key(), &year()).unwrap();
+        let two_years = Duration::from_secs(2 * 365 * 24 * 3600);
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        let later = UnixTime::since_unix_epoch(since_epoch + two_years);
         let words = problem(&secret_of(&fine, &ca), &peer, later);
         assert!(words.to_lowercase().contains("expired"), "{words}");
         // Keys missing.

@@ -3,6 +3,7 @@
 //! problem (reported in a condition; nothing is changed until the spec is edited).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 
@@ -80,6 +81,11 @@ pub enum SpecError {
          operator does not hold the CA of your certificates; issue them where you got that one"
     )]
     CertificatesWithSuppliedCa,
+    #[error(
+        "spec.tls.certificateLifetime {0:?} is not a lifetime: hours, minutes and seconds as Go \
+         writes them (8760h, 720h30m, 90s), from 1m to 876000h"
+    )]
+    CertificateLifetime(String),
 }
 
 /// Something the spec allows but a user should hear about (as a condition).
@@ -184,7 +190,39 @@ pub struct ValidSpec {
     /// The members' peer certificate comes from this Secret of the user's, not the operator's CA.
     pub peer_tls_supplied: Option<String>,
     pub client_tls: ClientTlsPlan,
+    /// How long the certificates the operator issues are valid.
+    pub certificate_lifetime: Duration,
     pub warnings: Vec<Warning>,
+}
+
+/// How long issued certificates are valid unless the spec says.
+const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The bounds of a lifetime the spec may ask for: renewal every 40 s at the short end, and a
+/// century at the long one.
+const CERTIFICATE_LIFETIME_BOUNDS: (Duration, Duration) =
+    (Duration::from_secs(60), Duration::from_secs(876_000 * 3600));
+
+/// A Go duration of hours, minutes and seconds (`8760h`, `1h30m`, `90s`), the form cert-manager
+/// and kubectl users write lifetimes in.
+fn go_duration(text: &str) -> Option<Duration> {
+    let (mut total, mut digits, mut spans) = (0u64, String::new(), 0);
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+        let count: u64 = digits.parse().ok()?;
+        digits.clear();
+        total = total.checked_add(count.checked_mul(unit)?)?;
+        spans += 1;
+    }
+    (digits.is_empty() && spans > 0).then_some(Duration::from_secs(total))
 }
 
 /// Client TLS: members take only clients with a certificate from the cluster's CA (or the
@@ -323,6 +361,12 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
     };
 
     let client_tls = client_tls(name, namespace, &spec.tls.client)?;
+    let certificate_lifetime = match &spec.tls.certificate_lifetime {
+        None => DEFAULT_CERTIFICATE_LIFETIME,
+        Some(text) => go_duration(text)
+            .filter(|d| (CERTIFICATE_LIFETIME_BOUNDS.0..=CERTIFICATE_LIFETIME_BOUNDS.1).contains(d))
+            .ok_or_else(|| SpecError::CertificateLifetime(text.clone()))?,
+    };
     let peer_tls_supplied = match &spec.tls.peer.secret_name {
         Some(secret) => Some(secret_name("spec.tls.peer.secretName".into(), secret)?),
         None => None,
@@ -374,6 +418,7 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         peer_tls: spec.tls.peer.enabled.unwrap_or(true),
         peer_tls_supplied,
         client_tls,
+        certificate_lifetime,
         warnings,
     })
 }
@@ -714,6 +759,36 @@ spec:
         for (yaml, expected) in refused {
             let error = validate("kv", "ns", &spec(yaml)).expect_err(yaml).to_string();
             assert!(error.contains(expected), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
+    fn certificate_lifetimes_are_go_durations_within_bounds() {
+        let lifetime = |yaml: &str| validate("kv", "ns", &spec(yaml)).map(|v| v.certificate_lifetime);
+        assert_eq!(lifetime("spec: {}"), Ok(Duration::from_secs(365 * 24 * 3600)));
+        for (text, seconds) in [
+            ("90s", 90),
+            ("1h30m", 5400),
+            ("2h45m10s", 9910),
+            ("8760h", 31_536_000),
+        ] {
+            let yaml = format!("spec: {{tls: {{certificateLifetime: {text}}}}}");
+            assert_eq!(lifetime(&yaml), Ok(Duration::from_secs(seconds)), "{text}");
+        }
+        for text in [
+            "59s",
+            "1d",
+            "h",
+            "10",
+            "1.5h",
+            "-1h",
+            "",
+            "876001h",
+            "99999999999999999999h",
+        ] {
+            let yaml = format!("spec: {{tls: {{certificateLifetime: '{text}'}}}}");
+            let error = lifetime(&yaml).expect_err(text).to_string();
+            assert!(error.contains("spec.tls.certificateLifetime"), "{text}: {error}");
         }
     }
 

@@ -1,5 +1,6 @@
 //! A pod's volumes as directories on this machine: emptyDir, configMap, secret, downwardAPI and
-//! projected volumes under the pod's directory; a PersistentVolumeClaim as one directory per claim
+//! projected volumes under the pod's directory (Secret and ConfigMap volumes kept up to date
+//! while the pod runs, as kubelet does); a PersistentVolumeClaim as one directory per claim
 //! (by UID, so a re-created claim starts empty) that outlives the pod; the pod's /etc/hosts and
 //! /etc/resolv.conf; and the ServiceAccount kubeconfig its processes use.
 
@@ -319,6 +320,41 @@ async fn service_account_token(
             source,
         })?;
     Ok(issued.status.map(|s| s.token).unwrap_or_default())
+}
+
+/// Rewrites the files of the pod's Secret and ConfigMap volumes whose content changed in the
+/// API since they were written, each by a rename (a reader sees the old file or the new one);
+/// returns the paths rewritten. A source that is gone or unreadable leaves its files as they
+/// are, as kubelet does.
+pub async fn refresh(client: &kube::Client, pod: &Pod, pod_dir: &Path) -> Vec<PathBuf> {
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let volumes_dir = pod_dir.join("volumes");
+    let mut rewritten = Vec::new();
+    for volume in pod.spec.iter().flat_map(|spec| spec.volumes.iter().flatten()) {
+        let (data, items, mode) = if let Some(source) = &volume.secret {
+            let name = source.secret_name.clone().unwrap_or_default();
+            let data = secret(client, &namespace, &name, true).await;
+            (data, source.items.as_deref(), source.default_mode)
+        } else if let Some(source) = &volume.config_map {
+            let data = config_map(client, &namespace, &source.name, true).await;
+            (data, source.items.as_deref(), source.default_mode)
+        } else {
+            continue;
+        };
+        let Ok(data) = data else { continue };
+        let dir = volumes_dir.join(&volume.name);
+        let mode = mode.map_or(0o644, |m| m as u32);
+        for (path, content) in select(&data, items) {
+            let file = dir.join(&path);
+            if std::fs::read(&file).is_ok_and(|current| current == content) {
+                continue;
+            }
+            if write_file(&file, &content, mode).is_ok() {
+                rewritten.push(file);
+            }
+        }
+    }
+    rewritten
 }
 
 async fn config_map(

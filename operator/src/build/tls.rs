@@ -2,8 +2,10 @@
 //! certificate (valid for every member's peer name, as server and as client: members dial each
 //! other and check each other both ways), the members' client-port certificate (every name
 //! clients reach members by), and client certificates (the operator's, and the ones users ask
-//! for) — with the Secrets that carry them. The keys come from the caller, so everything here is a
-//! pure function of its inputs.
+//! for) — with the Secrets that carry them, and when a certificate is due for renewal. The keys
+//! and the time come from the caller, so everything here is a pure function of its inputs.
+
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -11,6 +13,8 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
+
+use time::OffsetDateTime;
 
 use super::names::Names;
 use super::{metadata, secret_data};
@@ -37,6 +41,51 @@ impl std::fmt::Debug for Pem {
     }
 }
 
+/// How long the cluster's CA is valid. It is not renewed: a new CA needs every member and client
+/// to trust it first.
+pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// How far before its making a certificate is valid from: clocks of members, clients and the
+/// operator differ a little.
+const CLOCK_SKEW: Duration = Duration::from_secs(60);
+
+/// When a certificate is valid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// Valid from a little before `now`, for `lifetime`.
+    pub fn starting(now: OffsetDateTime, lifetime: Duration) -> Validity {
+        Validity {
+            not_before: now - CLOCK_SKEW,
+            not_after: now + lifetime,
+        }
+    }
+
+    fn apply(&self, params: &mut CertificateParams) {
+        params.not_before = self.not_before;
+        params.not_after = self.not_after;
+    }
+}
+
+/// Whether the certificate in `cert_pem` is due for renewal at `now`: a third of its lifetime
+/// or less is left. One that cannot be read is due too: it serves nobody as it is.
+pub fn due_for_renewal(cert_pem: &str, now: OffsetDateTime) -> bool {
+    let Ok((_, pem)) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()) else {
+        return true;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return true;
+    };
+    let validity = cert.validity();
+    let (from, until) = (validity.not_before.timestamp(), validity.not_after.timestamp());
+    let renew_at = until - (until - from) / 3;
+    now.unix_timestamp() >= renew_at
+}
+
 /// The CA's subject and uses. Issuing from a stored CA rebuilds these with its stored key: the
 /// subject and the key (its identifier) are all a signature names of its issuer.
 fn ca_params(names: &Names) -> Result<CertificateParams, rcgen::Error> {
@@ -51,8 +100,10 @@ fn ca_params(names: &Names) -> Result<CertificateParams, rcgen::Error> {
 }
 
 /// A new CA for the cluster, with `key`.
-pub fn new_ca(names: &Names, key: &KeyPair) -> Result<Pem, rcgen::Error> {
-    let cert = ca_params(names)?.self_signed(key)?;
+pub fn new_ca(names: &Names, key: &KeyPair, validity: &Validity) -> Result<Pem, rcgen::Error> {
+    let mut params = ca_params(names)?;
+    validity.apply(&mut params);
+    let cert = params.self_signed(key)?;
     Ok(Pem {
         cert: cert.pem(),
         key: key.serialize_pem(),
@@ -75,7 +126,14 @@ pub fn member_names(names: &Names) -> Vec<String> {
 }
 
 /// Signs `params` for `key` with the cluster's CA (`ca`, as `new_ca` made it).
-fn sign(names: &Names, ca: &Pem, params: CertificateParams, key: &KeyPair) -> Result<Pem, rcgen::Error> {
+fn sign(
+    names: &Names,
+    ca: &Pem,
+    mut params: CertificateParams,
+    key: &KeyPair,
+    validity: &Validity,
+) -> Result<Pem, rcgen::Error> {
+    validity.apply(&mut params);
     let issuer = Issuer::new(ca_params(names)?, KeyPair::from_pem(&ca.key)?);
     let cert = params.signed_by(key, &issuer)?;
     Ok(Pem {
@@ -100,7 +158,12 @@ fn leaf(
 }
 
 /// The members' peer certificate, with `key`.
-pub fn member_certificate(names: &Names, ca: &Pem, key: &KeyPair) -> Result<Pem, rcgen::Error> {
+pub fn member_certificate(
+    names: &Names,
+    ca: &Pem,
+    key: &KeyPair,
+    validity: &Validity,
+) -> Result<Pem, rcgen::Error> {
     let params = leaf(
         &format!("{}-member", names.cluster),
         member_names(names),
@@ -109,7 +172,7 @@ pub fn member_certificate(names: &Names, ca: &Pem, key: &KeyPair) -> Result<Pem,
             ExtendedKeyUsagePurpose::ClientAuth,
         ],
     )?;
-    sign(names, ca, params, key)
+    sign(names, ca, params, key, validity)
 }
 
 /// The names a member's client-port certificate holds: every member's, the client Service's,
@@ -122,20 +185,31 @@ pub fn server_names(names: &Names) -> Vec<String> {
 }
 
 /// The members' client-port certificate, with `key`.
-pub fn server_certificate(names: &Names, ca: &Pem, key: &KeyPair) -> Result<Pem, rcgen::Error> {
+pub fn server_certificate(
+    names: &Names,
+    ca: &Pem,
+    key: &KeyPair,
+    validity: &Validity,
+) -> Result<Pem, rcgen::Error> {
     let params = leaf(
         &format!("{}-server", names.cluster),
         server_names(names),
         vec![ExtendedKeyUsagePurpose::ServerAuth],
     )?;
-    sign(names, ca, params, key)
+    sign(names, ca, params, key, validity)
 }
 
 /// A client certificate for `user` (its common name, which members take as the user while auth
 /// is on), with `key`.
-pub fn client_certificate(names: &Names, ca: &Pem, user: &str, key: &KeyPair) -> Result<Pem, rcgen::Error> {
+pub fn client_certificate(
+    names: &Names,
+    ca: &Pem,
+    user: &str,
+    key: &KeyPair,
+    validity: &Validity,
+) -> Result<Pem, rcgen::Error> {
     let params = leaf(user, Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])?;
-    sign(names, ca, params, key)
+    sign(names, ca, params, key, validity)
 }
 
 /// A certificate the cluster's CA issues.
@@ -150,11 +224,17 @@ pub enum Certificate {
 }
 
 /// Issues `certificate` for `key` from the cluster's CA.
-pub fn issue(names: &Names, ca: &Pem, certificate: &Certificate, key: &KeyPair) -> Result<Pem, rcgen::Error> {
+pub fn issue(
+    names: &Names,
+    ca: &Pem,
+    certificate: &Certificate,
+    key: &KeyPair,
+    validity: &Validity,
+) -> Result<Pem, rcgen::Error> {
     match certificate {
-        Certificate::Member => member_certificate(names, ca, key),
-        Certificate::Server => server_certificate(names, ca, key),
-        Certificate::Client(user) => client_certificate(names, ca, user, key),
+        Certificate::Member => member_certificate(names, ca, key, validity),
+        Certificate::Server => server_certificate(names, ca, key, validity),
+        Certificate::Client(user) => client_certificate(names, ca, user, key, validity),
     }
 }
 
@@ -230,6 +310,11 @@ mod tests {
     use super::*;
     use crate::build::testing::owner;
 
+    /// A year from now.
+    pub(crate) fn year() -> Validity {
+        Validity::starting(OffsetDateTime::now_utc(), Duration::from_secs(365 * 24 * 3600))
+    }
+
     #[test]
     fn one_member_certificate_covers_every_member_and_is_issued_by_the_cluster_ca() {
         let names = Names::new("kv", "prod");
@@ -242,8 +327,8 @@ mod tests {
                 "*.kv-peer"
             ]
         );
-        let ca = new_ca(&names, &KeyPair::generate().unwrap()).unwrap();
-        let member = member_certificate(&names, &ca, &KeyPair::generate().unwrap()).unwrap();
+        let ca = new_ca(&names, &KeyPair::generate().unwrap(), &year()).unwrap();
+        let member = member_certificate(&names, &ca, &KeyPair::generate().unwrap(), &year()).unwrap();
         assert!(member.cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(
             !format!("{member:?}").contains(&member.key),
@@ -257,7 +342,7 @@ mod tests {
         assert!(accepts("kv-4.kv-peer.prod.svc.cluster.local", &ca).is_ok());
         assert!(accepts("kv-0.kv-peer.prod.svc", &ca).is_ok());
         assert!(accepts("kv-0.other-peer.prod.svc.cluster.local", &ca).is_err());
-        let stranger = new_ca(&names, &KeyPair::generate().unwrap()).unwrap();
+        let stranger = new_ca(&names, &KeyPair::generate().unwrap(), &year()).unwrap();
         assert!(accepts("kv-4.kv-peer.prod.svc.cluster.local", &stranger).is_err());
 
         let secret = issued_secret(&names, "kv-peer-tls".into(), &owner(), &member, &ca);
@@ -266,6 +351,42 @@ mod tests {
         assert_eq!(keys, ["ca.crt", "tls.crt", "tls.key"]);
         assert_eq!(pem_in(&ca_secret(&names, &owner(), &ca)), Some(ca.clone()));
         assert_eq!(text_in(&secret, CA_CERT), Some(ca.cert));
+    }
+
+    #[test]
+    fn a_certificate_is_due_for_renewal_with_a_third_of_its_lifetime_left() {
+        let names = Names::new("kv", "prod");
+        let now = OffsetDateTime::now_utc();
+        let ca = new_ca(
+            &names,
+            &KeyPair::generate().unwrap(),
+            &Validity::starting(now, CA_LIFETIME),
+        )
+        .unwrap();
+        let lifetime = Duration::from_secs(300);
+        let validity = Validity::starting(now, lifetime);
+        let member = member_certificate(&names, &ca, &KeyPair::generate().unwrap(), &validity).unwrap();
+        // Valid from a minute before, for five minutes: six minutes, renewed with two left.
+        let seconds = |s: i64| now + time::Duration::seconds(s);
+        assert!(!due_for_renewal(&member.cert, now));
+        assert!(!due_for_renewal(&member.cert, seconds(179)));
+        assert!(due_for_renewal(&member.cert, seconds(181)));
+        assert!(due_for_renewal(&member.cert, seconds(400)));
+        // The CA's ten years hold for the certificates it issues.
+        assert!(!due_for_renewal(&ca.cert, seconds(400)));
+        assert!(due_for_renewal("not a certificate", now));
+
+        // The handshake checks the same dates: the certificate is refused once expired.
+        assert!(handshake(&member, &ca, "kv-0.kv-peer.prod.svc", None).is_ok());
+        let expired = member_certificate(
+            &names,
+            &ca,
+            &KeyPair::generate().unwrap(),
+            &Validity::starting(now - time::Duration::seconds(600), lifetime),
+        )
+        .unwrap();
+        let refused = handshake(&expired, &ca, "kv-0.kv-peer.prod.svc", None).unwrap_err();
+        assert!(refused.to_string().contains("expired"), "{refused}");
     }
 
     #[test]
@@ -295,8 +416,8 @@ mod tests {
     #[test]
     fn the_client_port_certificate_covers_the_service_every_member_and_loopback() {
         let names = Names::new("kv", "prod");
-        let ca = new_ca(&names, &KeyPair::generate().unwrap()).unwrap();
-        let server = server_certificate(&names, &ca, &KeyPair::generate().unwrap()).unwrap();
+        let ca = new_ca(&names, &KeyPair::generate().unwrap(), &year()).unwrap();
+        let server = server_certificate(&names, &ca, &KeyPair::generate().unwrap(), &year()).unwrap();
         for host in [
             "kv",
             "kv.prod",
@@ -316,15 +437,21 @@ mod tests {
     #[test]
     fn client_certificates_name_their_user_and_pass_only_a_server_that_trusts_their_ca() {
         let names = Names::new("kv", "prod");
-        let ca = new_ca(&names, &KeyPair::generate().unwrap()).unwrap();
-        let server = server_certificate(&names, &ca, &KeyPair::generate().unwrap()).unwrap();
-        let alice = client_certificate(&names, &ca, "alice", &KeyPair::generate().unwrap()).unwrap();
+        let ca = new_ca(&names, &KeyPair::generate().unwrap(), &year()).unwrap();
+        let server = server_certificate(&names, &ca, &KeyPair::generate().unwrap(), &year()).unwrap();
+        let alice = client_certificate(&names, &ca, "alice", &KeyPair::generate().unwrap(), &year()).unwrap();
         let seen = handshake(&server, &ca, "kv", Some(&alice)).expect("alice is let in");
         assert_eq!(seen.as_deref(), Some("alice"));
 
-        let stranger_ca = new_ca(&Names::new("kv", "other"), &KeyPair::generate().unwrap()).unwrap();
-        let stranger =
-            client_certificate(&names, &stranger_ca, "alice", &KeyPair::generate().unwrap()).unwrap();
+        let stranger_ca = new_ca(&Names::new("kv", "other"), &KeyPair::generate().unwrap(), &year()).unwrap();
+        let stranger = client_certificate(
+            &names,
+            &stranger_ca,
+            "alice",
+            &KeyPair::generate().unwrap(),
+            &year(),
+        )
+        .unwrap();
         assert!(handshake(&server, &ca, "kv", Some(&stranger)).is_err());
     }
 
