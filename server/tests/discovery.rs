@@ -1,7 +1,9 @@
 //! DNS SRV bootstrap: members find each other through `_cairn-server._tcp.<domain>` served by a
 //! real authoritative DNS server on a loopback port, and a member missing from the records refuses
 //! to start with an error that says so. With `--initial-cluster-size` a member whose peers are not
-//! published yet waits for them instead of bootstrapping from part of the cluster.
+//! published yet waits for them instead of bootstrapping from part of the cluster. Members with
+//! https:// peer URLs find each other under the plain name when `_cairn-server-ssl._tcp` has no
+//! records (all a Kubernetes Service can publish), and still talk over TLS.
 
 mod support;
 
@@ -18,6 +20,7 @@ use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use tempfile::TempDir;
 
+use support::pki::Ca;
 use support::{Member, ok};
 
 const DOMAIN: &str = "cairn.test.";
@@ -152,6 +155,46 @@ fn three_members_bootstrap_from_srv_records() {
         std::thread::sleep(Duration::from_millis(200));
     }
     panic!("restarted member did not rejoin without DNS\n{}", logs());
+}
+
+#[test]
+fn tls_peers_found_under_the_plain_srv_name_talk_over_tls() {
+    let root = TempDir::new().unwrap();
+    let ca = Ca::new("cairn test CA");
+    let ca_file = ca.write(&root.path().join("ca.crt"));
+    let mut members: Vec<Member> = (0..3)
+        .map(|i| Member::new(root.path(), &format!("d{i}"), "srv-token"))
+        .collect();
+    let ports: Vec<u16> = members.iter().map(|m| port_of(&m.peer_url)).collect();
+    // Only the plain name has records, as under a Kubernetes headless Service.
+    let dns = Dns::serve(&[("_cairn-server._tcp", ports.clone())]);
+    for member in &mut members {
+        let pair = ca.issue(root.path(), &member.name, "member");
+        let mut discovering = discovering_member(&root, &member.name, &dns, None);
+        discovering.client_url = member.client_url.clone();
+        discovering.peer_url = member.peer_url.replacen("http://", "https://", 1);
+        discovering.extra_args.extend([
+            format!("--peer-cert-file={}", pair.cert.display()),
+            format!("--peer-key-file={}", pair.key.display()),
+            format!("--peer-trusted-ca-file={}", ca_file.display()),
+            "--peer-client-cert-auth".into(),
+        ]);
+        *member = discovering;
+        member.start();
+    }
+    let log_paths: Vec<_> = members.iter().map(|m| m.log.clone()).collect();
+    let logs = || joined_logs(&log_paths);
+
+    let listed = wait_for_one_cluster(&members, &logs);
+    for port in ports {
+        let url = format!("https://localhost:{port}");
+        assert!(listed.contains(&url), "{url} missing from\n{listed}");
+    }
+    ok(&members[0].endpoint(), &["put", "found", "over-tls"]);
+    for member in &members {
+        let value = ok(&member.endpoint(), &["get", "found", "--print-value-only"]);
+        assert_eq!(value.trim(), "over-tls");
+    }
 }
 
 /// Waits until every member sees the same three members d0, d1, d2; returns the member list.
