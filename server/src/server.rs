@@ -28,7 +28,7 @@ use crate::service::lease::LeaseService;
 use crate::service::lock::LockService;
 use crate::service::maintenance::MaintenanceService;
 use crate::service::watch::WatchService;
-use crate::tls::{CertificateRules, ServerTls, TlsFiles, TlsListener, TlsPeer};
+use crate::tls::{CertificateRules, Plaintext, ServerTls, TlsFiles, TlsListener, TlsPeer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
@@ -69,11 +69,34 @@ async fn bind_all(
         )),
         _ => None,
     };
-    let mut bound = Vec::new();
+    // An address listed with both schemes is one port serving both (how peers move to TLS
+    // without a moment apart: first both, then the URLs, then TLS only).
+    let mut schemes: Vec<(SocketAddr, bool, bool)> = Vec::new();
     for listen in listens {
-        let listener = bind(listen.addr).await?;
-        bound.push(match (&tls, listen.tls) {
-            (Some(tls), true) => Bound::Tls(TlsListener::new(listener, tls.clone(), rules.clone(), kind)),
+        match schemes.iter_mut().find(|(addr, _, _)| *addr == listen.addr) {
+            Some((_, plain, tls)) => {
+                *plain |= !listen.tls;
+                *tls |= listen.tls;
+            }
+            None => schemes.push((listen.addr, !listen.tls, listen.tls)),
+        }
+    }
+    let mut bound = Vec::new();
+    for (addr, plain, wants_tls) in schemes {
+        let listener = bind(addr).await?;
+        let plaintext = if plain {
+            Plaintext::Served
+        } else {
+            Plaintext::Refused
+        };
+        bound.push(match (&tls, wants_tls) {
+            (Some(tls), true) => Bound::Tls(TlsListener::new(
+                listener,
+                tls.clone(),
+                rules.clone(),
+                kind,
+                plaintext,
+            )),
             // Validation made sure every https:// URL has its certificate.
             _ => Bound::Plain(listener),
         });

@@ -459,3 +459,101 @@ fn rotated_certificates_take_effect_without_a_restart_and_running_clients_keep_w
         "{log}"
     );
 }
+
+/// The member IDs (hex, as etcdctl takes them) and peer URLs of the cluster at `endpoints`.
+fn peer_urls(endpoints: &str) -> Vec<(String, String)> {
+    let listed = support::ok(endpoints, &["member", "list", "-w", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    listed["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                format!("{:x}", m["ID"].as_u64().unwrap()),
+                m["peerURLs"][0].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What a plaintext HTTP/1.1 request to `port` gets back, if anything.
+fn plaintext_answer(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+    stream
+        .write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    text.starts_with("HTTP/").then_some(text)
+}
+
+#[test]
+fn a_running_cluster_moves_its_peers_to_tls_one_member_at_a_time() {
+    let mut cluster = support::Cluster::start(3, "peer-tls-move");
+    cluster.wait_healthy(Duration::from_secs(30));
+    let endpoints = cluster.endpoints();
+    support::ok(&endpoints, &["put", "before", "1"]);
+    let dir = cluster.root.path().to_owned();
+    let ca = Ca::new("cairn test CA");
+    let ca_file = ca.write(&dir.join("peer-ca.crt"));
+    let ports: Vec<u16> = cluster.members.iter().map(|m| port_of(&m.peer_url)).collect();
+    let restart = |cluster: &mut support::Cluster, i: usize, listen: String| {
+        let member = &mut cluster.members[i];
+        member.kill9();
+        let pair = ca.issue(&dir, &member.name, "member");
+        member.peer_url = listen;
+        // A member with data knows its cluster; the flags of its first start no longer apply.
+        member.initial_cluster.clear();
+        member.extra_args = vec![
+            format!("--peer-cert-file={}", pair.cert.display()),
+            format!("--peer-key-file={}", pair.key.display()),
+            format!("--peer-trusted-ca-file={}", ca_file.display()),
+            "--peer-client-cert-auth".into(),
+        ];
+        member.start();
+        // Each member is back, and the cluster quorate, before the next one goes.
+        cluster.wait_healthy(Duration::from_secs(30));
+    };
+
+    // 1. Each peer port serves both schemes: peers still dial its http:// URL.
+    for (i, port) in ports.iter().enumerate() {
+        restart(
+            &mut cluster,
+            i,
+            format!("http://127.0.0.1:{port},https://127.0.0.1:{port}"),
+        );
+        assert!(plaintext_answer(*port).is_some(), "the port serves both");
+    }
+    // 2. The members' URLs become https://: peers dial them over TLS from now on.
+    for (id, url) in peer_urls(&endpoints) {
+        let tls_url = url.replacen("http://", "https://", 1);
+        support::ok(
+            &endpoints,
+            &["member", "update", &id, &format!("--peer-urls={tls_url}")],
+        );
+        support::ok(&endpoints, &["put", &format!("after-update-{id}"), "1"]);
+    }
+    // 3. Each peer port serves TLS only.
+    for (i, port) in ports.iter().enumerate() {
+        restart(&mut cluster, i, format!("https://127.0.0.1:{port}"));
+    }
+
+    let urls: Vec<String> = peer_urls(&endpoints).into_iter().map(|(_, url)| url).collect();
+    assert!(urls.iter().all(|u| u.starts_with("https://")), "{urls:?}");
+    for port in &ports {
+        assert_eq!(
+            plaintext_answer(*port),
+            None,
+            "port {port} still answers plaintext"
+        );
+    }
+    support::ok(&endpoints, &["put", "after", "1"]);
+    for member in &cluster.members {
+        let value = support::ok(&member.endpoint(), &["get", "before", "--print-value-only"]);
+        assert_eq!(value, "1\n", "{}", member.name);
+    }
+}

@@ -1,12 +1,18 @@
 //! A TLS listener for the HTTP server: connections are accepted and handshaken in the background,
 //! each in its own task with a deadline, so a slow or silent client holds up no one else; only
 //! connections whose handshake and certificate rules passed are handed to the server, with who
-//! their certificate names (`TlsPeer`, which requests find among their extensions).
+//! their certificate names (`TlsPeer`, which requests find among their extensions). A port that
+//! serves both schemes (its address listed with http:// and https://, as while peers move to
+//! TLS) tells them apart by the first byte a client sends.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
@@ -16,9 +22,67 @@ use super::{CertificateRules, ServerTls, certificate_common_name};
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// The first byte of a TLS connection: a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// Whether a TLS port also serves clients that do not speak TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plaintext {
+    Refused,
+    /// The address is listed with both schemes: plaintext clients are served beside TLS ones
+    /// (the certificate rules apply to the TLS ones only).
+    Served,
+}
+
 pub struct TlsListener {
     local: SocketAddr,
-    handshaken: mpsc::Receiver<(TlsStream<TcpStream>, TlsPeer)>,
+    handshaken: mpsc::Receiver<(Connection, TlsPeer)>,
+}
+
+/// An accepted connection: over TLS, or plaintext on a port that serves both.
+pub enum Connection {
+    Tls(Box<TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Connection::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Connection::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+            Connection::Plain(stream) => Pin::new(stream).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(cx),
+            Connection::Plain(stream) => Pin::new(stream).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Whether a client on a port serving both schemes speaks TLS: its first byte opens a TLS
+/// handshake. None when it closed before sending one.
+async fn speaks_tls(stream: &TcpStream) -> io::Result<Option<bool>> {
+    let mut first = [0u8; 1];
+    let read = stream.peek(&mut first).await?;
+    Ok((read == 1).then_some(first[0] == TLS_HANDSHAKE_RECORD))
 }
 
 /// The other side of a TLS connection (the listener's own address as its `local_addr`).
@@ -45,6 +109,7 @@ impl TlsListener {
         tls: Arc<ServerTls>,
         rules: CertificateRules,
         kind: &'static str,
+        plaintext: Plaintext,
     ) -> Self {
         let local = listener.local_addr().expect("a bound listener has an address");
         let (send, handshaken) = mpsc::channel(64);
@@ -71,6 +136,21 @@ impl TlsListener {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
                 let (send, rules) = (send.clone(), rules.clone());
                 tokio::spawn(async move {
+                    if plaintext == Plaintext::Served {
+                        match tokio::time::timeout(HANDSHAKE_DEADLINE, speaks_tls(&stream)).await {
+                            Ok(Ok(Some(true))) => {}
+                            Ok(Ok(Some(false))) => {
+                                let peer = TlsPeer {
+                                    addr: remote,
+                                    common_name: None,
+                                };
+                                let _ = send.send((Connection::Plain(stream), peer)).await;
+                                return;
+                            }
+                            // Closed, failed or silent before its first byte: nothing to serve.
+                            _ => return,
+                        }
+                    }
                     let handshake = tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(stream)).await;
                     let stream = match handshake {
                         Ok(Ok(stream)) => stream,
@@ -93,7 +173,7 @@ impl TlsListener {
                         .and_then(certificate_common_name);
                     let _ = send
                         .send((
-                            stream,
+                            Connection::Tls(Box::new(stream)),
                             TlsPeer {
                                 addr: remote,
                                 common_name,
@@ -108,7 +188,7 @@ impl TlsListener {
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
+    type Io = Connection;
     type Addr = TlsPeer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {

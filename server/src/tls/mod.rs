@@ -18,7 +18,7 @@ use rustls::server::WebPkiClientVerifier;
 
 pub use connector::PeerConnector;
 pub use identity::{CertificateRules, certificate_common_name};
-pub use listener::{TlsListener, TlsPeer};
+pub use listener::{Plaintext, TlsListener, TlsPeer};
 
 /// The oldest TLS version a port accepts (`--tls-min-version`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
