@@ -572,9 +572,9 @@ async fn observe_all(
         .filter(|(_, pod)| !pod.terminating)
         .filter_map(|(name, pod)| address_of(&names, name, pod))
         .collect();
-    let access = access::read(client, spec)
-        .await
-        .map_err(api_error("read or make the auth Secrets"))?;
+    let access = access::read(client, spec).await.map_err(api_error(
+        "read or make the Secrets the operator reaches members with",
+    ))?;
     let view = observe(&addresses, listed_in(&previous.members), &access).await;
     Ok(Observed {
         bootstrap,

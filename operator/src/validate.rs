@@ -197,8 +197,8 @@ pub struct ValidSpec {
 
 /// How long issued certificates are valid unless the spec says.
 const DEFAULT_CERTIFICATE_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
-/// The bounds of a lifetime the spec may ask for: renewal every 40 s at the short end, and a
-/// century at the long one.
+/// The bounds of a lifetime the spec may ask for: a minute (renewed every 20 s or so, as
+/// certificates are valid from a minute before they are made) and a century.
 const CERTIFICATE_LIFETIME_BOUNDS: (Duration, Duration) =
     (Duration::from_secs(60), Duration::from_secs(876_000 * 3600));
 
