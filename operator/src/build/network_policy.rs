@@ -1,8 +1,9 @@
 //! The NetworkPolicy that fences a cluster's pods in, when the operator is asked to make one
 //! (`--network-policies`, the chart's `networkPolicy.enabled`): the peer port only from the
 //! cluster's own members, the client port only from the cluster's namespace, the operator's,
-//! and the namespaces the user lists. Everything else reaching the pods is dropped by the
-//! network plugin (one that enforces NetworkPolicies).
+//! and the namespaces the user lists (and from them, with client TLS, the plain port with
+//! health, version and metrics, which the operator and scrapers read). Everything else reaching
+//! the pods is dropped by the network plugin (one that enforces NetworkPolicies).
 
 use std::collections::BTreeMap;
 
@@ -13,7 +14,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReferen
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::metadata;
-use super::names::{CLIENT_PORT, Names, PEER_PORT};
+use super::names::{CLIENT_PORT, METRICS_PORT, Names, PEER_PORT};
 use crate::validate::ValidSpec;
 
 /// The label every namespace carries with its own name (Kubernetes 1.21 and later).
@@ -28,12 +29,15 @@ pub struct ClientNamespaces {
     pub listed: Vec<String>,
 }
 
-fn tcp(port: u16) -> Vec<NetworkPolicyPort> {
-    vec![NetworkPolicyPort {
-        port: Some(IntOrString::Int(i32::from(port))),
-        protocol: Some("TCP".to_owned()),
-        ..NetworkPolicyPort::default()
-    }]
+fn tcp(ports: &[u16]) -> Vec<NetworkPolicyPort> {
+    ports
+        .iter()
+        .map(|port| NetworkPolicyPort {
+            port: Some(IntOrString::Int(i32::from(*port))),
+            protocol: Some("TCP".to_owned()),
+            ..NetworkPolicyPort::default()
+        })
+        .collect()
 }
 
 fn namespace(name: &str) -> NetworkPolicyPeer {
@@ -67,6 +71,10 @@ pub fn network_policy(spec: &ValidSpec, owner: &OwnerReference, clients: &Client
     others.sort();
     others.dedup();
     client_peers.extend(others.into_iter().map(|n| namespace(n)));
+    let client_ports: &[u16] = match spec.client_tls.enabled {
+        true => &[CLIENT_PORT, METRICS_PORT],
+        false => &[CLIENT_PORT],
+    };
     NetworkPolicy {
         metadata: metadata(&names, names.network_policy(), owner),
         spec: Some(NetworkPolicySpec {
@@ -78,11 +86,11 @@ pub fn network_policy(spec: &ValidSpec, owner: &OwnerReference, clients: &Client
                         pod_selector: Some(members),
                         ..NetworkPolicyPeer::default()
                     }]),
-                    ports: Some(tcp(PEER_PORT)),
+                    ports: Some(tcp(&[PEER_PORT])),
                 },
                 NetworkPolicyIngressRule {
                     from: Some(client_peers),
-                    ports: Some(tcp(CLIENT_PORT)),
+                    ports: Some(tcp(client_ports)),
                 },
             ]),
             ..NetworkPolicySpec::default()
@@ -122,5 +130,20 @@ spec:
 "#
             ),
         );
+        // With client TLS, the same namespaces reach the plain port the operator reads versions
+        // from and scrapers read metrics from.
+        let tls = network_policy(
+            &valid("spec: {tls: {client: {enabled: true}}}"),
+            &owner(),
+            &clients,
+        );
+        let rules = tls.spec.unwrap().ingress.unwrap();
+        let ports: Vec<_> = rules[1]
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| p.port.clone().unwrap())
+            .collect();
+        assert_eq!(ports, [IntOrString::Int(2379), IntOrString::Int(2381)]);
     }
 }
