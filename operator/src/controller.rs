@@ -28,7 +28,7 @@ use crate::build::names::{MEMBER_PODS, Names, cluster_of_member};
 use crate::build::network_policy::{ClientNamespaces, network_policy};
 use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
-use crate::build::statefulset::statefulset;
+use crate::build::statefulset::{LISTEN_CLIENT_URLS_ENV, statefulset};
 use crate::build::{FIELD_MANAGER, owner_reference};
 use crate::certificates::{TlsError, ensure_tls};
 use crate::crd::{KVCluster, KVClusterStatus};
@@ -614,7 +614,7 @@ fn serves_client_tls(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|spec| spec.containers.first())
         .and_then(|container| container.env.as_ref())
-        .and_then(|env| env.iter().find(|var| var.name == "CAIRN_LISTEN_CLIENT_URLS"))
+        .and_then(|env| env.iter().find(|var| var.name == LISTEN_CLIENT_URLS_ENV))
         .and_then(|var| var.value.as_deref());
     listen.is_some_and(|urls| urls.starts_with("https://"))
 }

@@ -138,9 +138,7 @@ mod tests {
 
     use super::*;
     use crate::build::testing::{owner, valid};
-    use crate::build::tls::{
-        Pem, Validity, client_certificate, issued_secret, member_certificate, new_ca, server_certificate,
-    };
+    use crate::build::tls::{Certificate, Pem, Validity, issue, issued_secret, new_ca};
 
     const HOST: &str = "kv-0.kv-peer.prod.svc.cluster.local";
 
@@ -189,17 +187,24 @@ mod tests {
     fn a_fitting_certificate_passes_for_its_use() {
         let names = Names::new("kv", "prod");
         let ca = new_ca(&names, &key(), &year()).unwrap();
-        let peer = member_certificate(&names, &ca, &key(), &year()).unwrap();
+        let peer = issue(&names, &ca, &Certificate::Member, &key(), &year()).unwrap();
         assert_eq!(
             check(&secret_of(&peer, &ca), &Use::Peer { host: HOST.into() }, now()),
             Ok(())
         );
-        let server = server_certificate(&names, &ca, &key(), &year()).unwrap();
+        let server = issue(&names, &ca, &Certificate::Server, &key(), &year()).unwrap();
         let client_port = Use::ClientPort {
             host: "kv.prod.svc".into(),
         };
         assert_eq!(check(&secret_of(&server, &ca), &client_port, now()), Ok(()));
-        let operator = client_certificate(&names, &ca, "cairn-operator", &key(), &year()).unwrap();
+        let operator = issue(
+            &names,
+            &ca,
+            &Certificate::Client("cairn-operator".into()),
+            &key(),
+            &year(),
+        )
+        .unwrap();
         assert_eq!(
             check(&secret_of(&operator, &ca), &Use::OperatorClient, now()),
             Ok(())
@@ -215,11 +220,18 @@ mod tests {
             |secret: &Secret, purpose: &Use, now: UnixTime| check(secret, purpose, now).unwrap_err();
 
         // A server-only certificate cannot be a peer's (peers also dial).
-        let server = server_certificate(&names, &ca, &key(), &year()).unwrap();
+        let server = issue(&names, &ca, &Certificate::Server, &key(), &year()).unwrap();
         let words = problem(&secret_of(&server, &ca), &peer, now());
         assert!(words.contains("does not pass as a client"), "{words}");
         // Another cluster's names.
-        let other = member_certificate(&Names::new("kv", "other"), &ca, &key(), &year()).unwrap();
+        let other = issue(
+            &Names::new("kv", "other"),
+            &ca,
+            &Certificate::Member,
+            &key(),
+            &year(),
+        )
+        .unwrap();
         let words = problem(&secret_of(&other, &ca), &peer, now());
         assert!(
             words.contains("does not pass as a server for kv-0.kv-peer.prod"),
@@ -227,16 +239,16 @@ mod tests {
         );
         // Another CA than the one beside it.
         let stranger = new_ca(&names, &key(), &year()).unwrap();
-        let member = member_certificate(&names, &stranger, &key(), &year()).unwrap();
+        let member = issue(&names, &stranger, &Certificate::Member, &key(), &year()).unwrap();
         let words = problem(&secret_of(&member, &ca), &peer, now());
         assert!(words.contains("from the CA in ca.crt"), "{words}");
         // A key of another certificate.
-        let mut swapped = member_certificate(&names, &ca, &key(), &year()).unwrap();
+        let mut swapped = issue(&names, &ca, &Certificate::Member, &key(), &year()).unwrap();
         swapped.key = key().serialize_pem();
         let words = problem(&secret_of(&swapped, &ca), &peer, now());
         assert!(words.contains("tls.key does not fit tls.crt"), "{words}");
         // Expired.
-        let fine = member_certificate(&names, &ca, &key(), &year()).unwrap();
+        let fine = issue(&names, &ca, &Certificate::Member, &key(), &year()).unwrap();
         let two_years = Duration::from_secs(2 * 365 * 24 * 3600);
         let since_epoch = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -342,16 +342,14 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         },
     };
 
-    let auth = match &spec.auth.root_password_secret {
-        Some(secret) if !is_subdomain(secret) => {
-            return Err(SpecError::SecretName {
-                field: "spec.auth.rootPasswordSecret".into(),
-                value: secret.clone(),
-            });
-        }
+    let root_secret = match &spec.auth.root_password_secret {
+        Some(secret) => Some(secret_name("spec.auth.rootPasswordSecret".into(), secret)?),
+        None => None,
+    };
+    let auth = match root_secret {
         _ if !spec.auth.enabled => None,
-        Some(secret) => Some(AuthPlan {
-            root_secret: secret.clone(),
+        Some(root_secret) => Some(AuthPlan {
+            root_secret,
             made_by_operator: false,
         }),
         None => Some(AuthPlan {

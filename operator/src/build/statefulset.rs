@@ -17,6 +17,10 @@ use super::tls::{CA_CERT, CERT, KEY};
 use crate::crd::PullPolicy;
 use crate::validate::{StoragePlan, ValidSpec};
 
+/// The variable that carries a member's client URLs, which also tells the operator whether a
+/// running pod serves clients over TLS.
+pub const LISTEN_CLIENT_URLS_ENV: &str = "CAIRN_LISTEN_CLIENT_URLS";
+
 /// `replicas` is not always the spec's: members are added and removed one at a time.
 pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replicas: i32) -> StatefulSet {
     let names = Names::of(spec);
@@ -38,7 +42,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         env("CAIRN_NAME", "$(POD_NAME)"),
         env("CAIRN_DATA_DIR", &format!("{DATA_DIR}/data")),
         env(
-            "CAIRN_LISTEN_CLIENT_URLS",
+            LISTEN_CLIENT_URLS_ENV,
             &format!("{client_scheme}://$(POD_IP):{CLIENT_PORT}"),
         ),
         env(

@@ -125,56 +125,6 @@ pub fn member_names(names: &Names) -> Vec<String> {
     .to_vec()
 }
 
-/// Signs `params` for `key` with the cluster's CA (`ca`, as `new_ca` made it).
-fn sign(
-    names: &Names,
-    ca: &Pem,
-    mut params: CertificateParams,
-    key: &KeyPair,
-    validity: &Validity,
-) -> Result<Pem, rcgen::Error> {
-    validity.apply(&mut params);
-    let issuer = Issuer::new(ca_params(names)?, KeyPair::from_pem(&ca.key)?);
-    let cert = params.signed_by(key, &issuer)?;
-    Ok(Pem {
-        cert: cert.pem(),
-        key: key.serialize_pem(),
-    })
-}
-
-fn leaf(
-    common_name: &str,
-    hosts: Vec<String>,
-    uses: Vec<ExtendedKeyUsagePurpose>,
-) -> Result<CertificateParams, rcgen::Error> {
-    let mut params = CertificateParams::new(hosts)?;
-    params.distinguished_name.push(DnType::CommonName, common_name);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
-    params.extended_key_usages = uses;
-    Ok(params)
-}
-
-/// The members' peer certificate, with `key`.
-pub fn member_certificate(
-    names: &Names,
-    ca: &Pem,
-    key: &KeyPair,
-    validity: &Validity,
-) -> Result<Pem, rcgen::Error> {
-    let params = leaf(
-        &format!("{}-member", names.cluster),
-        member_names(names),
-        vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ],
-    )?;
-    sign(names, ca, params, key, validity)
-}
-
 /// The names a member's client-port certificate holds: every member's, the client Service's,
 /// and the loopback ones a port-forward or a shell in the pod dials.
 pub fn server_names(names: &Names) -> Vec<String> {
@@ -184,46 +134,47 @@ pub fn server_names(names: &Names) -> Vec<String> {
     hosts
 }
 
-/// The members' client-port certificate, with `key`.
-pub fn server_certificate(
-    names: &Names,
-    ca: &Pem,
-    key: &KeyPair,
-    validity: &Validity,
-) -> Result<Pem, rcgen::Error> {
-    let params = leaf(
-        &format!("{}-server", names.cluster),
-        server_names(names),
-        vec![ExtendedKeyUsagePurpose::ServerAuth],
-    )?;
-    sign(names, ca, params, key, validity)
-}
-
-/// A client certificate for `user` (its common name, which members take as the user while auth
-/// is on), with `key`.
-pub fn client_certificate(
-    names: &Names,
-    ca: &Pem,
-    user: &str,
-    key: &KeyPair,
-    validity: &Validity,
-) -> Result<Pem, rcgen::Error> {
-    let params = leaf(user, Vec::new(), vec![ExtendedKeyUsagePurpose::ClientAuth])?;
-    sign(names, ca, params, key, validity)
-}
-
 /// A certificate the cluster's CA issues.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Certificate {
-    /// The members' peer certificate.
+    /// The members' peer certificate: every member's peer name, as server and as client.
     Member,
-    /// The members' client-port certificate.
+    /// The members' client-port certificate: every name clients reach members by, as server.
     Server,
-    /// A client certificate for this user.
+    /// A client certificate for this user (its common name, which members take as the user
+    /// while auth is on).
     Client(String),
 }
 
-/// Issues `certificate` for `key` from the cluster's CA.
+impl Certificate {
+    /// The subject, names and uses of this certificate for the cluster `names` describes.
+    fn params(&self, names: &Names) -> Result<CertificateParams, rcgen::Error> {
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let (common_name, hosts, uses) = match self {
+            Certificate::Member => (
+                format!("{}-member", names.cluster),
+                member_names(names),
+                vec![ServerAuth, ClientAuth],
+            ),
+            Certificate::Server => (
+                format!("{}-server", names.cluster),
+                server_names(names),
+                vec![ServerAuth],
+            ),
+            Certificate::Client(user) => (user.clone(), Vec::new(), vec![ClientAuth]),
+        };
+        let mut params = CertificateParams::new(hosts)?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = uses;
+        Ok(params)
+    }
+}
+
+/// Issues `certificate` for `key` from the cluster's CA (`ca`, as `new_ca` made it).
 pub fn issue(
     names: &Names,
     ca: &Pem,
@@ -231,11 +182,14 @@ pub fn issue(
     key: &KeyPair,
     validity: &Validity,
 ) -> Result<Pem, rcgen::Error> {
-    match certificate {
-        Certificate::Member => member_certificate(names, ca, key, validity),
-        Certificate::Server => server_certificate(names, ca, key, validity),
-        Certificate::Client(user) => client_certificate(names, ca, user, key, validity),
-    }
+    let mut params = certificate.params(names)?;
+    validity.apply(&mut params);
+    let issuer = Issuer::new(ca_params(names)?, KeyPair::from_pem(&ca.key)?);
+    let cert = params.signed_by(key, &issuer)?;
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
 /// The certificates the operator issues for `spec`, each with the Secret it lives in: the
@@ -328,7 +282,14 @@ mod tests {
             ]
         );
         let ca = new_ca(&names, &KeyPair::generate().unwrap(), &year()).unwrap();
-        let member = member_certificate(&names, &ca, &KeyPair::generate().unwrap(), &year()).unwrap();
+        let member = issue(
+            &names,
+            &ca,
+            &Certificate::Member,
+            &KeyPair::generate().unwrap(),
+            &year(),
+        )
+        .unwrap();
         assert!(member.cert.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(
             !format!("{member:?}").contains(&member.key),
@@ -365,7 +326,14 @@ mod tests {
         .unwrap();
         let lifetime = Duration::from_secs(300);
         let validity = Validity::starting(now, lifetime);
-        let member = member_certificate(&names, &ca, &KeyPair::generate().unwrap(), &validity).unwrap();
+        let member = issue(
+            &names,
+            &ca,
+            &Certificate::Member,
+            &KeyPair::generate().unwrap(),
+            &validity,
+        )
+        .unwrap();
         // Valid from a minute before, for five minutes: six minutes, renewed with two left.
         let seconds = |s: i64| now + time::Duration::seconds(s);
         assert!(!due_for_renewal(&member.cert, now));
@@ -378,9 +346,10 @@ mod tests {
 
         // The handshake checks the same dates: the certificate is refused once expired.
         assert!(handshake(&member, &ca, "kv-0.kv-peer.prod.svc", None).is_ok());
-        let expired = member_certificate(
+        let expired = issue(
             &names,
             &ca,
+            &Certificate::Member,
             &KeyPair::generate().unwrap(),
             &Validity::starting(now - time::Duration::seconds(600), lifetime),
         )
@@ -417,7 +386,14 @@ mod tests {
     fn the_client_port_certificate_covers_the_service_every_member_and_loopback() {
         let names = Names::new("kv", "prod");
         let ca = new_ca(&names, &KeyPair::generate().unwrap(), &year()).unwrap();
-        let server = server_certificate(&names, &ca, &KeyPair::generate().unwrap(), &year()).unwrap();
+        let server = issue(
+            &names,
+            &ca,
+            &Certificate::Server,
+            &KeyPair::generate().unwrap(),
+            &year(),
+        )
+        .unwrap();
         for host in [
             "kv",
             "kv.prod",
@@ -438,16 +414,30 @@ mod tests {
     fn client_certificates_name_their_user_and_pass_only_a_server_that_trusts_their_ca() {
         let names = Names::new("kv", "prod");
         let ca = new_ca(&names, &KeyPair::generate().unwrap(), &year()).unwrap();
-        let server = server_certificate(&names, &ca, &KeyPair::generate().unwrap(), &year()).unwrap();
-        let alice = client_certificate(&names, &ca, "alice", &KeyPair::generate().unwrap(), &year()).unwrap();
+        let server = issue(
+            &names,
+            &ca,
+            &Certificate::Server,
+            &KeyPair::generate().unwrap(),
+            &year(),
+        )
+        .unwrap();
+        let alice = issue(
+            &names,
+            &ca,
+            &Certificate::Client("alice".into()),
+            &KeyPair::generate().unwrap(),
+            &year(),
+        )
+        .unwrap();
         let seen = handshake(&server, &ca, "kv", Some(&alice)).expect("alice is let in");
         assert_eq!(seen.as_deref(), Some("alice"));
 
         let stranger_ca = new_ca(&Names::new("kv", "other"), &KeyPair::generate().unwrap(), &year()).unwrap();
-        let stranger = client_certificate(
+        let stranger = issue(
             &names,
             &stranger_ca,
-            "alice",
+            &Certificate::Client("alice".into()),
             &KeyPair::generate().unwrap(),
             &year(),
         )
