@@ -501,13 +501,21 @@ fn a_running_cluster_moves_its_peers_to_tls_one_member_at_a_time() {
     let ca = Ca::new("cairn test CA");
     let ca_file = ca.write(&dir.join("peer-ca.crt"));
     let ports: Vec<u16> = cluster.members.iter().map(|m| port_of(&m.peer_url)).collect();
+    let first_flags: Vec<String> = cluster
+        .members
+        .iter()
+        .map(|m| m.initial_cluster.clone())
+        .collect();
+    assert!(first_flags.iter().all(|flags| flags.contains("http://")));
     let restart = |cluster: &mut support::Cluster, i: usize, listen: String| {
         let member = &mut cluster.members[i];
         member.kill9();
         let pair = ca.issue(&dir, &member.name, "member");
         member.peer_url = listen;
-        // A member with data knows its cluster; the flags of its first start no longer apply.
-        member.initial_cluster.clear();
+        // A member with data knows its cluster by the member list: it keeps the
+        // --initial-cluster of its first start (http://), as a deployment's config file does,
+        // and starts although its advertised URLs now differ from it.
+        member.initial_cluster = first_flags[i].clone();
         member.extra_args = vec![
             format!("--peer-cert-file={}", pair.cert.display()),
             format!("--peer-key-file={}", pair.key.display()),
@@ -537,9 +545,23 @@ fn a_running_cluster_moves_its_peers_to_tls_one_member_at_a_time() {
         );
         support::ok(&endpoints, &["put", &format!("after-update-{id}"), "1"]);
     }
-    // 3. Each peer port serves TLS only.
+    // 3. Each peer port serves TLS only, and the leader of the time reaches each restarted
+    // member there (it must dial the URL the member list has now, not the one it first dialed).
     for (i, port) in ports.iter().enumerate() {
         restart(&mut cluster, i, format!("https://127.0.0.1:{port}"));
+        let key = format!("after-restart-{i}");
+        support::ok(&endpoints, &["put", &key, "1"]);
+        let member = cluster.members[i].endpoint();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while support::ok(&member, &["get", &key, "--consistency=s", "--print-value-only"]) != "1\n" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} never received {key}:\n{}",
+                cluster.members[i].name,
+                cluster.logs()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     let urls: Vec<String> = peer_urls(&endpoints).into_iter().map(|(_, url)| url).collect();

@@ -287,6 +287,32 @@ pub struct Config {
     pub auth: AuthConfig,
 }
 
+impl Config {
+    /// A member that bootstraps (its data dir is empty) must be listed in `--initial-cluster`
+    /// under the URLs it advertises, as etcd checks then, and only then: a member with data is
+    /// known to its cluster by the member list, and restarts under a new scheme (its peers moving
+    /// to TLS) with a `--initial-cluster` written before the move.
+    pub fn verify_bootstrap_urls(&self) -> Result<(), ConfigError> {
+        if self.discovery.is_some() {
+            return Ok(());
+        }
+        let Some(listed) = self.initial_cluster.get(&self.name) else {
+            return Ok(());
+        };
+        let (mut a, mut b) = (listed.clone(), self.advertise_peer_urls.clone());
+        a.sort();
+        b.sort();
+        if a != b {
+            return Err(ConfigError::AdvertisedMismatch {
+                name: self.name.clone(),
+                listed: listed.clone(),
+                advertised: self.advertise_peer_urls.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// How this member issues and checks credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuthConfig {
@@ -519,18 +545,9 @@ impl Args {
                     cluster: self.initial_cluster,
                 });
             }
-            Some(listed) => {
-                let (mut a, mut b) = (listed.clone(), advertise_peer_urls.clone());
-                a.sort();
-                b.sort();
-                if a != b {
-                    return Err(ConfigError::AdvertisedMismatch {
-                        name: self.name,
-                        listed: listed.clone(),
-                        advertised: advertise_peer_urls,
-                    });
-                }
-            }
+            // Whether its URLs match the advertised ones matters only when bootstrapping
+            // (`Config::verify_bootstrap_urls`): a member with data is known by its member list.
+            Some(_) => {}
         }
         let auto_compaction = parse_retention(self.auto_compaction_mode, &self.auto_compaction_retention)?;
         let watch_progress_interval =
@@ -871,8 +888,8 @@ mod tests {
     }
 
     #[test]
-    fn advertised_urls_must_match_the_cluster_entry() {
-        let error = args(&[
+    fn advertised_urls_must_match_the_cluster_entry_to_bootstrap() {
+        let config = args(&[
             "--name",
             "a",
             "--initial-cluster",
@@ -881,8 +898,20 @@ mod tests {
             "http://127.0.0.1:2",
         ])
         .validate()
-        .unwrap_err();
+        .expect("a member with data may restart under other URLs");
+        let error = config.verify_bootstrap_urls().unwrap_err();
         assert!(matches!(error, ConfigError::AdvertisedMismatch { .. }));
+        let matching = args(&[
+            "--name",
+            "a",
+            "--initial-cluster",
+            "a=http://127.0.0.1:1",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:1",
+        ])
+        .validate()
+        .unwrap();
+        assert!(matching.verify_bootstrap_urls().is_ok());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! Transport failures are reported as `Unreachable` so openraft backs off and retries; a batch of
 //! entries larger than a peer message may be is cut short and reported as a partial success.
 
+use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use openraft::RaftNetworkV2;
@@ -20,12 +22,37 @@ use crate::{PeerNode, Snapshot, TypeConfig, Vote};
 
 pub struct NetworkFactory {
     pub client: PeerClient,
+    pub addresses: PeerAddresses,
+}
+
+/// The peer URL each member is dialed at, kept current by whoever applies membership. openraft
+/// makes a connection to a peer once per leadership and keeps it across membership changes, so
+/// a member whose URL changes (MemberUpdate, peers moving to TLS) would otherwise be dialed at
+/// its old URL until the next election.
+#[derive(Debug, Clone, Default)]
+pub struct PeerAddresses(Arc<RwLock<BTreeMap<u64, String>>>);
+
+impl PeerAddresses {
+    /// Replaces every member's URL with the membership's.
+    pub fn replace(&self, urls: impl IntoIterator<Item = (u64, String)>) {
+        *self.0.write().expect("peer addresses lock poisoned") = urls.into_iter().collect();
+    }
+
+    fn get(&self, member: u64) -> Option<String> {
+        self.0
+            .read()
+            .expect("peer addresses lock poisoned")
+            .get(&member)
+            .cloned()
+    }
 }
 
 pub struct Connection {
     client: PeerClient,
     target: u64,
+    /// The URL the connection was made for; the current one in `addresses` wins.
     url: Option<String>,
+    addresses: PeerAddresses,
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
@@ -36,6 +63,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             client: self.client.clone(),
             target,
             url: node.peer_urls.first().cloned(),
+            addresses: self.addresses.clone(),
         }
     }
 }
@@ -75,9 +103,10 @@ pub fn entries_within(entries: &[peerpb::Entry], budget: usize) -> usize {
 }
 
 impl Connection {
-    fn url(&self) -> Result<&str, RPCError<TypeConfig>> {
-        self.url
-            .as_deref()
+    fn url(&self) -> Result<String, RPCError<TypeConfig>> {
+        self.addresses
+            .get(self.target)
+            .or_else(|| self.url.clone())
             .ok_or_else(|| RPCError::Unreachable(Unreachable::new(&NoUrl(self.target))))
     }
 
@@ -85,7 +114,7 @@ impl Connection {
     where
         Fut: Future<Output = Result<R, PeerError>>,
     {
-        let url = self.url()?.to_owned();
+        let url = self.url()?;
         call(url).await.map_err(rpc_error)
     }
 }
@@ -152,7 +181,7 @@ impl RaftNetworkV2<TypeConfig> for Connection {
         option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
         let url = match self.url() {
-            Ok(url) => url.to_owned(),
+            Ok(url) => url,
             Err(_) => return Err(StreamingError::Unreachable(Unreachable::new(&NoUrl(self.target)))),
         };
         let timeout = option.hard_ttl().max(Duration::from_secs(60));

@@ -17,6 +17,8 @@ pub enum StartError {
     Tls(#[from] crate::tls::TlsError),
     #[error(transparent)]
     DataDir(#[from] data_dir::DataDirError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("cannot open the Raft log: {0}")]
     Log(#[from] crate::store::LogStoreError),
     #[error("cannot open the state machine: {0}")]
@@ -85,6 +87,7 @@ pub(super) async fn resolve_identity(
         tracing::info!(%dir, "data dir is initialized; --initial-cluster flags are ignored");
         return Ok(stored);
     }
+    config.verify_bootstrap_urls()?;
     let identity = match config.cluster_state {
         ClusterState::New => {
             let ids: Vec<u64> = config

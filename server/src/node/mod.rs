@@ -34,7 +34,7 @@ pub use validate::Limits;
 use crate::PeerNode;
 use crate::bootstrap::identity as member_identity;
 use crate::config::{ClusterState, Config};
-use crate::network::raft::NetworkFactory;
+use crate::network::raft::{NetworkFactory, PeerAddresses};
 use crate::network::{ClusterInfo, PeerClient, protocol};
 use crate::pb::cairnpb::{Caller, MemberAttributes};
 use crate::pb::etcdserverpb::ResponseHeader;
@@ -75,6 +75,8 @@ pub struct Node {
     feed: Arc<Feed>,
     /// The simple tokens this member knows, as the log issued them.
     tokens: Arc<crate::auth::Tokens>,
+    /// The peer URLs Raft dials, following the membership.
+    peer_addresses: PeerAddresses,
 }
 
 impl Node {
@@ -142,8 +144,10 @@ impl Node {
                 .validate()
                 .map_err(|e| StartError::Raft(e.to_string()))?,
         );
+        let peer_addresses = PeerAddresses::default();
         let network = NetworkFactory {
             client: peers.clone(),
+            addresses: peer_addresses.clone(),
         };
         let raft = Raft::new(identity.member_id, raft_config, network, log, state_machine)
             .await
@@ -164,6 +168,7 @@ impl Node {
             metrics,
             feed,
             tokens,
+            peer_addresses,
         });
         tracing::info!(
             name = %node.config.name,
@@ -204,6 +209,7 @@ impl Node {
         tokio::spawn(self.clone().publish_attributes());
         tokio::spawn(self.clone().watch_removal());
         tokio::spawn(self.clone().watch_leader_changes());
+        tokio::spawn(self.clone().follow_peer_urls());
         tokio::spawn(lessor::run(self.clone()));
         if let Some(policy) = self.config.auto_compaction {
             tokio::spawn(compactor::run(self.clone(), policy));
@@ -398,6 +404,32 @@ impl Node {
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { return },
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    /// Keeps the URLs Raft dials its peers at the membership's, as soon as a change (a
+    /// MemberUpdate) is appended.
+    async fn follow_peer_urls(self: Arc<Self>) {
+        use openraft::async_runtime::WatchReceiver;
+        let mut metrics = self.raft.raft().metrics();
+        let mut followed = None;
+        loop {
+            {
+                let current = metrics.borrow_and_update();
+                let membership = &current.membership_config;
+                // Metrics change with every entry; the membership only now and then.
+                if followed != Some(*membership.log_id()) {
+                    followed = Some(*membership.log_id());
+                    let urls = membership
+                        .membership()
+                        .nodes()
+                        .filter_map(|(id, node)| Some((*id, node.peer_urls.first()?.clone())));
+                    self.peer_addresses.replace(urls);
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
             }
         }
     }
