@@ -7,21 +7,21 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, is_ready, wait_for};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
 use cairn_operator::crd::KVCluster;
 use common::{
-    IssuedCertificate, OperatorSandbox, client_options, keys_on, member_endpoint, wait_settled, with_operator,
+    IssuedCertificate, OperatorSandbox, Seen, Traffic, client_options, keys_on, look_until, member_endpoint,
+    wait_settled, with_operator,
 };
-use etcd_client::Client;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::events::v1::Event;
+use kube::Api;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::{Api, ResourceExt};
 
 const MEMBERS: [&str; 3] = ["kv-0", "kv-1", "kv-2"];
 
@@ -33,13 +33,6 @@ async fn a_version_change_rolls_members_one_at_a_time_leader_last_under_writes()
         dir: _dir,
     } = OperatorSandbox::start(20343, 27490, 29).await;
     with_operator(&env, context, upgrade(&env)).await;
-}
-
-/// What one look at the cluster saw: each member pod's UID (None while it is away or not
-/// Ready) and the leader's name.
-struct Look {
-    pods: BTreeMap<String, Option<String>>,
-    leader: Option<String>,
 }
 
 async fn upgrade(env: &TestSandbox) {
@@ -57,10 +50,7 @@ async fn upgrade(env: &TestSandbox) {
         ns.wait_pod_ready(member, Duration::from_secs(60)).await;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = tokio::spawn(write_until(pods.clone(), stop.clone()));
-    let looker = tokio::spawn(look_until(pods.clone(), stop.clone()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let traffic = Traffic::start(&pods, &MEMBERS).await;
 
     let started = Instant::now();
     let clusters: Api<cairn_operator::crd::KVCluster> = ns.api();
@@ -78,13 +68,13 @@ async fn upgrade(env: &TestSandbox) {
     let after = wait_settled(&ns, 3, Duration::from_secs(240)).await;
     let rolled_in = started.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (acknowledged, failed) = writer.await.unwrap();
-    let looks = looker.await.unwrap();
+    let seen = traffic.stop().await;
+    let looks = &seen.looks;
     eprintln!(
-        "rolled 3 members in {:.1}s; {} writes acknowledged, {failed} failed",
+        "rolled 3 members in {:.1}s; {} writes acknowledged, {} failed",
         rolled_in.as_secs_f64(),
-        acknowledged.len()
+        seen.acknowledged.len(),
+        seen.failed
     );
 
     for member in MEMBERS {
@@ -172,31 +162,19 @@ async fn upgrade(env: &TestSandbox) {
         "{steps:#?}"
     );
 
-    // Every acknowledged write is on every member.
-    assert!(acknowledged.len() > 50, "the writer wrote throughout");
-    for member in MEMBERS {
-        let endpoint = member_endpoint(&ns, member).await;
-        wait_for(
-            &format!("{member} to have every acknowledged write"),
-            Duration::from_secs(30),
-            || async {
-                let keys = keys_on(&endpoint, client_options()).await?;
-                acknowledged.iter().all(|k| keys.contains(k)).then_some(())
-            },
-        )
+    seen.on_every_member(&ns, &MEMBERS, |_| client_options(), false)
         .await;
-    }
     eprintln!("restart order {restarted:?}, first leader {first_leader}");
 
-    move_to_client_tls(&ns, &pods, &acknowledged).await;
+    move_to_client_tls(&ns, &pods, seen.acknowledged).await;
 }
 
 /// Turns client TLS on in the running cluster's spec and follows the roll that carries it out.
-async fn move_to_client_tls(ns: &TestNamespace, pods: &Api<Pod>, written: &[String]) {
+async fn move_to_client_tls(ns: &TestNamespace, pods: &Api<Pod>, written: Vec<String>) {
     let clusters: Api<KVCluster> = ns.api();
     let before = clusters.get("kv").await.unwrap().status.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let looker = tokio::spawn(look_until(pods.clone(), stop.clone()));
+    let looker = tokio::spawn(look_until(pods.clone(), &MEMBERS, stop.clone()));
     let started = Instant::now();
     let tls = serde_json::json!({"spec": {"tls": {"client": {
         "enabled": true,
@@ -221,13 +199,14 @@ async fn move_to_client_tls(ns: &TestNamespace, pods: &Api<Pod>, written: &[Stri
         ns.wait_pod_ready(member, Duration::from_secs(60)).await;
     }
     stop.store(true, Ordering::Relaxed);
-    let looks = looker.await.unwrap();
+    // No writes while clients move to TLS; the earlier ones must all be there.
+    let seen = Seen {
+        acknowledged: written,
+        failed: 0,
+        looks: looker.await.unwrap(),
+    };
     eprintln!("moved 3 members to client TLS in {:.1}s", moved_in.as_secs_f64());
-
-    for (i, look) in looks.iter().enumerate() {
-        let away = look.pods.values().filter(|uid| uid.is_none()).count();
-        assert!(away <= 1, "{away} members away at once in look {i}");
-    }
+    seen.at_most_one_away();
     assert_eq!(after.cluster_id, before.cluster_id, "the same cluster");
     assert!(
         after.members.iter().all(|m| m.healthy
@@ -239,20 +218,12 @@ async fn move_to_client_tls(ns: &TestNamespace, pods: &Api<Pod>, written: &[Stri
     );
 
     let admin = IssuedCertificate::read(ns, "kv-admin").await;
+    let with_certificate = |member: &str| client_options().with_tls(admin.tls(&ns.name, member, true));
+    seen.on_every_member(ns, &MEMBERS, with_certificate, true).await;
     for member in MEMBERS {
         let endpoint = member_endpoint(ns, member)
             .await
             .replacen("http://", "https://", 1);
-        let options = client_options().with_tls(admin.tls(&ns.name, member, true));
-        wait_for(
-            &format!("{member} to have every acknowledged write, read over TLS"),
-            Duration::from_secs(30),
-            || async {
-                let keys = keys_on(&endpoint, options.clone()).await?;
-                written.iter().all(|k| keys.contains(k)).then_some(())
-            },
-        )
-        .await;
         let plaintext = member_endpoint(ns, member).await;
         assert!(
             keys_on(&plaintext, client_options()).await.is_none(),
@@ -282,89 +253,4 @@ async fn roll_events(ns: &cairn_e2e::testkit::TestNamespace) -> Vec<String> {
         .into_iter()
         .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
         .collect()
-}
-
-/// The client endpoints of the member pods that are Ready now.
-async fn ready_endpoints(pods: &Api<Pod>) -> Vec<String> {
-    let listed = pods.list(&ListParams::default()).await.map(|l| l.items);
-    listed
-        .unwrap_or_default()
-        .iter()
-        .filter(|pod| is_ready(pod) && pod.metadata.deletion_timestamp.is_none())
-        .filter_map(|pod| Some(format!("http://{}:2379", pod.status.as_ref()?.pod_ip.as_ref()?)))
-        .collect()
-}
-
-/// Puts `w/<n>` until told to stop, through the members that are Ready (found again after a
-/// failure, as a client behind a Service would); returns the acknowledged keys and the number of
-/// failures.
-async fn write_until(pods: Api<Pod>, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
-    let (mut acknowledged, mut failed) = (Vec::new(), 0);
-    let mut client: Option<Client> = None;
-    let mut n = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let Some(writer) = client.as_mut() else {
-            let endpoints = ready_endpoints(&pods).await;
-            client = Client::connect(endpoints, Some(client_options())).await.ok();
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        let key = format!("w/{n:06}");
-        n += 1;
-        match writer.put(key.as_str(), "value", None).await {
-            Ok(_) => acknowledged.push(key),
-            Err(_) => {
-                failed += 1;
-                client = None;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (acknowledged, failed)
-}
-
-/// Looks at the member pods and asks a Ready one for the leader, every 100 ms until told to stop.
-async fn look_until(pods: Api<Pod>, stop: Arc<AtomicBool>) -> Vec<Look> {
-    let mut looks = Vec::new();
-    while !stop.load(Ordering::Relaxed) {
-        let Ok(listed) = pods.list(&ListParams::default()).await else {
-            continue;
-        };
-        let mut seen: BTreeMap<String, Option<String>> =
-            MEMBERS.iter().map(|m| (m.to_string(), None)).collect();
-        for pod in &listed.items {
-            if is_ready(pod) && pod.metadata.deletion_timestamp.is_none() {
-                seen.insert(pod.name_any(), pod.uid());
-            }
-        }
-        looks.push(Look {
-            pods: seen,
-            leader: leader(&ready_endpoints(&pods).await).await,
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    looks
-}
-
-/// The leader's name, as the first member that answers tells it.
-async fn leader(endpoints: &[String]) -> Option<String> {
-    for endpoint in endpoints {
-        let Ok(mut client) = Client::connect([endpoint], Some(client_options())).await else {
-            continue;
-        };
-        let Ok(status) = client.status().await else {
-            continue;
-        };
-        let leader = status.leader();
-        if leader == 0 {
-            continue;
-        }
-        let members = client.member_list().await.ok()?;
-        return members
-            .members()
-            .iter()
-            .find(|m| m.id() == leader)
-            .map(|m| m.name().to_owned());
-    }
-    None
 }

@@ -1,5 +1,5 @@
 //! Carrying out the steps that go through the cluster's own API (MemberAdd, MemberPromote,
-//! MoveLeader, MemberRemove, turning auth on and off). They are sent to the leader: MoveLeader
+//! MoveLeader, MemberRemove, MemberUpdate, turning auth on and off). They are sent to the leader: MoveLeader
 //! must be, and the others then need no forwarding.
 
 use std::time::Duration;
@@ -92,6 +92,13 @@ pub async fn send(step: &Step, leader: &MemberAddress, access: &Access) -> Resul
             let mut client = connect().await.map_err(failed)?;
             client.auth_disable().await.map_err(failed)?;
         }
+        Step::UpdatePeerUrl { id, peer_url, .. } => {
+            let mut client = connect().await.map_err(failed)?;
+            client
+                .member_update(*id, vec![peer_url.clone()])
+                .await
+                .map_err(failed)?;
+        }
         Step::Settled
         | Step::Wait(_)
         | Step::WriteEntry { .. }
@@ -99,7 +106,8 @@ pub async fn send(step: &Step, leader: &MemberAddress, access: &Access) -> Resul
         | Step::RestartPod { .. }
         | Step::Roll { .. }
         | Step::ForceNewCluster { .. }
-        | Step::DeleteClaim { .. } => {}
+        | Step::DeleteClaim { .. }
+        | Step::PeersOnTls => {}
     }
     Ok(())
 }

@@ -28,7 +28,7 @@ use crate::build::names::{MEMBER_PODS, Names, cluster_of_member};
 use crate::build::network_policy::{ClientNamespaces, network_policy};
 use crate::build::pdb::{PdbApi, pod_disruption_budget};
 use crate::build::services::{client_service, peer_service};
-use crate::build::statefulset::{LISTEN_CLIENT_URLS_ENV, statefulset};
+use crate::build::statefulset::{LISTEN_CLIENT_URLS_ENV, LISTEN_PEER_URLS_ENV, statefulset};
 use crate::build::{FIELD_MANAGER, owner_reference};
 use crate::certificates::{TlsError, ensure_tls};
 use crate::crd::{KVCluster, KVClusterStatus};
@@ -40,7 +40,7 @@ use crate::status::{Observation, cluster_token, for_failed_pass, for_invalid_spe
 use crate::storage;
 use crate::storage::StorageDecision;
 use crate::validate::{ValidSpec, validate};
-use crate::{access, change, deletion, quorum};
+use crate::{access, change, deletion, peer_move, quorum};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -154,10 +154,13 @@ fn subject(step: &Step, namespace: &str) -> Option<ObjectReference> {
         | Step::WriteEntry { member, .. }
         | Step::DropEntry { member }
         | Step::MoveLeader { from: member, .. }
+        | Step::UpdatePeerUrl { member, .. }
         | Step::ForceNewCluster { survivor: member, .. } => (member, false),
         Step::RestartPod { pod } => (pod, false),
         Step::DeleteClaim { claim } => (claim, true),
-        Step::Settled | Step::Wait(_) | Step::EnableAuth | Step::DisableAuth => return None,
+        Step::Settled | Step::Wait(_) | Step::EnableAuth | Step::DisableAuth | Step::PeersOnTls => {
+            return None;
+        }
     };
     Some(member_object(namespace, name, claim))
 }
@@ -175,6 +178,8 @@ fn event_for(step: &Step) -> Option<(&'static str, String)> {
         Step::Roll { .. } => "MemberRestarted",
         Step::EnableAuth => "AuthEnabled",
         Step::DisableAuth => "AuthDisabled",
+        Step::UpdatePeerUrl { .. } => "PeerURLUpdated",
+        Step::PeersOnTls => "PeerTLSOn",
         Step::Settled
         | Step::Wait(_)
         | Step::WriteEntry { .. }
@@ -345,7 +350,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
             (token, peer_tls)
         }
     };
-    let spec = spec.with_latched_peer_tls(peer_tls);
+    let spec = spec.with_latched_peer_tls(peer_tls, previous.peer_tls_move.is_some());
 
     let observed = match observe_all(&context.client, &cluster, &spec, &previous, &now).await {
         Ok(observed) => observed,
@@ -366,6 +371,12 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         }
         Ok(()) => act(&context, &cluster, &spec, &observed, &plan.step).await,
         Err(error) => Err(error),
+    };
+    // The last step of a move to peer TLS is to say the peers are on it, which the next pass
+    // acts on (members roll onto TLS only).
+    let spec = match (&plan.step, &outcome) {
+        (Step::PeersOnTls, Ok(_)) => spec.with_peers_on_tls(),
+        _ => spec,
     };
     let refused_growth = grow_claims(&context.client, &spec, &plan.storage).await;
     let storage = storage_report(&plan.storage, refused_growth);
@@ -545,7 +556,8 @@ async fn observe_all(
                 unready_seconds: in_readiness(pod, now, false),
                 ready_seconds: in_readiness(pod, now, true),
                 address: pod.status.as_ref().and_then(|s| s.pod_ip.clone()),
-                client_tls: serves_client_tls(pod),
+                client_tls: serves_tls(pod, LISTEN_CLIENT_URLS_ENV),
+                peer_tls: serves_tls(pod, LISTEN_PEER_URLS_ENV),
                 outdated: outdated(pod, revision.as_deref()),
             };
             (pod.name_any(), seen)
@@ -576,6 +588,8 @@ async fn observe_all(
         "read or make the Secrets the operator reaches members with",
     ))?;
     let view = observe(&addresses, listed_in(&previous.members), &access).await;
+    let peer_urls_quiet_seconds =
+        peer_move::last_url_change(previous, &view, now).map(|changed| seconds_between(&changed, now));
     Ok(Observed {
         bootstrap,
         statefulset_replicas: statefulset.as_ref().and_then(|set| set.spec.as_ref()?.replicas),
@@ -593,6 +607,7 @@ async fn observe_all(
             .collect(),
         leftovers,
         access,
+        peer_urls_quiet_seconds,
     })
 }
 
@@ -606,17 +621,17 @@ fn address_of(names: &Names, name: &str, pod: &PodSeen) -> Option<MemberAddress>
     })
 }
 
-/// Whether the pod's member serves clients over TLS, as its own spec says (while members roll
-/// onto or off client TLS, some do and some do not).
-fn serves_client_tls(pod: &Pod) -> bool {
+/// Whether the pod's member serves TLS on the port whose listen URLs the variable `listen_env`
+/// carries, as the pod's own spec says (while members roll onto TLS, some do and some do not).
+fn serves_tls(pod: &Pod, listen_env: &str) -> bool {
     let listen = pod
         .spec
         .as_ref()
         .and_then(|spec| spec.containers.first())
         .and_then(|container| container.env.as_ref())
-        .and_then(|env| env.iter().find(|var| var.name == LISTEN_CLIENT_URLS_ENV))
+        .and_then(|env| env.iter().find(|var| var.name == listen_env))
         .and_then(|var| var.value.as_deref());
-    listen.is_some_and(|urls| urls.starts_with("https://"))
+    listen.is_some_and(|urls| urls.split(',').any(|url| url.starts_with("https://")))
 }
 
 /// Whether `pod` was made from another revision of the StatefulSet's pod template than
@@ -637,8 +652,12 @@ fn owned_by_another<K: Resource>(object: &K, uid: &str) -> bool {
 fn quorum_lost_seconds(previous: &KVClusterStatus, now: &Time) -> Option<u64> {
     let available = previous.conditions.iter().find(|c| c.type_ == "Available")?;
     let lost = available.status == "False" && matches!(available.reason.as_str(), "QuorumLost" | "NoLeader");
-    let seconds = now.0.duration_since(available.last_transition_time.0).as_secs();
-    lost.then(|| u64::try_from(seconds).unwrap_or(0))
+    lost.then(|| seconds_between(&available.last_transition_time, now))
+}
+
+/// Whole seconds from `earlier` to `now`; 0 when `earlier` is not earlier (clocks differ).
+fn seconds_between(earlier: &Time, now: &Time) -> u64 {
+    u64::try_from(now.0.duration_since(earlier.0).as_secs()).unwrap_or(0)
 }
 
 /// Removes the annotation that allowed a quorum recovery, once the recovery is done, so that a
@@ -764,7 +783,7 @@ async fn act(
     let described = step.describe();
     match step {
         Step::Settled => return Ok(None),
-        Step::Wait(_) | Step::WriteEntry { .. } | Step::DropEntry { .. } => {}
+        Step::Wait(_) | Step::WriteEntry { .. } | Step::DropEntry { .. } | Step::PeersOnTls => {}
         Step::RestartPod { pod }
         | Step::Roll { member: pod }
         | Step::ForceNewCluster { survivor: pod, .. } => {
@@ -780,6 +799,7 @@ async fn act(
         | Step::MoveLeader { .. }
         | Step::Remove { .. }
         | Step::Replace { .. }
+        | Step::UpdatePeerUrl { .. }
         | Step::EnableAuth
         | Step::DisableAuth => {
             let leader = observed.view.leader.as_ref().and_then(|leader| {

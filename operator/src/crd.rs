@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -168,8 +168,9 @@ pub struct PeerTls {
     /// Members talk to each other over TLS and refuse any peer without a certificate from the
     /// cluster's own CA, which the operator makes (Secret `<cluster>-ca`) and issues the members'
     /// certificate from (Secret `<cluster>-peer-tls`). Decided when the cluster is created
-    /// (`status.peerTLS`) and kept after; default true (clusters created before this setting
-    /// existed stay plaintext).
+    /// (`status.peerTLS`); default true. Set to true on a cluster created without it (or before
+    /// this setting existed), it moves the running cluster's peers to TLS one member at a time
+    /// (`status.peerTLSMove`); peers never move back to plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
 
@@ -477,9 +478,26 @@ pub struct KVClusterStatus {
     pub auth_enabled: Option<bool>,
 
     /// Whether members talk to each other over TLS: decided when the cluster is created, from
-    /// `spec.tls.peer.enabled`, and never changed after.
+    /// `spec.tls.peer.enabled`; a cluster created without it becomes true once its peers have
+    /// moved to TLS (`peerTLSMove`), and never goes back.
     #[serde(default, rename = "peerTLS", skip_serializing_if = "Option::is_none")]
     pub peer_tls: Option<bool>,
+
+    /// A move of this cluster's peers to TLS, under way (`spec.tls.peer.enabled: true` on a
+    /// cluster created without it): members restart listening under both schemes, their peer
+    /// URLs change to https:// one at a time, then they restart on TLS only.
+    #[serde(default, rename = "peerTLSMove", skip_serializing_if = "Option::is_none")]
+    pub peer_tls_move: Option<PeerTlsMove>,
+}
+
+/// Where a move of the peers to TLS stands.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PeerTlsMove {
+    /// When the member list last showed a member's peer URL newly on https://. The next change
+    /// waits a while after it, until that member has shown its peers reach it over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_url_change: Option<Time>,
 }
 
 /// One member as the cluster reports it.

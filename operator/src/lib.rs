@@ -2,7 +2,8 @@
 //! members. The spec is validated once (`validate`), desired objects are built by pure functions
 //! (`build`), applied with server-side apply, and the cluster is observed through its etcd API
 //! (`observe`); each pass is planned purely (`plan`), membership following the spec one step
-//! at a time (`membership`) and pods rolled onto a new template one at a time (`upgrade`).
+//! at a time (`membership`), pods rolled onto a new template one at a time (`upgrade`), and a
+//! plaintext cluster's peers moved to TLS (`peer_move`).
 
 pub mod access;
 pub mod build;
@@ -16,6 +17,7 @@ pub mod http;
 pub mod membership;
 pub mod metrics;
 pub mod observe;
+pub mod peer_move;
 pub mod plan;
 pub mod quorum;
 pub mod status;

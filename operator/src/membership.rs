@@ -71,6 +71,15 @@ pub enum Step {
     EnableAuth,
     /// AuthDisable, as the operator's user.
     DisableAuth,
+    /// MemberUpdate of a member's peer URL to https:// (peers moving to TLS, `peer_move`).
+    UpdatePeerUrl {
+        member: String,
+        id: u64,
+        peer_url: String,
+    },
+    /// Every member's peers reach it over TLS: peer TLS is latched in status, and members roll
+    /// onto TLS only.
+    PeersOnTls,
 }
 
 impl Step {
@@ -92,6 +101,8 @@ impl Step {
             Step::DeleteClaim { .. } => "delete_claim",
             Step::EnableAuth => "enable_auth",
             Step::DisableAuth => "disable_auth",
+            Step::UpdatePeerUrl { .. } => "update_peer_url",
+            Step::PeersOnTls => "peers_on_tls",
         }
     }
 
@@ -119,6 +130,12 @@ impl Step {
             Step::DeleteClaim { claim } => format!("deleting the claim {claim} of a removed member"),
             Step::EnableAuth => "turning auth on".into(),
             Step::DisableAuth => "turning auth off".into(),
+            Step::UpdatePeerUrl { member, peer_url, .. } => {
+                format!("moving {member}'s peers to TLS: its peer URL becomes {peer_url}")
+            }
+            Step::PeersOnTls => {
+                "every member's peers reach it over TLS: members restart refusing plaintext peers".into()
+            }
         }
     }
 }
@@ -141,6 +158,8 @@ pub struct PodSeen {
     pub address: Option<String>,
     /// Its member serves clients over TLS (the pod's own spec says).
     pub client_tls: bool,
+    /// Its member serves its peers over TLS, alone or beside plaintext (the pod's own spec says).
+    pub peer_tls: bool,
     /// Made from an older pod template than the StatefulSet's (which leaves its pods alone:
     /// the operator restarts them, `upgrade`).
     pub outdated: bool,
@@ -183,7 +202,7 @@ pub(crate) struct Placed<'a> {
 
 /// The members of the leader's list, each at its ordinal, in ordinal order; or why the list
 /// cannot be acted on.
-fn place<'a>(names: &Names, view: &'a ClusterView) -> Result<Vec<Placed<'a>>, Step> {
+pub(crate) fn place<'a>(names: &Names, view: &'a ClusterView) -> Result<Vec<Placed<'a>>, Step> {
     if !view.list_from_leader {
         return Err(Step::Wait("waiting for the leader's member list".into()));
     }
@@ -242,11 +261,28 @@ pub fn listed_ordinals(names: &Names, view: &ClusterView) -> BTreeSet<i32> {
         .collect()
 }
 
-/// The bootstrap file of a member joining the cluster that has `members` (by ordinal).
-fn join_file(names: &Names, members: impl IntoIterator<Item = i32>) -> MemberBootstrap {
-    MemberBootstrap::Join {
-        initial_cluster: names.initial_cluster(members.into_iter().map(|o| names.member(o))),
-    }
+/// The bootstrap file of a member joining the cluster that has `members` (by ordinal): a
+/// joining member checks its `--initial-cluster` against the member list, so members the list
+/// has are given under the URL it has them (while peers move to TLS, some are https:// and some
+/// http://), the others under the URL they are added with.
+fn join_file(names: &Names, view: &ClusterView, members: impl IntoIterator<Item = i32>) -> MemberBootstrap {
+    let listed: BTreeMap<i32, &str> = view
+        .members
+        .iter()
+        .filter_map(|m| Some((names.ordinal_of_peer_url(&m.peer_url)?, m.peer_url.as_str())))
+        .collect();
+    let initial_cluster = members
+        .into_iter()
+        .map(|ordinal| {
+            let member = names.member(ordinal);
+            let url = listed
+                .get(&ordinal)
+                .map_or_else(|| names.peer_url(&member), |url| (*url).to_owned());
+            format!("{member}={url}")
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    MemberBootstrap::Join { initial_cluster }
 }
 
 /// The bootstrap file of `member` joining the cluster the leader lists (a member added again
@@ -254,7 +290,7 @@ fn join_file(names: &Names, members: impl IntoIterator<Item = i32>) -> MemberBoo
 pub fn joining_file(names: &Names, view: &ClusterView, member: &str) -> Option<String> {
     let mut members = listed_ordinals(names, view);
     members.insert(names.ordinal_of_member(member)?);
-    Some(join_file(names, members).file())
+    Some(join_file(names, view, members).file())
 }
 
 /// The bootstrap files rebuilt from the leader's member list (the ConfigMap is gone): every
@@ -262,7 +298,7 @@ pub fn joining_file(names: &Names, view: &ClusterView, member: &str) -> Option<S
 /// leader's list.
 pub fn rebuilt_entries(names: &Names, view: &ClusterView) -> Option<BTreeMap<String, String>> {
     let placed = place(names, view).ok()?;
-    let file = join_file(names, placed.iter().map(|p| p.ordinal)).file();
+    let file = join_file(names, view, placed.iter().map(|p| p.ordinal)).file();
     Some(
         placed
             .iter()
@@ -302,7 +338,7 @@ pub fn next_step(current: &Current) -> Step {
     if let Some(unfiled) = placed.iter().find(|p| !with_entry.contains(&p.ordinal)) {
         return Step::WriteEntry {
             member: unfiled.name.clone(),
-            bootstrap: join_file(names, listed.iter().copied()),
+            bootstrap: join_file(names, current.view, listed.iter().copied()),
         };
     }
     if let Some(learner) = placed.iter().find(|p| p.status.is_learner) {
@@ -562,8 +598,7 @@ pub fn sealed_entries(
     if !formed || !entries.values().any(|file| is_new(file)) {
         return None;
     }
-    let initial_cluster = names.initial_cluster(view.members.iter().map(|m| m.name.clone()));
-    let sealed = MemberBootstrap::Join { initial_cluster }.file();
+    let sealed = join_file(names, view, listed_ordinals(names, view)).file();
     Some(
         entries
             .iter()

@@ -13,6 +13,7 @@ use crate::membership::{
     rebuilt_entries, replacement_key, replacements, sealed_entries,
 };
 use crate::observe::ClusterView;
+use crate::peer_move;
 use crate::quorum::{self, Decision, RECOVERY_KEY};
 use crate::storage::{StorageDecision, decide};
 use crate::validate::{StoragePlan, ValidSpec};
@@ -45,6 +46,9 @@ pub struct Observed {
     pub leftovers: Vec<String>,
     /// The operator's credentials and root's password, from their Secrets.
     pub access: Access,
+    /// Seconds since the member list last showed a peer URL newly on https:// (peers moving to
+    /// TLS); None before the first.
+    pub peer_urls_quiet_seconds: Option<u64>,
 }
 
 /// What one pass does.
@@ -143,6 +147,13 @@ pub fn plan(spec: &ValidSpec, observed: &Observed) -> Plan {
         _ => {}
     }
     let step = match step {
+        Step::Settled if spec.peer_move => peer_move::next_step(
+            &names,
+            view,
+            &observed.pods,
+            observed.peer_urls_quiet_seconds,
+            peer_move::settle_seconds(spec.server.election_timeout_ms),
+        ),
         Step::Settled => auth_step(spec, observed),
         step => step,
     };
@@ -353,6 +364,7 @@ mod tests {
     use super::*;
     use crate::access::Credentials;
     use crate::build::bootstrap::is_new;
+    use crate::build::names::PeerScheme;
     use crate::build::testing::valid;
     use crate::crd::MemberStatus;
     use crate::membership::{replacement_key, replacements};
@@ -750,8 +762,7 @@ mod tests {
         );
     }
 
-    fn listed(observed: &Observed) -> BTreeMap<i32, &MemberStatus> {
-        let names = names();
+    fn listed<'a>(names: &Names, observed: &'a Observed) -> BTreeMap<i32, &'a MemberStatus> {
         observed
             .view
             .members
@@ -768,9 +779,10 @@ mod tests {
     }
 
     /// The safety invariants of one planned pass.
-    fn check(desired: i32, observed: &Observed, plan: &Plan) -> Result<(), TestCaseError> {
-        let names = names();
-        let listed = listed(observed);
+    fn check(spec: &ValidSpec, observed: &Observed, plan: &Plan) -> Result<(), TestCaseError> {
+        let desired = spec.replicas;
+        let names = Names::of(spec);
+        let listed = listed(&names, observed);
         let voters: Vec<&&MemberStatus> = listed.values().filter(|m| !m.is_learner).collect();
         let healthy = voters.iter().filter(|m| m.healthy).count();
         let quorum = |n: usize| n / 2 + 1;
@@ -895,7 +907,27 @@ mod tests {
                 prop_assert!(listed.get(&ordinal_of(from)).is_some_and(|m| m.is_leader));
                 prop_assert!(listed.get(&ordinal_of(to)).is_some_and(|m| !m.is_learner));
             }
+            Step::UpdatePeerUrl { member, .. } => {
+                prop_assert!(spec.peer_move, "a peer URL changed outside a move");
+                let quiet = observed.peer_urls_quiet_seconds;
+                prop_assert!(
+                    quiet.is_none_or(|q| q >= 15),
+                    "changed {member}'s URL {quiet:?}s after the last"
+                );
+                let updated = listed.get(&ordinal_of(member)).expect("a listed member");
+                prop_assert!(
+                    updated.peer_url.starts_with("http://"),
+                    "{member} is on TLS already"
+                );
+                ready_to_move(&names, observed, &listed)?;
+            }
+            Step::PeersOnTls => {
+                prop_assert!(spec.peer_move, "peers on TLS outside a move");
+                prop_assert!(listed.values().all(|m| m.peer_url.starts_with("https://")));
+                ready_to_move(&names, observed, &listed)?;
+            }
             Step::Settled | Step::EnableAuth | Step::DisableAuth => {
+                prop_assert!(!spec.peer_move, "settled half way to peer TLS");
                 let target: BTreeSet<i32> = (0..desired).collect();
                 prop_assert_eq!(listed.keys().copied().collect::<BTreeSet<_>>(), target);
                 prop_assert!(listed.values().all(|m| !m.is_learner));
@@ -931,9 +963,32 @@ mod tests {
         Ok(())
     }
 
+    /// Peer URLs change only in a whole cluster of voters that are healthy, Ready, on the
+    /// StatefulSet's template and serving TLS to their peers.
+    fn ready_to_move(
+        names: &Names,
+        observed: &Observed,
+        listed: &BTreeMap<i32, &MemberStatus>,
+    ) -> Result<(), TestCaseError> {
+        prop_assert!(observed.view.list_from_leader);
+        for (ordinal, member) in listed {
+            prop_assert!(member.healthy && !member.is_learner, "member {ordinal}");
+            let pod = observed.pods.get(&names.member(*ordinal));
+            prop_assert!(
+                pod.is_some_and(|p| p.peer_tls
+                    && !p.outdated
+                    && !p.terminating
+                    && p.unready_seconds.is_none()),
+                "member {ordinal}'s pod: {pod:?}"
+            );
+        }
+        Ok(())
+    }
+
     /// Any state at all: members, files, claims and pods at random ordinals, some of each
-    /// terminating or lost, the ConfigMap sometimes gone, the list sometimes not the leader's.
-    fn any_state() -> impl Strategy<Value = (i32, Observed)> {
+    /// terminating or lost, the ConfigMap sometimes gone, the list sometimes not the leader's;
+    /// sometimes the peers are moving to TLS, with members on either scheme.
+    fn any_state() -> impl Strategy<Value = (ValidSpec, Observed)> {
         let n = ORDINALS as usize;
         let members = prop::collection::vec(prop::option::weighted(0.7, any::<(bool, bool, bool)>()), n);
         let files = prop::collection::vec(prop::option::weighted(0.7, any::<bool>()), n);
@@ -953,6 +1008,12 @@ mod tests {
             n,
         );
         let markers = prop::collection::vec(prop::option::weighted(0.2, any::<bool>()), n);
+        // Whether the peers move, each member's URL and pod on TLS, the quiet seconds.
+        let moving = (
+            any::<bool>(),
+            prop::collection::vec(any::<(bool, bool)>(), n),
+            prop::option::of(prop::sample::select(vec![0u64, 14, 15, 100])),
+        );
         let flags = (
             any::<bool>(),
             any::<bool>(),
@@ -969,11 +1030,32 @@ mod tests {
             prop::option::of(0..=ORDINALS + 1),
             flags,
             markers,
+            moving,
         )
             .prop_map(
-                |(desired, members, files, claim_flags, pod_flags, leader, replicas, flags, markers)| {
+                |(
+                    desired,
+                    members,
+                    files,
+                    claim_flags,
+                    pod_flags,
+                    leader,
+                    replicas,
+                    flags,
+                    markers,
+                    moving,
+                )| {
                     let (configmap_gone, formed_before, from_leader, learners_lead) = flags;
-                    let names = names();
+                    let (moving, on_tls, quiet) = moving;
+                    let spec = if moving {
+                        valid(&format!(
+                            "spec: {{replicas: {desired}, tls: {{peer: {{enabled: true}}}}}}"
+                        ))
+                        .with_latched_peer_tls(false, false)
+                    } else {
+                        spec(desired)
+                    };
+                    let names = Names::of(&spec);
                     let listed: Vec<MemberStatus> = members
                         .iter()
                         .enumerate()
@@ -986,6 +1068,11 @@ mod tests {
                         .collect();
                     let mut view = view(listed, leader);
                     view.list_from_leader = from_leader;
+                    for (m, (url_on_tls, _)) in view.members.iter_mut().zip(&on_tls) {
+                        if moving && *url_on_tls {
+                            m.peer_url = m.peer_url.replacen("http://", "https://", 1);
+                        }
+                    }
                     let mut bootstrap: BTreeMap<String, String> = files
                         .iter()
                         .enumerate()
@@ -1039,6 +1126,7 @@ mod tests {
                                 ready_seconds: unready_seconds.is_none().then_some(10_000),
                                 address: Some(format!("10.0.0.{o}")),
                                 client_tls: false,
+                                peer_tls: moving && on_tls[o].1,
                                 outdated,
                             };
                             Some((names.member(o as i32), seen))
@@ -1058,9 +1146,10 @@ mod tests {
                             .collect(),
                         view,
                         formed_before,
+                        peer_urls_quiet_seconds: quiet,
                         ..Observed::default()
                     };
-                    (desired, observed)
+                    (spec, observed)
                 },
             )
     }
@@ -1074,9 +1163,9 @@ mod tests {
         })]
 
         #[test]
-        fn no_plan_ever_harms_a_member_or_quorum((desired, observed) in any_state()) {
-            let plan = plan(&spec(desired), &observed);
-            check(desired, &observed, &plan)?;
+        fn no_plan_ever_harms_a_member_or_quorum((spec, observed) in any_state()) {
+            let plan = plan(&spec, &observed);
+            check(&spec, &observed, &plan)?;
         }
 
         /// From any healthy cluster, with or without a member taken out by hand, to any size:
@@ -1120,6 +1209,24 @@ mod tests {
             let target: BTreeSet<i32> = (0..to).collect();
             prop_assert_eq!(world.members.keys().copied().collect::<BTreeSet<_>>(), target);
             prop_assert!(world.claims.values().all(|c| !world.bad_disks.contains(&c.uid)));
+        }
+
+        /// A plaintext cluster asked for peer TLS, resizing or not: the members roll onto both
+        /// schemes, their URLs change one at a time, a while apart, peer TLS is latched and they
+        /// roll onto TLS only, with every member reachable by every other throughout.
+        #[test]
+        fn every_move_to_peer_tls_arrives_with_every_member_reachable(
+            from in 1..=5i32,
+            to in 1..=5i32,
+            leader in 0..5i32,
+        ) {
+            let mut world = World::plaintext(from, leader % from);
+            world.run_move(to, 200)?;
+            let target: BTreeSet<i32> = (0..to).collect();
+            prop_assert_eq!(world.members.keys().copied().collect::<BTreeSet<_>>(), target.clone());
+            prop_assert!(world.peers_on_tls);
+            prop_assert_eq!(&world.tls_urls, &target);
+            prop_assert!(world.pod_schemes.iter().all(|(o, s)| !target.contains(o) || *s == PeerScheme::Tls));
         }
 
         /// A new pod template (an upgrade) while the spec asks for any size: every member ends
@@ -1168,6 +1275,16 @@ mod tests {
         outdated: BTreeSet<i32>,
         /// Members restarted onto the new template, and whether each was leading then.
         rolled: Vec<(i32, bool)>,
+        /// How the StatefulSet's template has members listen to their peers, and each pod.
+        template: PeerScheme,
+        pod_schemes: BTreeMap<i32, PeerScheme>,
+        /// Members the list has under an https:// peer URL.
+        tls_urls: BTreeSet<i32>,
+        /// Peer TLS latched in status.
+        peers_on_tls: bool,
+        /// Seconds, advanced by every pass, and when a URL last changed.
+        clock: u64,
+        last_url_change: Option<u64>,
     }
 
     struct Claim {
@@ -1189,8 +1306,25 @@ mod tests {
                 leader,
                 outdated: BTreeSet::new(),
                 rolled: Vec::new(),
+                template: PeerScheme::Tls,
+                pod_schemes: BTreeMap::new(),
+                tls_urls: BTreeSet::new(),
+                peers_on_tls: true,
+                clock: 0,
+                last_url_change: None,
             };
             world.statefulset();
+            world
+        }
+
+        /// A healthy cluster created without peer TLS.
+        fn plaintext(n: i32, leader: i32) -> World {
+            let mut world = World::healthy(n, leader);
+            world.peers_on_tls = false;
+            world.template = PeerScheme::Plain;
+            for scheme in world.pod_schemes.values_mut() {
+                *scheme = PeerScheme::Plain;
+            }
             world
         }
 
@@ -1218,7 +1352,8 @@ mod tests {
                     let seen = PodSeen {
                         unready_seconds: self.bad(o).then_some(10_000),
                         address: Some(format!("10.0.0.{o}")),
-                        outdated: self.outdated.contains(&o),
+                        outdated: self.outdated.contains(&o) || self.pod_schemes[&o] != self.template,
+                        peer_tls: self.pod_schemes[&o] != PeerScheme::Plain,
                         ..PodSeen::default()
                     };
                     (names.member(o), seen)
@@ -1238,16 +1373,96 @@ mod tests {
                 .collect();
             let mut bootstrap = existing(self.files.iter().copied());
             bootstrap.extend(self.markers.clone());
+            let mut view = view(listed, Some(self.leader));
+            // Members are listed under https:// once the cluster is on peer TLS, or their URL
+            // has changed during a move.
+            let plain = Names::new("kv", "prod");
+            for member in &mut view.members {
+                if let Some(o) = names.ordinal_of_peer_url(&member.peer_url)
+                    && !self.peers_on_tls
+                    && !self.tls_urls.contains(&o)
+                {
+                    member.peer_url = plain.peer_url(&names.member(o));
+                }
+            }
             Observed {
                 bootstrap: Some(bootstrap),
                 statefulset_replicas: Some(self.size),
                 statefulset_storage: None,
                 pods,
                 claims,
-                view: view(listed, Some(self.leader)),
+                view,
                 formed_before: true,
+                peer_urls_quiet_seconds: self.last_url_change.map(|at| self.clock - at),
                 ..Observed::default()
             }
+        }
+
+        /// The spec of `to` members that asks for peer TLS, as the controller sees it for a
+        /// cluster created without: moving, until the move latches peer TLS.
+        fn peer_spec(&self, to: i32) -> ValidSpec {
+            let asked = valid(&format!(
+                "spec: {{replicas: {to}, tls: {{peer: {{enabled: true}}}}}}"
+            ));
+            asked.with_latched_peer_tls(self.peers_on_tls, false)
+        }
+
+        /// Moves the peers to TLS while the spec asks for `to` members, 5 seconds a pass; at
+        /// every pass each member is reachable by every other (see `check_links`).
+        fn run_move(&mut self, to: i32, most: usize) -> Result<(), TestCaseError> {
+            for _ in 0..most {
+                let spec = self.peer_spec(to);
+                let observed = self.observe();
+                let plan = plan(&spec, &observed);
+                check(&spec, &observed, &plan)?;
+                // The template this pass applies makes pods outdated only from the next.
+                let template = Names::of(&spec).peer_scheme;
+                if plan.step == Step::Settled && self.template == template {
+                    return Ok(());
+                }
+                self.template = template;
+                match &plan.step {
+                    Step::UpdatePeerUrl { member, peer_url, .. } => {
+                        prop_assert!(peer_url.starts_with("https://"));
+                        self.tls_urls.insert(ordinal_of(member));
+                        self.last_url_change = Some(self.clock);
+                    }
+                    Step::PeersOnTls => self.peers_on_tls = true,
+                    _ => {}
+                }
+                self.carry_out(&plan);
+                self.clock += 5;
+                self.check_links()?;
+            }
+            Err(TestCaseError::fail(format!(
+                "no end in sight after {most} passes: {:?}",
+                plan(&self.peer_spec(to), &self.observe()).step
+            )))
+        }
+
+        /// Every member reaches every other: none is listed under https:// while its pod serves
+        /// plaintext only, none serves TLS only while listed under http://, and while any is
+        /// listed under https:// every pod has the certificate to dial it.
+        fn check_links(&self) -> Result<(), TestCaseError> {
+            for (ordinal, scheme) in &self.pod_schemes {
+                if !self.pods.contains(ordinal) || !self.members.contains_key(ordinal) {
+                    continue;
+                }
+                let listed_tls = self.tls_urls.contains(ordinal);
+                prop_assert!(
+                    !listed_tls || *scheme != PeerScheme::Plain,
+                    "member {ordinal} is listed under https:// but serves plaintext only"
+                );
+                prop_assert!(
+                    listed_tls || *scheme != PeerScheme::Tls,
+                    "member {ordinal} serves TLS only but is listed under http://"
+                );
+                prop_assert!(
+                    self.tls_urls.is_empty() || *scheme != PeerScheme::Plain,
+                    "member {ordinal} has no certificate to dial its peers on TLS"
+                );
+            }
+            Ok(())
         }
 
         /// Plans and carries out passes for a spec of `to` members until the plan is settled,
@@ -1256,7 +1471,7 @@ mod tests {
             for _ in 0..most {
                 let observed = self.observe();
                 let plan = plan(&spec(to), &observed);
-                check(to, &observed, &plan)?;
+                check(&spec(to), &observed, &plan)?;
                 if plan.step == Step::Settled {
                     return Ok(());
                 }
@@ -1329,7 +1544,10 @@ mod tests {
             let pods = self.pods.clone();
             self.outdated.retain(|o| pods.contains(o));
             for ordinal in 0..self.size {
-                if self.pods.insert(ordinal) && !self.claims.contains_key(&ordinal) {
+                if self.pods.insert(ordinal) {
+                    self.pod_schemes.insert(ordinal, self.template);
+                }
+                if !self.claims.contains_key(&ordinal) {
                     self.next_uid += 1;
                     let claim = Claim {
                         uid: self.next_uid,

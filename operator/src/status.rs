@@ -6,8 +6,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::build::names::Names;
 use crate::build::pdb::quorum;
-use crate::crd::{KVClusterStatus, MemberStatus};
+use crate::crd::{KVClusterStatus, MemberStatus, PeerTlsMove};
 use crate::observe::{ClusterView, MAX_LAG};
+use crate::peer_move;
 use crate::validate::{SpecError, ValidSpec};
 
 /// Everything one status computation needs.
@@ -57,7 +58,8 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         && voters == spec.replicas as usize
         && view.members.len() == voters
         && unhealthy.is_empty()
-        && quorate;
+        && quorate
+        && !spec.peer_move;
 
     let available = if quorate {
         (
@@ -107,6 +109,12 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             None => rolling,
         };
         ("True", "RollingUpdate", message)
+    } else if spec.peer_move {
+        let message = seen
+            .change
+            .clone()
+            .unwrap_or_else(|| "moving the peers to TLS".to_owned());
+        ("True", "PeerTLSMove", message)
     } else if let Some(change) = &seen.change {
         ("True", "MembershipChange", change.clone())
     } else if view.members.len() != spec.replicas as usize {
@@ -162,7 +170,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         "Running"
     } else if progressing.1 == "Bootstrapping" {
         "Creating"
-    } else if progressing.1 == "RollingUpdate" && quorate && foreign.is_empty() {
+    } else if matches!(progressing.1, "RollingUpdate" | "PeerTLSMove") && quorate && foreign.is_empty() {
         // A member restarting onto the new template is briefly unhealthy; that is the roll.
         "Upgrading"
     } else if !quorate || !unhealthy.is_empty() || !foreign.is_empty() {
@@ -189,6 +197,9 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         // Kept from the last look while no leader answers.
         auth_enabled: view.auth_enabled.or(seen.previous.auth_enabled),
         peer_tls: Some(spec.peer_tls),
+        peer_tls_move: spec.peer_move.then(|| PeerTlsMove {
+            last_url_change: peer_move::last_url_change(seen.previous, view, &seen.now),
+        }),
         conditions: Vec::new(),
     };
     let storage = match &seen.storage {

@@ -38,7 +38,7 @@ pub fn supplied(spec: &ValidSpec) -> Vec<(String, Use)> {
     let names = Names::of(spec);
     let first_member = names.member_host(&names.member(0));
     let mut supplied = Vec::new();
-    if spec.peer_tls
+    if spec.peer_certificates()
         && let Some(secret) = &spec.peer_tls_supplied
     {
         supplied.push((

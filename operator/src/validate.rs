@@ -97,6 +97,8 @@ pub enum Warning {
     Ephemeral,
     /// spec.tls.peer.enabled differs from what the cluster was created with (the value kept).
     PeerTlsFixed(bool),
+    /// spec.tls.peer.enabled is no longer true, but the move of the peers to TLS has begun.
+    PeerTlsMoveGoesOn,
 }
 
 impl Warning {
@@ -105,6 +107,7 @@ impl Warning {
             Warning::EvenSize(_) => "EvenSize",
             Warning::Ephemeral => "EphemeralStorage",
             Warning::PeerTlsFixed(_) => "PeerTLSFixed",
+            Warning::PeerTlsMoveGoesOn => "PeerTLSMoveGoesOn",
         }
     }
 
@@ -119,12 +122,17 @@ impl Warning {
                 "members keep data in emptyDir: a member whose pod is deleted loses its data and is replaced"
                     .to_owned()
             }
-            Warning::PeerTlsFixed(kept) => format!(
-                "spec.tls.peer.enabled is {}, but this cluster was created with peer TLS {}, which it \
-                 keeps: a running cluster does not change its peers' scheme",
-                !kept,
-                if *kept { "on" } else { "off" }
-            ),
+            Warning::PeerTlsFixed(true) => "spec.tls.peer.enabled is false, but this cluster's peers \
+                 speak TLS, which they keep: peers never move back to plaintext"
+                .to_owned(),
+            Warning::PeerTlsFixed(false) => "peer TLS is on by default, but this cluster was created \
+                 without it and keeps plaintext peers until spec.tls.peer.enabled is set to true, which \
+                 moves them to TLS one member at a time"
+                .to_owned(),
+            Warning::PeerTlsMoveGoesOn => "spec.tls.peer.enabled is no longer true, but the move of \
+                 this cluster's peers to TLS has begun and goes on to its end: a cluster half way \
+                 is safe only on the way forward"
+                .to_owned(),
         }
     }
 }
@@ -187,6 +195,11 @@ pub struct ValidSpec {
     /// Peers speak TLS with certificates from the cluster's CA. The spec asks; what the cluster
     /// was created with (latched in status) decides, see `with_latched_peer_tls`.
     pub peer_tls: bool,
+    /// The spec says `tls.peer.enabled: true` in so many words (not by default): what moves a
+    /// cluster created without peer TLS onto it.
+    pub peer_tls_explicit: bool,
+    /// The peers of a cluster created without TLS are moving onto it (`peer_move`).
+    pub peer_move: bool,
     /// The members' peer certificate comes from this Secret of the user's, not the operator's CA.
     pub peer_tls_supplied: Option<String>,
     pub client_tls: ClientTlsPlan,
@@ -414,6 +427,8 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
             .map_or(DEFAULT_QUORUM_LOSS_SECONDS, u64::from),
         auth,
         peer_tls: spec.tls.peer.enabled.unwrap_or(true),
+        peer_tls_explicit: spec.tls.peer.enabled == Some(true),
+        peer_move: false,
         peer_tls_supplied,
         client_tls,
         certificate_lifetime,
@@ -518,14 +533,31 @@ impl ValidSpec {
         }
     }
 
-    /// The spec with peer TLS as the cluster was created: a running cluster cannot switch its
-    /// peers' scheme by a restart (its members know each other by their peer URLs), so a
-    /// different wish in the spec becomes a warning instead.
-    pub fn with_latched_peer_tls(mut self, latched: bool) -> ValidSpec {
-        if self.peer_tls != latched {
+    /// Members hold peer certificates: their peers speak TLS or are moving to it.
+    pub fn peer_certificates(&self) -> bool {
+        self.peer_tls || self.peer_move
+    }
+
+    /// The spec with peer TLS as the cluster has it (latched in status): members know each
+    /// other by their peer URLs, so the scheme changes only by a move (`peer_move`), which a
+    /// plaintext cluster makes when the spec asks for TLS explicitly and, once begun (`moving`),
+    /// finishes. Other differences become warnings.
+    pub fn with_latched_peer_tls(mut self, latched: bool, moving: bool) -> ValidSpec {
+        let asked = self.peer_tls;
+        self.peer_move = !latched && (moving || self.peer_tls_explicit);
+        if self.peer_move && !asked {
+            self.warnings.push(Warning::PeerTlsMoveGoesOn);
+        } else if !self.peer_move && asked != latched {
             self.warnings.push(Warning::PeerTlsFixed(latched));
         }
         self.peer_tls = latched;
+        self
+    }
+
+    /// The spec once a move has brought every member's peers onto TLS.
+    pub fn with_peers_on_tls(mut self) -> ValidSpec {
+        self.peer_tls = true;
+        self.peer_move = false;
         self
     }
 }
@@ -821,18 +853,36 @@ spec:
     }
 
     #[test]
-    fn peer_tls_is_what_the_cluster_was_created_with() {
+    fn peer_tls_is_what_the_cluster_has_and_moves_on_only_when_asked_in_so_many_words() {
         let asked = validate("kv", "ns", &spec("spec: {tls: {peer: {enabled: true}}}")).unwrap();
-        assert!(asked.peer_tls);
-        assert!(asked.clone().with_latched_peer_tls(true).warnings.is_empty());
-        let kept = asked.with_latched_peer_tls(false);
-        assert!(!kept.peer_tls);
+        assert!(asked.peer_tls && asked.peer_tls_explicit);
+        let on = asked.clone().with_latched_peer_tls(true, false);
+        assert!(on.peer_tls && !on.peer_move && on.warnings.is_empty());
+        // A plaintext cluster asked for TLS explicitly moves there, without a warning.
+        let moving = asked.with_latched_peer_tls(false, false);
+        assert!(!moving.peer_tls && moving.peer_move && moving.warnings.is_empty());
+        assert!(moving.peer_certificates());
+
+        // On by default is not asking: an older plaintext cluster stays so, and says how to move.
+        let by_default = validate("kv", "ns", &spec("spec: {}")).unwrap();
+        let kept = by_default.with_latched_peer_tls(false, false);
+        assert!(!kept.peer_tls && !kept.peer_move && !kept.peer_certificates());
         assert_eq!(kept.warnings, vec![Warning::PeerTlsFixed(false)]);
-        assert_eq!(
-            kept.warnings[0].message(),
-            "spec.tls.peer.enabled is true, but this cluster was created with peer TLS off, which it \
-             keeps: a running cluster does not change its peers' scheme"
+        assert!(
+            kept.warnings[0]
+                .message()
+                .contains("spec.tls.peer.enabled is set to true")
         );
+
+        // A move once begun goes on, whatever the spec says now.
+        let off = validate("kv", "ns", &spec("spec: {tls: {peer: {enabled: false}}}")).unwrap();
+        let going_on = off.clone().with_latched_peer_tls(false, true);
+        assert!(going_on.peer_move);
+        assert_eq!(going_on.warnings, vec![Warning::PeerTlsMoveGoesOn]);
+        // And TLS peers never go back.
+        let back = off.with_latched_peer_tls(true, false);
+        assert!(back.peer_tls && !back.peer_move);
+        assert_eq!(back.warnings, vec![Warning::PeerTlsFixed(true)]);
         assert!(
             validate("kv", "ns", &spec("spec: {}")).unwrap().peer_tls,
             "on by default"

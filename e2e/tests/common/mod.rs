@@ -1,25 +1,29 @@
 //! What the operator tests share: a sandbox with the CRDs and an operator context, running
 //! scenarios with the operator and taking everything down after, waiting for a KVCluster to
-//! settle with the pods and their logs in the failure message, and reaching members by pod IP
-//! (over TLS with a client certificate the operator issued).
+//! settle with the pods and their logs in the failure message, reaching members by pod IP
+//! (over TLS with a client certificate the operator issued), and writing and looking at a
+//! cluster while it changes.
 
 // Every test binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use cairn_e2e::sandbox::Sandbox;
-use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until};
+use cairn_e2e::testkit::{TestNamespace, TestSandbox, is_ready, poll_until, wait_for};
 use cairn_operator::controller::{Context, run};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
 use etcd_client::{Certificate, Client, ConnectOptions, GetOptions, Identity, TlsOptions};
 use futures::FutureExt;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 
 /// A sandbox of the test's own (apiserver port, etcd client port and the next one, pod octet),
 /// with the KVCluster CRD installed; the operator's context is ready to run.
@@ -197,4 +201,176 @@ impl IssuedCertificate {
             false => tls,
         }
     }
+}
+
+/// A client writing through the Ready members and a looker watching the pods and the leader,
+/// while a cluster changes.
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    writer: tokio::task::JoinHandle<(Vec<String>, usize)>,
+    looker: tokio::task::JoinHandle<Vec<Look>>,
+}
+
+/// What the traffic saw: the acknowledged keys, the failed writes, the looks.
+pub struct Seen {
+    pub acknowledged: Vec<String>,
+    pub failed: usize,
+    pub looks: Vec<Look>,
+}
+
+impl Traffic {
+    /// Starts writing and looking at the pods of `members`, and lets both get going.
+    pub async fn start(pods: &Api<Pod>, members: &'static [&'static str]) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = tokio::spawn(write_until(pods.clone(), stop.clone()));
+        let looker = tokio::spawn(look_until(pods.clone(), members, stop.clone()));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Traffic { stop, writer, looker }
+    }
+
+    pub async fn stop(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        let (acknowledged, failed) = self.writer.await.expect("the writer");
+        let looks = self.looker.await.expect("the looker");
+        Seen {
+            acknowledged,
+            failed,
+            looks,
+        }
+    }
+}
+
+impl Seen {
+    /// Never more than one member away (not Ready) at once.
+    pub fn at_most_one_away(&self) {
+        for (i, look) in self.looks.iter().enumerate() {
+            let away = look.pods.values().filter(|uid| uid.is_none()).count();
+            assert!(away <= 1, "{away} members away at once in look {i}");
+        }
+    }
+
+    /// Every acknowledged write is on each of `members`, read through `endpoint_of(member)`
+    /// with `options`.
+    pub async fn on_every_member(
+        &self,
+        ns: &TestNamespace,
+        members: &[&str],
+        options: impl Fn(&str) -> ConnectOptions,
+        secure: bool,
+    ) {
+        assert!(self.acknowledged.len() > 50, "the writer wrote throughout");
+        for member in members {
+            let mut endpoint = member_endpoint(ns, member).await;
+            if secure {
+                endpoint = endpoint.replacen("http://", "https://", 1);
+            }
+            let options = options(member);
+            wait_for(
+                &format!("{member} to have every acknowledged write"),
+                Duration::from_secs(30),
+                || async {
+                    let keys = keys_on(&endpoint, options.clone()).await?;
+                    self.acknowledged.iter().all(|k| keys.contains(k)).then_some(())
+                },
+            )
+            .await;
+        }
+    }
+}
+
+/// What one look at the cluster saw: each member pod's UID (None while it is away or not
+/// Ready) and the leader's name.
+pub struct Look {
+    pub pods: BTreeMap<String, Option<String>>,
+    pub leader: Option<String>,
+}
+
+/// The client endpoints of the member pods that are Ready now.
+pub async fn ready_endpoints(pods: &Api<Pod>) -> Vec<String> {
+    let listed = pods.list(&ListParams::default()).await.map(|l| l.items);
+    listed
+        .unwrap_or_default()
+        .iter()
+        .filter(|pod| is_ready(pod) && pod.metadata.deletion_timestamp.is_none())
+        .filter_map(|pod| Some(format!("http://{}:2379", pod.status.as_ref()?.pod_ip.as_ref()?)))
+        .collect()
+}
+
+/// Puts `w/<n>` until told to stop, through the members that are Ready (found again after a
+/// failure, as a client behind a Service would); returns the acknowledged keys and the number of
+/// failures.
+pub async fn write_until(pods: Api<Pod>, stop: Arc<AtomicBool>) -> (Vec<String>, usize) {
+    let (mut acknowledged, mut failed) = (Vec::new(), 0);
+    let mut client: Option<Client> = None;
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(writer) = client.as_mut() else {
+            let endpoints = ready_endpoints(&pods).await;
+            client = Client::connect(endpoints, Some(client_options())).await.ok();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let key = format!("w/{n:06}");
+        n += 1;
+        match writer.put(key.as_str(), "value", None).await {
+            Ok(_) => acknowledged.push(key),
+            Err(_) => {
+                failed += 1;
+                client = None;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (acknowledged, failed)
+}
+
+/// Looks at the pods of `members` and asks a Ready one for the leader, every 100 ms until told
+/// to stop.
+pub async fn look_until(
+    pods: Api<Pod>,
+    members: &'static [&'static str],
+    stop: Arc<AtomicBool>,
+) -> Vec<Look> {
+    let mut looks = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        let Ok(listed) = pods.list(&ListParams::default()).await else {
+            continue;
+        };
+        let mut seen: BTreeMap<String, Option<String>> =
+            members.iter().map(|m| (m.to_string(), None)).collect();
+        for pod in &listed.items {
+            if is_ready(pod) && pod.metadata.deletion_timestamp.is_none() {
+                seen.insert(pod.name_any(), pod.uid());
+            }
+        }
+        looks.push(Look {
+            pods: seen,
+            leader: leader(&ready_endpoints(&pods).await).await,
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    looks
+}
+
+/// The leader's name, as the first member that answers tells it.
+pub async fn leader(endpoints: &[String]) -> Option<String> {
+    for endpoint in endpoints {
+        let Ok(mut client) = Client::connect([endpoint], Some(client_options())).await else {
+            continue;
+        };
+        let Ok(status) = client.status().await else {
+            continue;
+        };
+        let leader = status.leader();
+        if leader == 0 {
+            continue;
+        }
+        let members = client.member_list().await.ok()?;
+        return members
+            .members()
+            .iter()
+            .find(|m| m.id() == leader)
+            .map(|m| m.name().to_owned());
+    }
+    None
 }

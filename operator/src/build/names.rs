@@ -1,5 +1,5 @@
 //! The names, labels and addresses every object of one cluster shares, derived from the
-//! KVCluster's name and namespace (and whether its peers speak TLS), so that every builder agrees
+//! KVCluster's name and namespace (and the scheme its peers speak), so that every builder agrees
 //! on them.
 
 use std::collections::BTreeMap;
@@ -38,12 +38,24 @@ pub fn cluster_of_member(labels: &BTreeMap<String, String>) -> Option<&str> {
     labels.get(INSTANCE_LABEL).map(String::as_str)
 }
 
+/// How members reach each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerScheme {
+    /// http:// peer URLs, no certificates.
+    Plain,
+    /// A plaintext cluster on its way to TLS: members listen under both schemes on one port
+    /// with their certificates, new members are added under http://, and the member list holds
+    /// both while members' URLs change to https:// one at a time.
+    Moving,
+    /// https:// peer URLs; a peer without a certificate from the cluster's CA is refused.
+    Tls,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     pub cluster: String,
     pub namespace: String,
-    /// Peers speak TLS: peer URLs are https://.
-    pub peer_tls: bool,
+    pub peer_scheme: PeerScheme,
 }
 
 impl Names {
@@ -51,20 +63,42 @@ impl Names {
         Names {
             cluster: cluster.to_owned(),
             namespace: namespace.to_owned(),
-            peer_tls: false,
+            peer_scheme: PeerScheme::Plain,
         }
     }
 
     /// The names of the cluster `spec` describes, with its peers' scheme.
     pub fn of(spec: &crate::validate::ValidSpec) -> Names {
+        let peer_scheme = match (spec.peer_tls, spec.peer_move) {
+            (true, _) => PeerScheme::Tls,
+            (false, true) => PeerScheme::Moving,
+            (false, false) => PeerScheme::Plain,
+        };
         Names {
-            peer_tls: spec.peer_tls,
+            peer_scheme,
             ..Names::new(&spec.name, &spec.namespace)
         }
     }
 
-    fn peer_scheme(&self) -> &'static str {
-        if self.peer_tls { "https" } else { "http" }
+    /// The same cluster's names once its peers are on TLS.
+    pub fn on_tls(&self) -> Names {
+        Names {
+            peer_scheme: PeerScheme::Tls,
+            ..self.clone()
+        }
+    }
+
+    /// The scheme of the peer URLs members are added and start under.
+    fn url_scheme(&self) -> &'static str {
+        match self.peer_scheme {
+            PeerScheme::Plain | PeerScheme::Moving => "http",
+            PeerScheme::Tls => "https",
+        }
+    }
+
+    /// Members hold peer certificates (on TLS, or moving there).
+    pub fn peer_certificates(&self) -> bool {
+        self.peer_scheme != PeerScheme::Plain
     }
 
     /// The Secret holding the cluster's own CA (certificate and key).
@@ -157,15 +191,16 @@ impl Names {
         self.ordinal_of_member(claim.strip_prefix("data-")?)
     }
 
-    /// The ordinal of the member with this peer URL, if it is one of this cluster's pods.
+    /// The ordinal of the member with this peer URL, if it is one of this cluster's pods (under
+    /// either scheme while the peers move to TLS).
     pub fn ordinal_of_peer_url(&self, url: &str) -> Option<i32> {
-        let host = url
-            .strip_prefix(self.peer_scheme())?
-            .strip_prefix("://")?
-            .split(['.', ':'])
-            .next()?;
+        let host = url.split_once("://")?.1.split(['.', ':']).next()?;
         let ordinal = self.ordinal_of_member(host)?;
-        (self.peer_url(host) == url).then_some(ordinal)
+        let theirs = match self.peer_scheme {
+            PeerScheme::Moving => self.peer_url(host) == url || self.on_tls().peer_url(host) == url,
+            PeerScheme::Plain | PeerScheme::Tls => self.peer_url(host) == url,
+        };
+        theirs.then_some(ordinal)
     }
 
     /// The domain the peer Service's SRV records live under.
@@ -190,11 +225,7 @@ impl Names {
     }
 
     pub fn peer_url(&self, member: &str) -> String {
-        format!(
-            "{}://{}:{PEER_PORT}",
-            self.peer_scheme(),
-            self.member_host(member)
-        )
+        format!("{}://{}:{PEER_PORT}", self.url_scheme(), self.member_host(member))
     }
 
     pub fn client_url(&self, member: &str) -> String {
@@ -303,10 +334,7 @@ mod tests {
             Some(4)
         );
         // Peers with TLS are https://, and a URL of the other scheme is not theirs.
-        let tls = Names {
-            peer_tls: true,
-            ..names.clone()
-        };
+        let tls = names.on_tls();
         assert_eq!(
             tls.peer_url("kv-4"),
             "https://kv-4.kv-peer.prod.svc.cluster.local:2380"
@@ -314,6 +342,18 @@ mod tests {
         assert_eq!(tls.ordinal_of_peer_url(&tls.peer_url("kv-4")), Some(4));
         assert_eq!(tls.ordinal_of_peer_url(&names.peer_url("kv-4")), None);
         assert_eq!(names.ordinal_of_peer_url(&tls.peer_url("kv-4")), None);
+        // While they move, members are added under http:// and known under either.
+        let moving = Names {
+            peer_scheme: PeerScheme::Moving,
+            ..names.clone()
+        };
+        assert_eq!(moving.peer_url("kv-4"), names.peer_url("kv-4"));
+        assert_eq!(moving.ordinal_of_peer_url(&names.peer_url("kv-4")), Some(4));
+        assert_eq!(moving.ordinal_of_peer_url(&tls.peer_url("kv-4")), Some(4));
+        assert_eq!(
+            moving.ordinal_of_peer_url("ftp://kv-4.kv-peer.prod.svc.cluster.local:2380"),
+            None
+        );
         for url in [
             "http://kv-4.kv-peer.staging.svc.cluster.local:2380",
             "http://kv-4:2380",

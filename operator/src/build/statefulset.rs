@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use super::metadata;
 use super::names::{
     BOOTSTRAP_DIR, CLIENT_PORT, CLIENT_PORT_NAME, CLIENT_TLS_DIR, DATA_DIR, METRICS_PORT, METRICS_PORT_NAME,
-    Names, PEER_PORT, PEER_PORT_NAME, PEER_TLS_DIR,
+    Names, PEER_PORT, PEER_PORT_NAME, PEER_TLS_DIR, PeerScheme,
 };
 use super::tls::{CA_CERT, CERT, KEY};
 use crate::crd::PullPolicy;
@@ -20,11 +20,21 @@ use crate::validate::{StoragePlan, ValidSpec};
 /// The variable that carries a member's client URLs, which also tells the operator whether a
 /// running pod serves clients over TLS.
 pub const LISTEN_CLIENT_URLS_ENV: &str = "CAIRN_LISTEN_CLIENT_URLS";
+/// The variable that carries a member's peer listen URLs, which tells the operator whether a
+/// running pod serves its peers over TLS.
+pub const LISTEN_PEER_URLS_ENV: &str = "CAIRN_LISTEN_PEER_URLS";
 
 /// `replicas` is not always the spec's: members are added and removed one at a time.
 pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replicas: i32) -> StatefulSet {
     let names = Names::of(spec);
-    let peer_scheme = if names.peer_tls { "https" } else { "http" };
+    let peer_listen = format!("://$(POD_IP):{PEER_PORT}");
+    // Moving to TLS, one port serves both schemes (told apart by a client's first byte) while
+    // the member list still names members by http:// URLs.
+    let (peer_listen, peer_scheme) = match names.peer_scheme {
+        PeerScheme::Plain => (format!("http{peer_listen}"), "http"),
+        PeerScheme::Moving => (format!("http{peer_listen},https{peer_listen}"), "http"),
+        PeerScheme::Tls => (format!("https{peer_listen}"), "https"),
+    };
     let client_tls = spec.client_tls.enabled;
     let client_scheme = if client_tls { "https" } else { "http" };
     // Probes cannot show a client certificate: with client TLS they use the plain port that
@@ -52,10 +62,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
                 names.peer_domain()
             ),
         ),
-        env(
-            "CAIRN_LISTEN_PEER_URLS",
-            &format!("{peer_scheme}://$(POD_IP):{PEER_PORT}"),
-        ),
+        env(LISTEN_PEER_URLS_ENV, &peer_listen),
         env(
             "CAIRN_INITIAL_ADVERTISE_PEER_URLS",
             &format!("{peer_scheme}://$(POD_NAME).{}:{PEER_PORT}", names.peer_domain()),
@@ -84,8 +91,9 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         env.push(self::env("CAIRN_AUTO_COMPACTION_MODE", mode));
         env.push(self::env("CAIRN_AUTO_COMPACTION_RETENTION", retention));
     }
-    if names.peer_tls {
-        // A peer must show a certificate from the cluster's CA before a byte of Raft is read.
+    if names.peer_certificates() {
+        // A peer must show a certificate from the cluster's CA before a byte of Raft is read
+        // (on a port serving both schemes, a peer that speaks TLS).
         env.extend([
             self::env("CAIRN_PEER_CERT_FILE", &format!("{PEER_TLS_DIR}/{CERT}")),
             self::env("CAIRN_PEER_KEY_FILE", &format!("{PEER_TLS_DIR}/{KEY}")),
@@ -160,7 +168,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         "name": "bootstrap",
         "configMap": {"name": names.bootstrap_config_map()},
     })];
-    if names.peer_tls {
+    if names.peer_certificates() {
         // Kubernetes refreshes a Secret volume in place, and members re-read the files.
         volumes.push(json!({"name": "peer-tls", "secret": {"secretName": spec.peer_tls_secret()}}));
         container["volumeMounts"]
@@ -443,6 +451,29 @@ spec:
         let plain = serde_json::to_value(statefulset(&plain, &owner(), "t", 3)).unwrap();
         let env = plain["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
         assert!(!env.contains("PEER_CERT") && !env.contains("https"), "{env}");
+    }
+
+    #[test]
+    fn members_moving_to_peer_tls_listen_under_both_schemes_with_their_certificates() {
+        let moving = valid("spec: {tls: {peer: {enabled: true}}}").with_latched_peer_tls(false, false);
+        let set = statefulset(&moving, &owner(), "t", 3);
+        let env = member_env(&set);
+        assert_eq!(
+            env["CAIRN_LISTEN_PEER_URLS"],
+            "http://$(POD_IP):2380,https://$(POD_IP):2380"
+        );
+        // Members are still known, and new ones added, under http:// until the list changes.
+        assert_eq!(
+            env["CAIRN_INITIAL_ADVERTISE_PEER_URLS"],
+            "http://$(POD_NAME).kv-peer.prod.svc.cluster.local:2380"
+        );
+        assert_eq!(env["CAIRN_PEER_CERT_FILE"], "/etc/cairn/peer-tls/tls.crt");
+        assert_eq!(env["CAIRN_PEER_CLIENT_CERT_AUTH"], "true");
+        let json = serde_json::to_value(&set).unwrap();
+        assert_eq!(
+            json["spec"]["template"]["spec"]["volumes"][1],
+            json!({"name": "peer-tls", "secret": {"secretName": "kv-peer-tls"}})
+        );
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub fn issue(
 pub fn wanted(spec: &ValidSpec) -> Vec<(String, Certificate)> {
     let names = Names::of(spec);
     let mut wanted = Vec::new();
-    if spec.peer_tls && spec.peer_tls_supplied.is_none() {
+    if spec.peer_certificates() && spec.peer_tls_supplied.is_none() {
         wanted.push((names.peer_tls_secret(), Certificate::Member));
     }
     let client = &spec.client_tls;
