@@ -26,7 +26,7 @@ use etcd_client::{Certificate, Client, Identity, TlsOptions};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret};
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -58,13 +58,19 @@ async fn kvclusters_become_available_with_their_own_identity() {
     let metrics_address = listener.local_addr().unwrap();
     let endpoints = tokio::spawn(cairn_operator::http::serve(listener, metrics));
     let scenarios = async {
+        // Each scenario on the heap: together, their states outgrow a test thread's stack.
         let ((_, statics), (srv_ns, srv), (), (), ()) = tokio::join!(
-            available_cluster(&env, "static", "Static", ""),
+            Box::pin(available_cluster(&env, "static", "Static", "")),
             // Plaintext peers, so that the stranger below gets as far as the token check.
-            available_cluster(&env, "srv", "DnsSrv", ", tls: {peer: {enabled: false}}"),
-            invalid_spec_changes_nothing(&env),
-            supplied_certificates_are_checked_then_used(&env),
-            issued_certificates_are_renewed_before_they_expire(&env),
+            Box::pin(available_cluster(
+                &env,
+                "srv",
+                "DnsSrv",
+                ", tls: {peer: {enabled: false}}"
+            )),
+            Box::pin(invalid_spec_changes_nothing(&env)),
+            Box::pin(supplied_certificates_are_checked_then_used(&env)),
+            Box::pin(issued_certificates_are_renewed_before_they_expire(&env)),
         );
         assert_ne!(
             statics.cluster_token, srv.cluster_token,
@@ -511,9 +517,16 @@ async fn issued_certificates_are_renewed_before_they_expire(env: &TestSandbox) {
         .await
         .expect("connect with the first certificate");
     connected_before.put("before", "1", None).await.expect("a put");
+    // Renewal goes on while the operator is asked to leave the cluster alone.
+    let clusters: Api<KVCluster> = ns.api();
+    let pause = |paused: bool| serde_json::json!({"spec": {"paused": paused}});
+    clusters
+        .patch("kv", &PatchParams::default(), &Patch::Merge(&pause(true)))
+        .await
+        .unwrap();
 
     wait_for(
-        "every issued certificate to be renewed",
+        "every issued certificate to be renewed, the cluster paused",
         Duration::from_secs(75),
         || async {
             for (secret, first) in issued.iter().zip(&first) {
@@ -550,6 +563,10 @@ async fn issued_certificates_are_renewed_before_they_expire(env: &TestSandbox) {
         .expect("the client connected before renewal keeps working");
     // The operator still sees every member through its renewed certificate, and no member was
     // restarted for it.
+    clusters
+        .patch("kv", &PatchParams::default(), &Patch::Merge(&pause(false)))
+        .await
+        .unwrap();
     let status = wait_settled(&ns, 3, Duration::from_secs(30)).await;
     assert!(status.members.iter().all(|m| m.healthy), "{:?}", status.members);
     assert_eq!(

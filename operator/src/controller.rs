@@ -729,6 +729,11 @@ async fn apply_plan(
         tracing::info!(cluster = %spec.name, files = files.len(), "bootstrap files written");
     }
     let Some(members) = plan.members else {
+        // A paused cluster is left alone, but not to let its certificates expire under it:
+        // renewal only rewrites Secrets, which members re-read without a restart.
+        if spec.paused {
+            ensure_tls(client, spec, owner).await?;
+        }
         return Ok(());
     };
     let names = Names::of(spec);
