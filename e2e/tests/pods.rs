@@ -115,14 +115,18 @@ spec:
     distinct.dedup();
     assert_eq!(distinct.len(), 3, "every pod has its own IP: {ips:?}");
 
-    // From inside web-0, through the pod's /etc/resolv.conf (search path and cluster DNS).
-    let resolved = ns.exec("web-0", None, &[podtool(), "resolve", "web-1.web"]);
-    assert_eq!(
-        text(&resolved.stdout).trim(),
-        ips[1],
-        "{}",
-        text(&resolved.stderr)
-    );
+    // From inside web-0, through the pod's /etc/resolv.conf (search path and cluster DNS). The
+    // cluster DNS follows EndpointSlices, which catch up with Ready pods a moment after the
+    // StatefulSet counts them.
+    wait_for(
+        "web-1.web to resolve inside web-0",
+        Duration::from_secs(15),
+        || async {
+            let resolved = ns.exec("web-0", None, &[podtool(), "resolve", "web-1.web"]);
+            (text(&resolved.stdout).trim() == ips[1]).then_some(())
+        },
+    )
+    .await;
     let fqdn = format!("web-2.web.{}.svc.cluster.local", ns.name);
     let resolved = ns.exec("web-0", None, &["getent", "hosts", &fqdn]);
     assert!(
