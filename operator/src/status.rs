@@ -183,7 +183,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         replicas: seen.pods,
         ready_replicas: healthy as i32,
         selector: Some(names.selector()),
-        members: view.members.clone(),
+        members: view.members.iter().map(|m| named(&names, m)).collect(),
         leader: view.leader.clone(),
         cluster_id: seen
             .previous
@@ -220,6 +220,20 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         set_condition(&mut status, seen, type_, state, reason, &message);
     }
     status
+}
+
+/// The member as status shows it: one added but not started yet has no name in the member
+/// list, and the API refuses a status with an empty member name (every status write would fail
+/// until it starts, which a cluster without a quorum never lets it do). It is named after the
+/// pod it was added for.
+fn named(names: &Names, member: &MemberStatus) -> MemberStatus {
+    let mut member = member.clone();
+    if member.name.is_empty()
+        && let Some(ordinal) = names.ordinal_of_peer_url(&member.peer_url)
+    {
+        member.name = names.member(ordinal);
+    }
+    member
 }
 
 /// Why a member does not count as healthy, in a few words.
@@ -342,6 +356,23 @@ mod tests {
 
     fn condition<'a>(status: &'a KVClusterStatus, type_: &str) -> &'a Condition {
         status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+    }
+
+    #[test]
+    fn a_member_not_started_yet_is_shown_under_its_pods_name() {
+        let spec = valid("spec: {replicas: 3}");
+        let names = Names::of(&spec);
+        let mut unstarted = member("", false, false);
+        unstarted.peer_url = names.peer_url("kv-1");
+        let view = ClusterView {
+            members: vec![member("kv-0", true, true), unstarted],
+            leader: Some("kv-0".into()),
+            ..ClusterView::default()
+        };
+        let previous = KVClusterStatus::default();
+        let status = for_valid_spec(&spec, "t", &observation(&previous, &view, 2, 100));
+        let shown: Vec<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(shown, ["kv-0", "kv-1"]);
     }
 
     #[test]
