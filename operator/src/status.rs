@@ -32,6 +32,9 @@ pub struct Observation<'a> {
 pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVClusterStatus {
     let view = seen.view;
     let names = Names::of(spec);
+    let members: Vec<MemberStatus> = view.members.iter().map(|m| named(&names, m)).collect();
+    // By the name status shows: a leader that has not published its name yet is its pod.
+    let leader = members.iter().find(|m| m.is_leader).map(|m| m.name.clone());
     let voters = view.voters();
     let healthy = view.healthy_voters();
     let quorate = view.leader.is_some() && voters > 0 && healthy >= quorum(voters as i32) as usize;
@@ -67,7 +70,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             "Quorate",
             format!(
                 "leader {}, {healthy} of {voters} voters healthy",
-                view.leader.as_deref().unwrap_or_default()
+                leader.as_deref().unwrap_or_default()
             ),
         )
     } else if view.members.is_empty() {
@@ -183,8 +186,8 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         replicas: seen.pods,
         ready_replicas: healthy as i32,
         selector: Some(names.selector()),
-        members: view.members.iter().map(|m| named(&names, m)).collect(),
-        leader: view.leader.clone(),
+        members,
+        leader,
         cluster_id: seen
             .previous
             .cluster_id
@@ -373,6 +376,17 @@ mod tests {
         let status = for_valid_spec(&spec, "t", &observation(&previous, &view, 2, 100));
         let shown: Vec<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(shown, ["kv-0", "kv-1"]);
+
+        // A leader not named yet either.
+        let mut leader = member("", true, true);
+        leader.peer_url = names.peer_url("kv-2");
+        let view = ClusterView {
+            members: vec![member("kv-0", true, false), leader],
+            leader: Some(String::new()),
+            ..ClusterView::default()
+        };
+        let status = for_valid_spec(&spec, "t", &observation(&previous, &view, 2, 100));
+        assert_eq!(status.leader.as_deref(), Some("kv-2"));
     }
 
     #[test]
