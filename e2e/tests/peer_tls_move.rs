@@ -11,11 +11,12 @@ use std::time::{Duration, Instant};
 
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until, wait_for};
 use cairn_operator::crd::{KVCluster, KVClusterStatus};
-use common::{OperatorSandbox, Traffic, client_options, member_endpoint, wait_settled, with_operator};
+use common::{
+    OperatorSandbox, Traffic, client_options, member_endpoint, operator_events, wait_settled, with_operator,
+};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MEMBERS: [&str; 3] = ["kv-0", "kv-1", "kv-2"];
@@ -115,7 +116,11 @@ async fn move_peers(env: &TestSandbox) {
 
     // The operator's record: each URL changed once, at least the settling time apart, then
     // TLS latched.
-    let steps = events(&ns).await;
+    let steps = operator_events(
+        &ns,
+        &["MemberRestarted", "LeaderMoved", "PeerURLUpdated", "PeerTLSOn"],
+    )
+    .await;
     let updates: Vec<&(String, String, i64)> = steps
         .iter()
         .filter(|(reason, ..)| reason == "PeerURLUpdated")
@@ -194,30 +199,4 @@ async fn peer_port_answer(ns: &TestNamespace, member: &str) -> PeerPort {
         Ok(Ok(_)) if header[3] == 4 => PeerPort::Plaintext,
         _ => PeerPort::Refused,
     }
-}
-
-/// The operator's Events about the move (reason, note, seconds), in the order they happened.
-async fn events(ns: &TestNamespace) -> Vec<(String, String, i64)> {
-    let events: Api<Event> = ns.api();
-    let mut listed: Vec<Event> = events
-        .list(&ListParams::default())
-        .await
-        .expect("list the events")
-        .items
-        .into_iter()
-        .filter(|e| {
-            matches!(
-                e.reason.as_deref(),
-                Some("MemberRestarted" | "LeaderMoved" | "PeerURLUpdated" | "PeerTLSOn")
-            )
-        })
-        .collect();
-    listed.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-    listed
-        .into_iter()
-        .map(|e| {
-            let at = e.event_time.as_ref().map_or(0, |t| t.0.as_second());
-            (e.reason.unwrap_or_default(), e.note.unwrap_or_default(), at)
-        })
-        .collect()
 }

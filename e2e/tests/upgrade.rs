@@ -16,12 +16,11 @@ use cairn_e2e::testkit::{TestNamespace, TestSandbox, wait_for};
 use cairn_operator::crd::KVCluster;
 use common::{
     IssuedCertificate, OperatorSandbox, Seen, Traffic, client_options, keys_on, look_until, member_endpoint,
-    wait_settled, with_operator,
+    operator_events, wait_settled, with_operator,
 };
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::api::events::v1::Event;
 use kube::Api;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 
 const MEMBERS: [&str; 3] = ["kv-0", "kv-1", "kv-2"];
 
@@ -238,19 +237,10 @@ async fn move_to_client_tls(ns: &TestNamespace, pods: &Api<Pod>, written: Vec<St
 }
 
 /// The operator's Events about the roll (`reason: note`), in the order they happened.
-async fn roll_events(ns: &cairn_e2e::testkit::TestNamespace) -> Vec<String> {
-    let events: Api<Event> = ns.api();
-    let mut listed: Vec<Event> = events
-        .list(&ListParams::default())
+async fn roll_events(ns: &TestNamespace) -> Vec<String> {
+    operator_events(ns, &["MemberRestarted", "LeaderMoved"])
         .await
-        .expect("list the events")
-        .items
         .into_iter()
-        .filter(|e| matches!(e.reason.as_deref(), Some("MemberRestarted" | "LeaderMoved")))
-        .collect();
-    listed.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
-    listed
-        .into_iter()
-        .map(|e| format!("{}: {}", e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .map(|(reason, note, _)| format!("{reason}: {note}"))
         .collect()
 }

@@ -374,3 +374,25 @@ pub async fn leader(endpoints: &[String]) -> Option<String> {
     }
     None
 }
+
+/// The operator's Events with one of `reasons` in `ns` (reason, note, second), in the order
+/// they happened.
+pub async fn operator_events(ns: &TestNamespace, reasons: &[&str]) -> Vec<(String, String, i64)> {
+    let events: Api<k8s_openapi::api::events::v1::Event> = ns.api();
+    let mut listed: Vec<_> = events
+        .list(&ListParams::default())
+        .await
+        .expect("list the events")
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref().is_some_and(|r| reasons.contains(&r)))
+        .collect();
+    listed.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+    listed
+        .into_iter()
+        .map(|e| {
+            let at = e.event_time.as_ref().map_or(0, |t| t.0.as_second());
+            (e.reason.unwrap_or_default(), e.note.unwrap_or_default(), at)
+        })
+        .collect()
+}

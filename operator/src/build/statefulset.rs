@@ -27,13 +27,13 @@ pub const LISTEN_PEER_URLS_ENV: &str = "CAIRN_LISTEN_PEER_URLS";
 /// `replicas` is not always the spec's: members are added and removed one at a time.
 pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replicas: i32) -> StatefulSet {
     let names = Names::of(spec);
-    let peer_listen = format!("://$(POD_IP):{PEER_PORT}");
+    let peer_address = format!("://$(POD_IP):{PEER_PORT}");
     // Moving to TLS, one port serves both schemes (told apart by a client's first byte) while
     // the member list still names members by http:// URLs.
     let (peer_listen, peer_scheme) = match names.peer_scheme {
-        PeerScheme::Plain => (format!("http{peer_listen}"), "http"),
-        PeerScheme::Moving => (format!("http{peer_listen},https{peer_listen}"), "http"),
-        PeerScheme::Tls => (format!("https{peer_listen}"), "https"),
+        PeerScheme::Plain => (format!("http{peer_address}"), "http"),
+        PeerScheme::Moving => (format!("http{peer_address},https{peer_address}"), "http"),
+        PeerScheme::Tls => (format!("https{peer_address}"), "https"),
     };
     let client_tls = spec.client_tls.enabled;
     let client_scheme = if client_tls { "https" } else { "http" };
