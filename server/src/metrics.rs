@@ -1,10 +1,12 @@
 //! Server metrics in Prometheus text format (the `prometheus` crate), named after etcd's where the
 //! meaning is the same so existing dashboards and `etcdctl check datascale` work.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Upper bounds of the WAL fsync histogram, in seconds (etcd's buckets).
@@ -12,8 +14,56 @@ const FSYNC_BUCKETS: [f64; 14] = [
     0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024, 2.048, 4.096, 8.192,
 ];
 
+/// Upper bounds of the write stage histogram, in seconds: fine below a millisecond, where one put's
+/// stages are, and coarse above.
+const STAGE_BUCKETS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_4, 0.000_5, 0.000_6, 0.000_8, 0.001, 0.001_25,
+    0.001_5, 0.002, 0.003, 0.005, 0.01, 0.1, 1.0,
+];
+
+/// The stages a write passes through, timed apart so a slow write can be traced to where its time
+/// went (the README's latency breakdown of one put reads these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteStage {
+    /// A write inside this member: from its arrival at the node to its applied answer (through
+    /// the leader, forwarded if need be).
+    Write,
+    /// Entries handed to the write-ahead log until they are durable (queue, write, fsync).
+    WalAppend,
+    /// The leader's AppendEntries round trip to one follower.
+    PeerAppend,
+    /// A follower's handling of one AppendEntries, its log append and fsync included.
+    PeerAppendHandled,
+    /// Applying one batch of committed entries to the state machine.
+    Apply,
+}
+
+impl WriteStage {
+    pub const ALL: [WriteStage; 5] = [
+        WriteStage::Write,
+        WriteStage::WalAppend,
+        WriteStage::PeerAppend,
+        WriteStage::PeerAppendHandled,
+        WriteStage::Apply,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            WriteStage::Write => "write",
+            WriteStage::WalAppend => "wal_append",
+            WriteStage::PeerAppend => "peer_append",
+            WriteStage::PeerAppendHandled => "peer_append_handled",
+            WriteStage::Apply => "apply",
+        }
+    }
+}
+
+/// Where one stage's timings go, for parts that know nothing of metrics (storage, the network).
+pub type StageObserver = Arc<dyn Fn(Duration) + Send + Sync>;
+
 pub struct Metrics {
     registry: Registry,
+    write_stages: HistogramVec,
     leader_changes: IntCounter,
     proposals_committed: IntCounter,
     proposals_failed: IntCounter,
@@ -87,7 +137,18 @@ impl Default for Metrics {
             &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )
         .expect("valid metric");
+        let write_stages = HistogramVec::new(
+            HistogramOpts::new(
+                "cairn_write_stage_duration_seconds",
+                "Time writes spend in each stage: write (in the member, end to end), wal_append, \
+                 peer_append (the leader's round trip), peer_append_handled (on the follower), apply.",
+            )
+            .buckets(STAGE_BUCKETS.to_vec()),
+            &["stage"],
+        )
+        .expect("valid metric");
         Metrics {
+            write_stages: registered(&registry, write_stages),
             leader_changes: counter(
                 &registry,
                 "etcd_server_leader_changes_seen_total",
@@ -173,6 +234,18 @@ impl Metrics {
         }
     }
 
+    pub fn observe_stage(&self, stage: WriteStage, took: Duration) {
+        self.write_stages
+            .with_label_values(&[stage.label()])
+            .observe(took.as_secs_f64());
+    }
+
+    /// An observer of `stage` for a part that must not know the metrics.
+    pub fn stage_observer(&self, stage: WriteStage) -> StageObserver {
+        let histogram = self.write_stages.with_label_values(&[stage.label()]);
+        Arc::new(move |took: Duration| histogram.observe(took.as_secs_f64()))
+    }
+
     pub fn observe_wal_fsync(&self, took: Duration) {
         self.wal_fsync.observe(took.as_secs_f64());
     }
@@ -250,6 +323,8 @@ mod tests {
         metrics.proposal_done(true);
         metrics.proposal_done(false);
         metrics.observe_wal_fsync(Duration::from_millis(3));
+        metrics.observe_stage(WriteStage::PeerAppend, Duration::from_micros(450));
+        (metrics.stage_observer(WriteStage::Apply))(Duration::from_micros(70));
         metrics.grpc_handled("/etcdserverpb.KV/Put", tonic::Code::Ok);
         let text = metrics.render(&Snapshot {
             has_leader: true,
@@ -280,6 +355,10 @@ mod tests {
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.002\"} 0",
             "etcd_disk_wal_fsync_duration_seconds_bucket{le=\"0.004\"} 1",
             "etcd_disk_wal_fsync_duration_seconds_count 1",
+            "cairn_write_stage_duration_seconds_bucket{stage=\"peer_append\",le=\"0.0004\"} 0",
+            "cairn_write_stage_duration_seconds_bucket{stage=\"peer_append\",le=\"0.0005\"} 1",
+            "cairn_write_stage_duration_seconds_bucket{stage=\"apply\",le=\"0.0001\"} 1",
+            "cairn_write_stage_duration_seconds_count{stage=\"apply\"} 1",
             "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Put\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");

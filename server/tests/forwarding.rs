@@ -1,7 +1,8 @@
 //! The one way to the leader and the peer plane's guard, through real processes: every request only
 //! the leader may serve works when a client reaches a follower (so it was forwarded), and a peer
 //! port refuses strangers, unknown protocol versions, forwarded internal entries, invalid forwarded
-//! requests and oversized messages, the last before decoding them.
+//! requests and oversized messages, the last before decoding them, on single calls and on the
+//! append stream alike.
 
 mod support;
 
@@ -206,6 +207,13 @@ async fn the_peer_port_refuses_what_a_client_port_would_and_more() {
         "{}",
         status.message()
     );
+    // So is a stranger's append stream, before it carries anything.
+    let status = peer
+        .client
+        .append_stream(peer.stamp(futures::stream::empty()))
+        .await
+        .unwrap_err();
+    assert!(status.message().contains("cluster ID mismatch"), "{status:?}");
 
     // A member of the cluster must name a protocol version it speaks.
     peer.cluster = info.cluster_id;
@@ -276,7 +284,7 @@ async fn the_peer_port_refuses_what_a_client_port_would_and_more() {
     };
     let status = peer
         .client
-        .append_entries(peer.stamp(oversized))
+        .append_entries(peer.stamp(oversized.clone()))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
@@ -285,6 +293,31 @@ async fn the_peer_port_refuses_what_a_client_port_would_and_more() {
         "{}",
         status.message()
     );
+
+    // A member's append stream is checked message by message as single appends are: a malformed
+    // message ends it with the reason, an oversized one is refused before it is decoded.
+    peer.version = Some(2);
+    for (message, code, reason) in [
+        (
+            peerpb::AppendEntriesRequest::default(),
+            Code::InvalidArgument,
+            "vote is missing",
+        ),
+        (oversized, Code::OutOfRange, "message length too large"),
+    ] {
+        let (requests, outgoing) = futures::channel::mpsc::unbounded();
+        let mut replies = peer
+            .client
+            .append_stream(peer.stamp(outgoing))
+            .await
+            .unwrap()
+            .into_inner();
+        requests.unbounded_send(message).unwrap();
+        let status = replies.message().await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert!(status.message().contains(reason), "{status:?}");
+    }
+    peer.version = Some(1);
 
     // A valid forwarded write still goes through, and the member is unharmed.
     let answer = peer.forward(put("fine", 1)).await.unwrap();

@@ -16,7 +16,7 @@ fn no_metrics() -> cairn::store::wal::FsyncObserver {
 }
 
 async fn open_stores(dir: &std::path::Path) -> (LogStore, StateMachine) {
-    let log = LogStore::open(&wal_dir(dir), no_metrics())
+    let log = LogStore::open(&wal_dir(dir), no_metrics(), std::sync::Arc::new(|_| {}))
         .await
         .expect("open log store");
     let sm = StateMachine::open(&snap_dir(dir), std::sync::Arc::new(Unobserved)).expect("open state machine");
@@ -123,7 +123,7 @@ async fn refusal_after(records: u64, damage: impl FnOnce(&mut Vec<u8>)) -> Strin
     let mut bytes = std::fs::read(&segment).unwrap();
     damage(&mut bytes);
     std::fs::write(&segment, &bytes).unwrap();
-    LogStore::open(&wal_dir(dir.path()), no_metrics())
+    LogStore::open(&wal_dir(dir.path()), no_metrics(), std::sync::Arc::new(|_| {}))
         .await
         .err()
         .expect("must refuse")

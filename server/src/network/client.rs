@@ -12,7 +12,8 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use super::protocol::{
-    CLUSTER_ID_HEADER, MAX_VERSION, MEMBER_ID_HEADER, MIN_VERSION, SNAPSHOT_CHUNK_BYTES, VERSION_HEADER,
+    APPEND_STREAM_VERSION, CLUSTER_ID_HEADER, MAX_VERSION, MEMBER_ID_HEADER, MIN_VERSION,
+    SNAPSHOT_CHUNK_BYTES, VERSION_HEADER,
 };
 use super::{ClusterInfo, Malformed};
 use crate::pb::peerpb;
@@ -212,16 +213,54 @@ impl PeerClient {
         )
         .await;
         if let Err(error) = &result {
-            self.note_removal(error);
+            self.failed(&link, error);
         }
-        if let Err(
-            PeerError::Unreachable { .. } | PeerError::NotDelivered { .. } | PeerError::Refused { .. },
-        ) = &result
+        result
+    }
+
+    /// Takes note of a failed call on `link`.
+    fn failed(&self, link: &Link, error: &PeerError) {
+        self.note_removal(error);
+        if let PeerError::Unreachable { .. } | PeerError::NotDelivered { .. } | PeerError::Refused { .. } =
+            error
         {
             // The peer may have restarted with another version: agree again on the next call.
             *link.version.lock().expect("peer version poisoned") = None;
         }
-        result
+    }
+
+    /// Opens an append stream to the peer at `url`, within `timeout`; `None` when the peer speaks
+    /// only protocol versions without one (its appends then go one call each).
+    pub async fn append_stream(
+        &self,
+        url: &str,
+        timeout: Duration,
+    ) -> Result<Option<AppendStream>, PeerError> {
+        let link = self.link(url)?;
+        let started = tokio::time::Instant::now();
+        let version = self
+            .agreed_version(url, &link, timeout)
+            .await
+            .map_err(PeerError::undelivered)?;
+        if version < APPEND_STREAM_VERSION {
+            return Ok(None);
+        }
+        let (requests, outgoing) = futures::channel::mpsc::unbounded();
+        let left = timeout.saturating_sub(started.elapsed());
+        let mut grpc = self.grpc(&link);
+        match within(url, left, grpc.append_stream(self.stamp(outgoing, Some(version)))).await {
+            Ok(replies) => Ok(Some(AppendStream {
+                url: url.to_owned(),
+                client: self.clone(),
+                link,
+                requests,
+                replies,
+            })),
+            Err(error) => {
+                self.failed(&link, &error);
+                Err(error)
+            }
+        }
     }
 
     /// Who is in the peer's cluster. Before this member belongs to one, answered only when a member
@@ -329,6 +368,60 @@ impl PeerClient {
     }
 }
 
+/// A leader's long-lived AppendEntries stream to one peer: requests go one at a time, each
+/// answered in order before the next is sent. After any failure it is done with; a new one is
+/// opened (a reply that came too late must never be read as the answer to a later request).
+pub struct AppendStream {
+    url: String,
+    client: PeerClient,
+    link: Link,
+    requests: futures::channel::mpsc::UnboundedSender<peerpb::AppendEntriesRequest>,
+    replies: tonic::Streaming<peerpb::AppendEntriesReply>,
+}
+
+impl AppendStream {
+    /// The peer URL the stream was opened to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends `request` and waits at most `timeout` for its reply.
+    pub async fn exchange(
+        &mut self,
+        request: peerpb::AppendEntriesRequest,
+        timeout: Duration,
+    ) -> Result<peerpb::AppendEntriesReply, PeerError> {
+        let result = self.send_and_wait(request, timeout).await;
+        if let Err(error) = &result {
+            self.client.failed(&self.link, error);
+        }
+        result
+    }
+
+    async fn send_and_wait(
+        &mut self,
+        request: peerpb::AppendEntriesRequest,
+        timeout: Duration,
+    ) -> Result<peerpb::AppendEntriesReply, PeerError> {
+        let ended = |reason: &str| PeerError::Unreachable {
+            url: self.url.clone(),
+            reason: reason.into(),
+        };
+        self.requests
+            .unbounded_send(request)
+            .map_err(|_| ended("the append stream is closed"))?;
+        match tokio::time::timeout(timeout, self.replies.message()).await {
+            Err(_) => Err(PeerError::Timeout {
+                url: self.url.clone(),
+                after: timeout,
+            }),
+            Ok(Ok(Some(reply))) => Ok(reply),
+            Ok(Ok(None)) => Err(ended("the peer ended the append stream")),
+            Ok(Err(status)) => Err(status_error(&self.url, status)),
+        }
+    }
+}
+
 /// A snapshot as the chunks that carry it: metadata in the first, `done` in the last. The chunks
 /// share `data`'s buffer.
 pub fn snapshot_chunks(
@@ -380,28 +473,33 @@ async fn within<R>(
             after: timeout,
         }),
         Ok(Ok(reply)) => Ok(reply.into_inner()),
-        Ok(Err(status)) => Err(match status.code() {
-            _ if connection_refused(&status) => PeerError::NotDelivered {
+        Ok(Err(status)) => Err(status_error(url, status)),
+    }
+}
+
+/// What a peer's error status means to this member.
+fn status_error(url: &str, status: Status) -> PeerError {
+    let reason = status.message().to_owned();
+    match status.code() {
+        _ if connection_refused(&status) => PeerError::NotDelivered {
+            url: url.into(),
+            reason,
+        },
+        Code::NotFound => PeerError::Removed {
+            url: url.into(),
+            reason,
+        },
+        Code::FailedPrecondition | Code::OutOfRange | Code::ResourceExhausted | Code::PermissionDenied => {
+            PeerError::Refused {
                 url: url.into(),
-                reason: status.message().to_owned(),
-            },
-            Code::NotFound => PeerError::Removed {
-                url: url.into(),
-                reason: status.message().to_owned(),
-            },
-            Code::FailedPrecondition
-            | Code::OutOfRange
-            | Code::ResourceExhausted
-            | Code::PermissionDenied => PeerError::Refused {
-                url: url.into(),
-                reason: status.message().to_owned(),
-            },
-            Code::InvalidArgument => PeerError::garbled(url, Malformed(status.message().to_owned())),
-            _ => PeerError::Unreachable {
-                url: url.into(),
-                reason: status.message().to_owned(),
-            },
-        }),
+                reason,
+            }
+        }
+        Code::InvalidArgument => PeerError::garbled(url, Malformed(reason)),
+        _ => PeerError::Unreachable {
+            url: url.into(),
+            reason,
+        },
     }
 }
 
@@ -429,6 +527,30 @@ mod tests {
         let link = client.link(&url).unwrap();
         *link.version.lock().unwrap() = Some(MAX_VERSION);
         let error = call().await.unwrap_err();
+        assert!(matches!(error, PeerError::NotDelivered { .. }), "{error:?}");
+    }
+
+    /// A peer that agreed on protocol version 1 is never offered an append stream (its appends
+    /// go one call each); one of version 2 is, and a closed port is known undelivered.
+    #[tokio::test]
+    async fn append_streams_are_opened_only_to_peers_that_speak_them() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let client = PeerClient::new(1, 2, 1 << 20, None);
+        let agree = |version| *client.link(&url).unwrap().version.lock().unwrap() = Some(version);
+        agree(1);
+        let opened = client.append_stream(&url, Duration::from_secs(2)).await;
+        assert!(matches!(opened, Ok(None)), "{:?}", opened.err());
+        agree(APPEND_STREAM_VERSION);
+        let error = client
+            .append_stream(&url, Duration::from_secs(2))
+            .await
+            .err()
+            .expect("nothing listens there");
         assert!(matches!(error, PeerError::NotDelivered { .. }), "{error:?}");
     }
 

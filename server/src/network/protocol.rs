@@ -3,9 +3,13 @@
 
 use tonic::codegen::http::HeaderMap;
 
-/// Protocol versions this build speaks, inclusive. Version 1 is the typed protobuf peer plane.
+/// Protocol versions this build speaks, inclusive. Version 1 is the typed protobuf peer plane;
+/// version 2 adds the AppendStream call (the same messages on one long-lived stream), which a
+/// leader uses only with peers that agreed on it, so members one release apart still replicate.
 pub const MIN_VERSION: u32 = 1;
-pub const MAX_VERSION: u32 = 1;
+pub const MAX_VERSION: u32 = 2;
+/// The first version with AppendStream.
+pub const APPEND_STREAM_VERSION: u32 = 2;
 
 pub const CLUSTER_ID_HEADER: &str = "cairn-cluster-id";
 pub const MEMBER_ID_HEADER: &str = "cairn-member-id";
@@ -212,7 +216,8 @@ mod tests {
     fn versions_are_agreed_on_the_highest_shared() {
         assert_eq!(agree(1, 1), Some(1));
         assert_eq!(agree(1, 5), Some(MAX_VERSION));
-        assert_eq!(agree(2, 3), None);
+        assert_eq!(agree(2, 3), Some(2));
+        assert_eq!(agree(MAX_VERSION + 1, MAX_VERSION + 3), None);
         assert_eq!(agree(0, 0), None);
     }
 }

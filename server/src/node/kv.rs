@@ -4,6 +4,7 @@
 use super::leader::{LeaderCall, pick};
 use super::{Node, NodeError};
 use crate::auth::Access;
+use crate::metrics::WriteStage;
 use crate::pb::cairnpb::{Caller, RaftResponse, raft_response::Response};
 use crate::pb::etcdserverpb::{
     CompactionRequest, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
@@ -19,7 +20,9 @@ impl Node {
             return Err(NodeError::NotSupportedForLearner);
         }
         self.metrics.proposal_pending(1);
+        let arrived = std::time::Instant::now();
         let answer = self.on_leader(call, caller).await;
+        self.metrics.observe_stage(WriteStage::Write, arrived.elapsed());
         self.metrics.proposal_pending(-1);
         self.metrics.proposal_done(answer.is_ok());
         answer?.applied()

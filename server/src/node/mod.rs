@@ -34,6 +34,7 @@ pub use validate::Limits;
 use crate::PeerNode;
 use crate::bootstrap::identity as member_identity;
 use crate::config::{ClusterState, Config};
+use crate::metrics::WriteStage;
 use crate::network::raft::{NetworkFactory, PeerAddresses};
 use crate::network::{ClusterInfo, PeerClient, protocol};
 use crate::pb::cairnpb::{Caller, MemberAttributes};
@@ -98,6 +99,7 @@ impl Node {
         let log = LogStore::open(
             &wal_dir(&config.data_dir),
             Box::new(move |d| fsync_metrics.observe_wal_fsync(d)),
+            metrics.stage_observer(WriteStage::WalAppend),
         )
         .await?;
         let feed = Arc::new(Feed::default());
@@ -105,6 +107,7 @@ impl Node {
         let observer = observer::Applied {
             feed: feed.clone(),
             tokens: tokens.clone(),
+            apply_time: metrics.stage_observer(WriteStage::Apply),
         };
         let state_machine = StateMachine::open(&snap_dir(&config.data_dir), Arc::new(observer))
             .map_err(StartError::StateMachine)?;
@@ -148,6 +151,7 @@ impl Node {
         let network = NetworkFactory {
             client: peers.clone(),
             addresses: peer_addresses.clone(),
+            observe_append: metrics.stage_observer(WriteStage::PeerAppend),
         };
         let raft = Raft::new(identity.member_id, raft_config, network, log, state_machine)
             .await

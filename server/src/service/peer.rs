@@ -9,10 +9,11 @@ use axum::Router;
 use axum::extract::{Request as HttpRequest, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response as HttpResponse};
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tonic::service::Routes;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::metrics::WriteStage;
 use crate::network::convert::{self, Malformed};
 use crate::network::protocol::{self, Caller, MAX_VERSION, MIN_VERSION};
 use crate::node::Node;
@@ -60,6 +61,22 @@ fn malformed(error: Malformed) -> Status {
 
 fn stopped(error: impl std::fmt::Display) -> Status {
     Status::unavailable(format!("raft: {error}"))
+}
+
+/// One AppendEntries from the leader, handed to Raft; entry-carrying ones are timed.
+async fn append(
+    node: &Node,
+    message: peerpb::AppendEntriesRequest,
+) -> Result<peerpb::AppendEntriesReply, Status> {
+    let received = std::time::Instant::now();
+    let rpc = convert::append_request_from(message).map_err(malformed)?;
+    let carries_entries = !rpc.entries.is_empty();
+    let response = node.raft().append_entries(rpc).await.map_err(stopped)?;
+    if carries_entries {
+        node.metrics()
+            .observe_stage(WriteStage::PeerAppendHandled, received.elapsed());
+    }
+    Ok(convert::append_reply_to(&response))
 }
 
 fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
@@ -123,9 +140,39 @@ impl Peer for PeerService {
         &self,
         request: Request<peerpb::AppendEntriesRequest>,
     ) -> Result<Response<peerpb::AppendEntriesReply>, Status> {
-        let rpc = convert::append_request_from(request.into_inner()).map_err(malformed)?;
-        let response = self.node.raft().append_entries(rpc).await.map_err(stopped)?;
-        Ok(Response::new(convert::append_reply_to(&response)))
+        append(&self.node, request.into_inner()).await.map(Response::new)
+    }
+
+    type AppendStreamStream = Pin<Box<dyn Stream<Item = Result<peerpb::AppendEntriesReply, Status>> + Send>>;
+
+    /// Each request is checked and handled as a single AppendEntries call would be, one at a
+    /// time, its reply sent before the next is read; the first refusal ends the stream.
+    async fn append_stream(
+        &self,
+        request: Request<Streaming<peerpb::AppendEntriesRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let caller = caller(&request)?;
+        let requests = request.into_inner();
+        let replies = futures::stream::unfold(Some((self.node.clone(), requests)), move |state| async move {
+            let (node, mut requests) = state?;
+            let message = match requests.message().await {
+                Ok(Some(message)) => message,
+                Ok(None) => return None,
+                Err(status) => return Some((Err(status), None)),
+            };
+            // A leader removed while its stream was open is refused as its next call would be.
+            if node.is_removed(caller.member_id) {
+                let refusal = protocol::Refusal::Removed {
+                    member: caller.member_id,
+                };
+                return Some((Err(Status::not_found(refusal.to_string())), None));
+            }
+            match append(&node, message).await {
+                Ok(reply) => Some((Ok(reply), Some((node, requests)))),
+                Err(status) => Some((Err(status), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(replies)))
     }
 
     async fn vote(

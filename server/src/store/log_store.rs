@@ -94,10 +94,14 @@ fn max_index_of(payload: &[u8]) -> Option<u64> {
     }
 }
 
+/// Where the time from handing entries to the log to their being durable goes.
+pub type AppendObserver = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct LogStore {
     contents: Arc<Mutex<LogContents>>,
     wal: Wal,
+    observe_append: AppendObserver,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +116,11 @@ pub enum LogStoreError {
 
 impl LogStore {
     /// Opens (or creates) the log in `dir`, replaying what is on disk.
-    pub async fn open(dir: &Path, observe_fsync: FsyncObserver) -> Result<LogStore, LogStoreError> {
+    pub async fn open(
+        dir: &Path,
+        observe_fsync: FsyncObserver,
+        observe_append: AppendObserver,
+    ) -> Result<LogStore, LogStoreError> {
         let (wal, replayed) = Wal::open(dir, max_index_of, observe_fsync)?;
         if replayed.torn_tail_bytes > 0 {
             tracing::warn!(
@@ -141,6 +149,7 @@ impl LogStore {
         Ok(LogStore {
             contents: Arc::new(Mutex::new(contents)),
             wal,
+            observe_append,
         })
     }
 
@@ -260,6 +269,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let handed = std::time::Instant::now();
         let entries: Vec<Entry> = entries.into_iter().collect();
         let max_index = entries.last().map(|e| e.log_id.index);
         let payload = postcard::to_stdvec(&LogRecordRef::Entries(&entries)).map_err(io::Error::other)?;
@@ -275,7 +285,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 max_index,
                 purged_through: None,
             },
-            Some(Box::new(move |result| callback.io_completed(result))),
+            Some(Box::new({
+                let observe = self.observe_append.clone();
+                move |result| {
+                    observe(handed.elapsed());
+                    callback.io_completed(result)
+                }
+            })),
         );
         Ok(())
     }

@@ -7,7 +7,7 @@ mod snapshot;
 mod state_machine;
 pub mod wal;
 
-pub use log_store::{LogStore, LogStoreError};
+pub use log_store::{AppendObserver, LogStore, LogStoreError};
 pub use state_machine::{Machine, RevisionObserver, SharedMachine, StateMachine, Unobserved};
 
 /// Where the storage layer keeps its files inside `--data-dir`.

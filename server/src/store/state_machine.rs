@@ -79,6 +79,8 @@ pub trait RevisionObserver: Send + Sync + 'static {
     fn replaced(&self, mvcc: &Mvcc);
     /// An entry was applied with this answer (auth tokens follow the log this way).
     fn entry_applied(&self, _request: &RaftRequest, _response: &RaftResponse) {}
+    /// A client entry took this long to apply, the write lock's wait included.
+    fn applied_in(&self, _took: std::time::Duration) {}
 }
 
 #[derive(Clone)]
@@ -166,6 +168,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            let started = std::time::Instant::now();
             let response = {
                 let mut machine = write(&self.machine);
                 machine.last_applied = Some(entry.log_id);
@@ -177,6 +180,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             self.observer.advanced(&machine.app.mvcc, before);
                         }
                         self.observer.entry_applied(&request, &response);
+                        self.observer.applied_in(started.elapsed());
                         response
                     }
                     EntryPayload::Membership(membership) => {
