@@ -16,9 +16,9 @@ const FSYNC_BUCKETS: [f64; 14] = [
 
 /// Upper bounds of the write stage histogram, in seconds: fine below a millisecond, where one put's
 /// stages are, and coarse above.
-const STAGE_BUCKETS: [f64; 18] = [
-    0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_4, 0.000_5, 0.000_6, 0.000_8, 0.001, 0.001_25,
-    0.001_5, 0.002, 0.003, 0.005, 0.01, 0.1, 1.0,
+const STAGE_BUCKETS: [f64; 20] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_15, 0.000_2, 0.000_3, 0.000_4, 0.000_5, 0.000_6, 0.000_8,
+    0.001, 0.001_25, 0.001_5, 0.002, 0.003, 0.005, 0.01, 0.1, 1.0,
 ];
 
 /// The stages a write passes through, timed apart so a slow write can be traced to where its time

@@ -22,6 +22,32 @@ fn three_members_serve_etcdctl_through_every_endpoint() {
             "OK"
         );
     }
+    // Every write is timed stage by stage (cairn_write_stage_duration_seconds): where it entered,
+    // the leader's round trips to its followers, their handling, each member's log append and apply.
+    let (leader, _) = cluster.leader();
+    for (i, member) in cluster.members.iter().enumerate() {
+        let metrics = curl_body(&format!("{}/metrics", member.client_url));
+        let count = |stage: &str| -> u64 {
+            let prefix = format!("cairn_write_stage_duration_seconds_count{{stage=\"{stage}\"}} ");
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(&prefix))
+                .map_or(0, |n| n.parse().unwrap())
+        };
+        let (handled_here, handled_elsewhere) = if i == leader {
+            ("peer_append", "peer_append_handled")
+        } else {
+            ("peer_append_handled", "peer_append")
+        };
+        assert!(
+            count("write") >= 1
+                && count("wal_append") >= 3
+                && count("apply") >= 3
+                && count(handled_here) >= 3
+                && count(handled_elsewhere) == 0,
+            "member {i} (leader {leader}):\n{metrics}"
+        );
+    }
     for member in &cluster.members {
         let got = ok(&member.endpoint(), &["get", "dir/", "--prefix"]);
         assert_eq!(
@@ -486,4 +512,13 @@ fn lagging_and_new_members_catch_up_by_snapshot() {
         hashes.iter().all(|h| h == &hashes[0]),
         "members disagree after catching up: {hashes:?}"
     );
+}
+
+/// A GET with curl: the body.
+fn curl_body(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-s", url])
+        .output()
+        .expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
