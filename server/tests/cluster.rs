@@ -26,7 +26,7 @@ fn three_members_serve_etcdctl_through_every_endpoint() {
     // the leader's round trips to its followers, their handling, each member's log append and apply.
     let (leader, _) = cluster.leader();
     for (i, member) in cluster.members.iter().enumerate() {
-        let metrics = curl_body(&format!("{}/metrics", member.client_url));
+        let metrics = support::http_body(&format!("{}/metrics", member.client_url));
         let count = |stage: &str| -> u64 {
             let prefix = format!("cairn_write_stage_duration_seconds_count{{stage=\"{stage}\"}} ");
             metrics
@@ -512,13 +512,4 @@ fn lagging_and_new_members_catch_up_by_snapshot() {
         hashes.iter().all(|h| h == &hashes[0]),
         "members disagree after catching up: {hashes:?}"
     );
-}
-
-/// A GET with curl: the body.
-fn curl_body(url: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-s", url])
-        .output()
-        .expect("run curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

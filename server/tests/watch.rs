@@ -230,7 +230,7 @@ async fn stalled_watchers_cost_bounded_memory_and_miss_nothing() {
         stalled.push((client, sender, responses));
     }
     let (_, start_peak) = resident_kb(pid);
-    let metrics = http_get(&format!("{url}/metrics"));
+    let metrics = support::http_body(&format!("{url}/metrics"));
     assert!(
         metrics.contains(&format!(
             "etcd_debugging_mvcc_watcher_total {}",
@@ -305,13 +305,4 @@ async fn stalled_watchers_cost_bounded_memory_and_miss_nothing() {
             );
         }
     }
-}
-
-/// A GET with curl: the body.
-fn http_get(url: &str) -> String {
-    let out = std::process::Command::new("curl")
-        .args(["-s", url])
-        .output()
-        .expect("run curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -199,13 +199,7 @@ impl PeerClient {
         F: FnOnce(GrpcPeerClient<Channel>, Request<T>) -> Fut,
         Fut: Future<Output = Result<Response<R>, Status>>,
     {
-        let link = self.link(url)?;
-        let started = tokio::time::Instant::now();
-        let version = self
-            .agreed_version(url, &link, timeout)
-            .await
-            .map_err(PeerError::undelivered)?;
-        let left = timeout.saturating_sub(started.elapsed());
+        let (link, version, left) = self.ready(url, timeout).await?;
         let result = within(
             url,
             left,
@@ -216,6 +210,17 @@ impl PeerClient {
             self.failed(&link, error);
         }
         result
+    }
+
+    /// The link to `url` with a protocol version agreed, and what is left of `timeout` after.
+    async fn ready(&self, url: &str, timeout: Duration) -> Result<(Link, u32, Duration), PeerError> {
+        let link = self.link(url)?;
+        let started = tokio::time::Instant::now();
+        let version = self
+            .agreed_version(url, &link, timeout)
+            .await
+            .map_err(PeerError::undelivered)?;
+        Ok((link, version, timeout.saturating_sub(started.elapsed())))
     }
 
     /// Takes note of a failed call on `link`.
@@ -236,17 +241,11 @@ impl PeerClient {
         url: &str,
         timeout: Duration,
     ) -> Result<Option<AppendStream>, PeerError> {
-        let link = self.link(url)?;
-        let started = tokio::time::Instant::now();
-        let version = self
-            .agreed_version(url, &link, timeout)
-            .await
-            .map_err(PeerError::undelivered)?;
+        let (link, version, left) = self.ready(url, timeout).await?;
         if version < APPEND_STREAM_VERSION {
             return Ok(None);
         }
         let (requests, outgoing) = futures::channel::mpsc::unbounded();
-        let left = timeout.saturating_sub(started.elapsed());
         let mut grpc = self.grpc(&link);
         match within(url, left, grpc.append_stream(self.stamp(outgoing, Some(version)))).await {
             Ok(replies) => Ok(Some(AppendStream {
@@ -507,16 +506,21 @@ fn status_error(url: &str, status: Status) -> PeerError {
 mod tests {
     use super::*;
 
-    /// A call to a port nobody listens on was never sent, whether it failed saying hello or, with a
-    /// version already agreed, on the call itself; forwarding relies on this to retry safely.
-    #[tokio::test]
-    async fn calls_to_a_closed_port_are_known_undelivered() {
+    /// The URL of a port nobody listens on.
+    fn closed_port_url() -> String {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let url = format!("http://127.0.0.1:{port}");
+        format!("http://127.0.0.1:{port}")
+    }
+
+    /// A call to a port nobody listens on was never sent, whether it failed saying hello or, with a
+    /// version already agreed, on the call itself; forwarding relies on this to retry safely.
+    #[tokio::test]
+    async fn calls_to_a_closed_port_are_known_undelivered() {
+        let url = closed_port_url();
         let client = PeerClient::new(1, 2, 1 << 20, None);
         let call = || client.forward(&url, Duration::from_secs(2), peerpb::ForwardRequest::default());
         assert!(
@@ -534,12 +538,7 @@ mod tests {
     /// go one call each); one of version 2 is, and a closed port is known undelivered.
     #[tokio::test]
     async fn append_streams_are_opened_only_to_peers_that_speak_them() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let url = format!("http://127.0.0.1:{port}");
+        let url = closed_port_url();
         let client = PeerClient::new(1, 2, 1 << 20, None);
         let agree = |version| *client.link(&url).unwrap().version.lock().unwrap() = Some(version);
         agree(1);

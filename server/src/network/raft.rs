@@ -447,28 +447,9 @@ mod tests {
     }
 
     fn entry(index: u64, value_bytes: usize) -> peerpb::Entry {
-        let entry = crate::Entry {
-            log_id: crate::LogId {
-                leader_id: openraft::impls::leader_id_adv::LeaderId { term: 1, node_id: 1 },
-                index,
-            },
-            payload: EntryPayload::Normal(RaftRequest {
-                request: Some(raft_request::Request::Put(PutRequest {
-                    key: b"k".to_vec(),
-                    value: vec![0; value_bytes],
-                    ..Default::default()
-                })),
-                caller: None,
-            }),
-        };
-        convert::append_request_to(AppendEntriesRequest {
-            vote: Vote::new(1, 1),
-            prev_log_id: None,
-            entries: vec![entry],
-            leader_commit: None,
-        })
-        .entries
-        .remove(0)
+        convert::append_request_to(append(None, [index], value_bytes))
+            .entries
+            .remove(0)
     }
 
     #[test]

@@ -279,6 +279,12 @@ pub fn logs_of(members: &[Member]) -> String {
         .collect()
 }
 
+/// A GET with curl: the body.
+pub fn http_body(url: &str) -> String {
+    let out = Command::new("curl").args(["-s", url]).output().expect("run curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub fn etcdctl(endpoints: &str, args: &[&str]) -> Output {
     Command::new(etcdctl_path())
         .env("ETCDCTL_API", "3")
