@@ -56,7 +56,17 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             .map(why_unhealthy)
             .collect(),
     };
+    // Members publish their names and client URLs a moment after they start; until every one
+    // has, clients cannot find them all and the cluster is not settled yet.
+    let unpublished: Vec<String> = view
+        .members
+        .iter()
+        .zip(&members)
+        .filter(|(seen, _)| seen.name.is_empty())
+        .map(|(_, shown)| shown.name.clone())
+        .collect();
     let settled = foreign.is_empty()
+        && unpublished.is_empty()
         && seen.outdated.is_empty()
         && voters == spec.replicas as usize
         && view.members.len() == voters
@@ -130,6 +140,16 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
                 spec.replicas
             ),
         )
+    } else if !unpublished.is_empty() && unhealthy.is_empty() {
+        (
+            "True",
+            "MembersStarting",
+            format!(
+                "waiting for {} to publish {} name and client URLs",
+                unpublished.join(", "),
+                if unpublished.len() == 1 { "its" } else { "their" }
+            ),
+        )
     } else {
         (
             "True",
@@ -171,7 +191,10 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         "Degraded"
     } else if settled {
         "Running"
-    } else if progressing.1 == "Bootstrapping" {
+    } else if progressing.1 == "Bootstrapping"
+        || (progressing.1 == "MembersStarting"
+            && seen.previous.phase.as_deref().is_none_or(|p| p == "Creating"))
+    {
         "Creating"
     } else if matches!(progressing.1, "RollingUpdate" | "PeerTLSMove") && quorate && foreign.is_empty() {
         // A member restarting onto the new template is briefly unhealthy; that is the roll.
@@ -387,6 +410,32 @@ mod tests {
         };
         let status = for_valid_spec(&spec, "t", &observation(&previous, &view, 2, 100));
         assert_eq!(status.leader.as_deref(), Some("kv-2"));
+
+        // Every member healthy, one not published yet: not settled, and the status says who.
+        let spec = valid("spec: {replicas: 2}");
+        let view = ClusterView {
+            cluster_id: Some("c1".into()),
+            ..view
+        };
+        let status = for_valid_spec(&spec, "t", &observation(&previous, &view, 2, 100));
+        let progressing = condition(&status, "Progressing");
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "MembersStarting")
+        );
+        assert!(
+            progressing.message.contains("kv-2 to publish its name"),
+            "{}",
+            progressing.message
+        );
+        assert_eq!(status.phase.as_deref(), Some("Creating"));
+        let running = KVClusterStatus {
+            phase: Some("Running".into()),
+            ..KVClusterStatus::default()
+        };
+        let status = for_valid_spec(&spec, "t", &observation(&running, &view, 2, 100));
+        assert_ne!(status.phase.as_deref(), Some("Running"));
+        assert_ne!(status.phase.as_deref(), Some("Creating"));
     }
 
     #[test]
