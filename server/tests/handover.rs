@@ -112,3 +112,34 @@ fn a_stopping_leader_hands_over_and_no_write_fails() {
     }
     assert!(new_term > old_term);
 }
+
+/// A follower asked to stop ends the leader's append stream to it along with Raft, rather than
+/// holding its peer port open until the port's grace period runs out.
+#[test]
+fn a_stopping_follower_does_not_hold_its_peer_port_open() {
+    let mut cluster = Cluster::start(3, "follower-stop");
+    let (leader, _) = cluster.leader();
+    let follower = (leader + 1) % 3;
+    // Writes open the leader's append streams to both followers; then all is quiet.
+    for i in 0..3 {
+        ok(
+            &cluster.members[leader].endpoint(),
+            &["put", &format!("k{i}"), "v"],
+        );
+    }
+    let pid = cluster.members[follower].process.as_ref().unwrap().id();
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let (exit, log) = cluster.members[follower]
+        .wait_exit(Duration::from_secs(15))
+        .expect("the follower exits");
+    assert!(exit.success(), "{log}");
+    assert!(log.contains("member stopped"), "{log}");
+    assert!(
+        !log.contains("still open after the grace period"),
+        "the follower waited for its peer port's grace period:\n{log}"
+    );
+}

@@ -241,6 +241,16 @@ impl Node {
         }
     }
 
+    /// Returns once Raft has shut down here: the member is stopping, and long-lived peer streams
+    /// end rather than hold the peer port open through its grace period.
+    pub async fn raft_stopped(&self) {
+        let wait = self.raft.raft().wait(None);
+        // An error means the metrics are gone with Raft: stopped all the same.
+        let _ = wait
+            .state(openraft::ServerState::Shutdown, "member stopping")
+            .await;
+    }
+
     /// The Raft instance, for the peer service's Raft RPCs only.
     pub fn raft(&self) -> &Raft {
         self.raft.raft()

@@ -2,6 +2,7 @@
 //! call by its metadata before its message is read, then hands Raft RPCs to Raft and forwarded
 //! requests to the node. Messages over the size limit are refused by gRPC before decoding.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -153,12 +154,19 @@ impl Peer for PeerService {
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
         let caller = caller(&request)?;
         let requests = request.into_inner();
-        let replies = futures::stream::unfold(Some((self.node.clone(), requests)), move |state| async move {
-            let (node, mut requests) = state?;
-            let message = match requests.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => return None,
-                Err(status) => return Some((Err(status), None)),
+        let node = self.node.clone();
+        let stopping: Pin<Box<dyn Future<Output = ()> + Send>> =
+            Box::pin(async move { node.raft_stopped().await });
+        let start = (self.node.clone(), requests, stopping);
+        let replies = futures::stream::unfold(Some(start), move |state| async move {
+            let (node, mut requests, mut stopping) = state?;
+            let message = tokio::select! {
+                received = requests.message() => match received {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return None,
+                    Err(status) => return Some((Err(status), None)),
+                },
+                () = &mut stopping => return Some((Err(stopped("this member is stopping")), None)),
             };
             // A leader removed while its stream was open is refused as its next call would be.
             if node.is_removed(caller.member_id) {
@@ -168,7 +176,7 @@ impl Peer for PeerService {
                 return Some((Err(Status::not_found(refusal.to_string())), None));
             }
             match append(&node, message).await {
-                Ok(reply) => Some((Ok(reply), Some((node, requests)))),
+                Ok(reply) => Some((Ok(reply), Some((node, requests, stopping)))),
                 Err(status) => Some((Err(status), None)),
             }
         });
