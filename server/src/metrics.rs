@@ -34,7 +34,7 @@ pub enum WriteStage {
     PeerAppend,
     /// A follower's handling of one AppendEntries, its log append and fsync included.
     PeerAppendHandled,
-    /// Applying one batch of committed entries to the state machine.
+    /// Applying one committed client entry to the state machine, the wait for its lock included.
     Apply,
 }
 
