@@ -57,12 +57,7 @@ fn a_stopping_leader_hands_over_and_no_write_fails() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
 
-    let pid = cluster.members[leader].process.as_ref().unwrap().id();
-    let signalled = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    cluster.members[leader].terminate();
     // While the old leader is still shutting down, a survivor already leads in a higher term.
     let new_term = {
         let mut seen = None;
@@ -127,12 +122,7 @@ fn a_stopping_follower_does_not_hold_its_peer_port_open() {
             &["put", &format!("k{i}"), "v"],
         );
     }
-    let pid = cluster.members[follower].process.as_ref().unwrap().id();
-    let signalled = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(signalled.success());
+    cluster.members[follower].terminate();
     let (exit, log) = cluster.members[follower]
         .wait_exit(Duration::from_secs(15))
         .expect("the follower exits");

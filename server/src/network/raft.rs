@@ -24,6 +24,7 @@ use openraft::raft::StreamAppendResult;
 
 use super::client::{AppendStream, PeerClient, PeerError};
 use super::convert::{self, Malformed};
+use crate::metrics::StageObserver;
 use crate::pb::peerpb;
 use crate::{PeerNode, Snapshot, TypeConfig, Vote};
 
@@ -31,7 +32,7 @@ pub struct NetworkFactory {
     pub client: PeerClient,
     pub addresses: PeerAddresses,
     /// Where AppendEntries round trips are timed.
-    pub observe_append: Arc<dyn Fn(Duration) + Send + Sync>,
+    pub observe_append: StageObserver,
 }
 
 /// The peer URL each member is dialed at, kept current by whoever applies membership. openraft
@@ -62,7 +63,7 @@ pub struct Connection {
     /// The URL the connection was made for; the current one in `addresses` wins.
     url: Option<String>,
     addresses: PeerAddresses,
-    observe_append: Arc<dyn Fn(Duration) + Send + Sync>,
+    observe_append: StageObserver,
     /// The append stream to the peer, once opened (peers of protocol version 2 and later).
     stream: Option<AppendStream>,
 }

@@ -114,6 +114,16 @@ impl Member {
         }
     }
 
+    /// Asks the member to stop (SIGTERM, as Kubernetes does); `wait_exit` sees it go.
+    pub fn terminate(&self) {
+        let pid = self.process.as_ref().expect("the member runs").id();
+        let signalled = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(signalled.success());
+    }
+
     /// Waits for the process to exit by itself; its exit status and log.
     pub fn wait_exit(&mut self, within: Duration) -> Option<(std::process::ExitStatus, String)> {
         let deadline = Instant::now() + within;
