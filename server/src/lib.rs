@@ -1,6 +1,7 @@
 //! Cairn: an etcd-v3-compatible, durable Raft key-value server.
 
 pub mod auth;
+pub mod backup;
 pub mod config;
 pub mod duration;
 pub mod gateway;

@@ -10,7 +10,7 @@ mod store;
 mod tokens;
 
 pub use error::AuthError;
-pub use store::{Access, AuthStore, User};
+pub use store::{Access, AuthStore, Grant, User};
 pub use tokens::Tokens;
 
 use base64::Engine;

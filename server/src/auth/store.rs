@@ -32,7 +32,7 @@ pub struct Grant {
 }
 
 impl Grant {
-    fn from_pb(permission: &Permission) -> Grant {
+    pub fn from_pb(permission: &Permission) -> Grant {
         let kind = PermissionType::try_from(permission.perm_type).unwrap_or(PermissionType::Read);
         Grant {
             key: permission.key.clone(),
@@ -76,6 +76,30 @@ pub struct AuthStore {
 impl AuthStore {
     fn commit(&mut self) {
         self.revision += 1;
+    }
+
+    /// A store read back from a backup: each role's permissions are put in key order.
+    pub fn restored(
+        enabled: bool,
+        revision: u64,
+        users: BTreeMap<String, User>,
+        mut roles: BTreeMap<String, Vec<Grant>>,
+    ) -> AuthStore {
+        for grants in roles.values_mut() {
+            grants.sort();
+            grants.dedup();
+        }
+        AuthStore {
+            enabled,
+            revision,
+            users,
+            roles,
+        }
+    }
+
+    /// Every user and every role's grants, as a backup writes them.
+    pub fn contents(&self) -> (&BTreeMap<String, User>, &BTreeMap<String, Vec<Grant>>) {
+        (&self.users, &self.roles)
     }
 
     pub fn user(&self, name: &str) -> Option<&User> {

@@ -159,6 +159,15 @@ impl From<StoredKeySpace> for KeySpace {
 }
 
 impl KeySpace {
+    /// A key space made of whole histories (a backup's), with its footprint and index derived.
+    pub fn from_histories(keys: imbl::OrdMap<Bytes, Vec<Record>>) -> KeySpace {
+        let footprint = keys
+            .iter()
+            .flat_map(|(key, history)| history.iter().map(move |r| r.footprint(key)))
+            .sum();
+        KeySpace::from(StoredKeySpace { keys, footprint })
+    }
+
     /// The key's content as of `revision`, or `None` if it did not exist then.
     pub fn get(&self, key: &[u8], revision: i64) -> Option<&Stored> {
         self.keys

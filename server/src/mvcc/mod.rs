@@ -4,6 +4,7 @@
 
 mod error;
 mod history;
+mod image;
 mod keyspace;
 mod lease;
 mod txn;
@@ -13,6 +14,8 @@ use serde::{Deserialize, Serialize};
 
 pub use error::MvccError;
 pub use history::{ChangeIndex, Event, HistoryRead, RevisionEvents};
+pub use image::{ImageBuilder, ImageError};
+pub use keyspace::Record;
 pub use keyspace::{KeyRange, Stored, prefix_end};
 pub use lease::{Lease, MAX_LEASE_TTL};
 pub use txn::{TxnCheckError, check_txn};

@@ -8,7 +8,7 @@ mod state_machine;
 pub mod wal;
 
 pub use log_store::{AppendObserver, LogStore, LogStoreError};
-pub use state_machine::{Machine, RevisionObserver, SharedMachine, StateMachine, Unobserved};
+pub use state_machine::{Machine, RevisionObserver, SharedMachine, StateMachine, Unobserved, seed};
 
 /// Where the storage layer keeps its files inside `--data-dir`.
 pub fn wal_dir(data_dir: &std::path::Path) -> std::path::PathBuf {

@@ -110,6 +110,17 @@ fn invalid(error: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, error.to_string())
 }
 
+/// Writes `machine` as the only snapshot in `snap_dir`: the state a member first starts from when a
+/// restore seeds its data dir.
+pub fn seed(snap_dir: &Path, machine: &Machine) -> io::Result<()> {
+    let meta = SnapshotMeta {
+        last_log_id: machine.last_applied,
+        last_membership: machine.last_membership.clone(),
+    };
+    let data = postcard::to_stdvec(machine).map_err(io::Error::other)?;
+    snapshot::save(snap_dir, &meta, &data)
+}
+
 impl StateMachine {
     /// Opens the state machine at the newest snapshot in `snap_dir`; Raft re-applies the log after it.
     pub fn open(snap_dir: &Path, observer: Arc<dyn RevisionObserver>) -> io::Result<StateMachine> {

@@ -400,14 +400,42 @@ pub struct Etcd {
 
 impl Etcd {
     pub fn start() -> Etcd {
+        let dir = TempDir::new().unwrap();
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        Etcd::launch(dir, peer_url)
+    }
+
+    /// An etcd whose data dir `etcdctl snapshot restore` made from `snapshot`.
+    pub fn restored_from(snapshot: &Path) -> Etcd {
+        let dir = TempDir::new().unwrap();
+        let peer_url = format!("http://127.0.0.1:{}", free_port());
+        let data_dir = dir.path().join("data");
+        let restored = Command::new(etcdctl_path())
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore"])
+            .arg(snapshot)
+            .arg(format!("--data-dir={}", data_dir.display()))
+            .arg("--name=etcd")
+            .arg(format!("--initial-cluster=etcd={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .output()
+            .expect("run etcdctl snapshot restore");
+        assert!(
+            restored.status.success(),
+            "etcdctl snapshot restore {}: {}",
+            snapshot.display(),
+            String::from_utf8_lossy(&restored.stderr)
+        );
+        Etcd::launch(dir, peer_url)
+    }
+
+    fn launch(dir: TempDir, peer_url: String) -> Etcd {
         let etcd = "/usr/bin/etcd";
         assert!(
             Path::new(etcd).exists(),
             "etcd not found: install Debian's etcd-server package (apt-get install etcd-server)"
         );
-        let dir = TempDir::new().unwrap();
         let client_url = format!("http://127.0.0.1:{}", free_port());
-        let peer_url = format!("http://127.0.0.1:{}", free_port());
         let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let process = Command::new(etcd)
             .arg("--name=etcd")

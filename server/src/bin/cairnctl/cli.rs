@@ -469,6 +469,34 @@ pub struct MoveLeaderArgs {
 pub enum SnapshotCommand {
     /// Stores a snapshot of an endpoint's backend into a file.
     Save { filename: std::path::PathBuf },
+    /// Checks a snapshot file and prints its hash, revision, total keys and size.
+    Status { filename: std::path::PathBuf },
+    /// Makes a new member's data directory from a snapshot file (Cairn's or etcd's).
+    Restore(RestoreArgs),
+}
+
+/// etcdctl's `snapshot restore` flags and defaults.
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub filename: std::path::PathBuf,
+    /// Path to the data directory to create (default: `<name>.cairn`, the server's default).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Human-readable name for this member.
+    #[arg(long, default_value = "default")]
+    pub name: String,
+    /// Initial cluster configuration for restore bootstrap.
+    #[arg(long, default_value = "default=http://localhost:2380")]
+    pub initial_cluster: String,
+    /// Initial cluster token for the cluster during restore bootstrap.
+    #[arg(long, default_value = "etcd-cluster")]
+    pub initial_cluster_token: String,
+    /// List of this member's peer URLs to advertise to the rest of the cluster.
+    #[arg(long, value_delimiter = ',', default_value = "http://localhost:2380")]
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Ignore a missing SHA-256 trailer (a member's database file copied by hand).
+    #[arg(long)]
+    pub skip_hash_check: bool,
 }
 
 /// The requests a transaction may carry, parsed from each line with the same flags as the verbs.

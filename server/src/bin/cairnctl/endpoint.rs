@@ -9,7 +9,7 @@ use etcd_client::{AlarmAction, AlarmOptions, AlarmType, StatusResponse};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::cli::{EndpointArgs, EndpointCommand, Format, MoveLeaderArgs, SnapshotCommand, parse_hex_id};
+use crate::cli::{EndpointArgs, EndpointCommand, Format, MoveLeaderArgs, parse_hex_id};
 use crate::output;
 use crate::{Rpc, Session, connect, describe};
 
@@ -248,8 +248,7 @@ pub async fn move_leader(session: &mut Session, args: MoveLeaderArgs) -> anyhow:
 
 /// Streams a snapshot from one endpoint into `<file>.part`, checks etcd's SHA-256 trailer, fsyncs
 /// and renames, so a snapshot file either is complete or does not exist.
-pub async fn snapshot(session: &mut Session, command: SnapshotCommand) -> anyhow::Result<()> {
-    let SnapshotCommand::Save { filename } = command;
+pub async fn snapshot_save(session: &mut Session, filename: std::path::PathBuf) -> anyhow::Result<()> {
     if session.global.endpoints.len() != 1 {
         bail!(
             "snapshot must be requested from one selected endpoint, not {} ({})",

@@ -9,6 +9,7 @@ mod lease;
 mod member;
 mod mirror;
 mod output;
+mod snapshot;
 mod txn;
 mod watch;
 
@@ -184,6 +185,16 @@ impl<T> Rpc<T> for Result<T, etcd_client::Error> {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let endpoints = cli.global.endpoints.join(",");
+    // Snapshot files are read and restored here, without a server.
+    if let Command::Snapshot(command) = cli.command {
+        return match command {
+            cli::SnapshotCommand::Save { filename } => {
+                let mut session = Session::connect(cli.global).await?;
+                endpoint::snapshot_save(&mut session, filename).await
+            }
+            offline => snapshot::run_offline(offline, cli.global.write_out),
+        };
+    }
     let mut session = Session::connect(cli.global).await?;
     let outcome = match cli.command {
         Command::Put(args) => kv::put(&mut session, args).await,
@@ -195,7 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Member(command) => member::run(&mut session, command).await,
         Command::Endpoint(command) => endpoint::run(&mut session, command).await,
         Command::MoveLeader(args) => endpoint::move_leader(&mut session, args).await,
-        Command::Snapshot(command) => endpoint::snapshot(&mut session, command).await,
+        Command::Snapshot(_) => unreachable!("snapshot verbs are run before connecting"),
         Command::Watch(args) => watch::run(&mut session, args).await,
         Command::Lock(args) => concurrency::lock(&mut session, args).await,
         Command::Elect(args) => concurrency::elect(&mut session, args).await,
