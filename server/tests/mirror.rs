@@ -1,12 +1,13 @@
 //! make-mirror from one Cairn cluster to another, with etcdctl 3.4 and with cairnctl: the copy at
-//! one revision, then every later put and delete, under the prefix the user chose.
+//! one revision, then every later put and delete, under the prefix the user chose; and the way in
+//! from etcd that the README describes, from Debian's etcd 3.4 into Cairn.
 
 mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use support::{Cluster, etcdctl_path, ok, wait_until};
+use support::{Cluster, Etcd, etcdctl_path, ok, wait_until};
 
 fn keys_and_values(endpoint: &str, prefix: &str) -> String {
     ok(endpoint, &["get", prefix, "--prefix"])
@@ -112,6 +113,46 @@ fn cairnctl_make_mirror_logs_in_to_each_side_as_its_own_user() {
         Duration::from_secs(20),
         || ok(&to, &["--user=root:destpw", "get", "m/", "--prefix"]) == "m/1\nbefore\nm/2\nafter\n",
     );
+    let _ = mirror.kill();
+    let _ = mirror.wait();
+}
+
+/// The README's cut-over from etcd without a stop: mirror everything, keep writing to etcd, stop
+/// writing, wait for the mirror to catch up; Cairn then holds exactly etcd's keys and values.
+#[test]
+fn cairnctl_make_mirror_moves_an_etcd_into_cairn_while_it_takes_writes() {
+    let etcd = Etcd::start();
+    let cairn = Cluster::start(1, "mirror-from-etcd");
+    let (from, to) = (etcd.endpoint(), cairn.endpoints());
+    for i in 0..40 {
+        ok(&from, &["put", &format!("config/{i:02}"), &format!("v{i}")]);
+    }
+    let lease = ok(&from, &["lease", "grant", "600"]);
+    let lease = lease.split_whitespace().nth(1).unwrap().to_owned();
+    ok(
+        &from,
+        &["put", "service/a", "10.0.0.1", &format!("--lease={lease}")],
+    );
+    let mut mirror = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+        .arg(format!("--endpoints={from}"))
+        .args(["make-mirror", &to])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Writes go on while the mirror copies and follows.
+    for i in 30..60 {
+        ok(&from, &["put", &format!("config/{i:02}"), &format!("w{i}")]);
+    }
+    ok(&from, &["del", "config/0", "--prefix"]);
+    // Writes stop: the cut-over waits for Cairn to hold what etcd holds.
+    let everything = |endpoint: &str| ok(endpoint, &["get", "", "--from-key"]);
+    let expected = everything(&from);
+    assert!(expected.contains("config/59\nw59\n") && expected.contains("service/a\n"));
+    assert!(!expected.contains("config/05"));
+    wait_until("Cairn to hold etcd's keys", Duration::from_secs(20), || {
+        everything(&to) == expected
+    });
     let _ = mirror.kill();
     let _ = mirror.wait();
 }

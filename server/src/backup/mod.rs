@@ -6,6 +6,7 @@ pub mod backend;
 pub mod bolt;
 pub mod file;
 pub mod restore;
+pub mod store;
 
 pub use file::{SnapshotFile, Status, snapshot_status, write_snapshot};
 pub use restore::{RestoreTarget, Restored, restore};

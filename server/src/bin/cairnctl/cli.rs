@@ -102,6 +102,9 @@ pub enum Command {
     /// Manages snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Backups kept in a directory or an S3-compatible bucket: save (verified, with retention), list, fetch.
+    #[command(subcommand)]
+    Backup(BackupCommand),
     /// Watches events stream on keys or prefixes.
     Watch(WatchArgs),
     /// Acquires a named lock.
@@ -473,6 +476,73 @@ pub enum SnapshotCommand {
     Status { filename: std::path::PathBuf },
     /// Makes a new member's data directory from a snapshot file (Cairn's or etcd's).
     Restore(RestoreArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// Streams a snapshot from one endpoint into a location, reads it back to verify it, then prunes
+    /// backups the retention policy no longer keeps.
+    Save(BackupSaveArgs),
+    /// Lists the backups in a location, oldest first.
+    List(BackupListArgs),
+    /// Downloads one backup (by name, or `latest`) into a file.
+    Fetch(BackupFetchArgs),
+}
+
+/// How to reach S3-compatible storage; credentials come from AWS_ACCESS_KEY_ID and
+/// AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), as for every S3 tool.
+#[derive(Debug, Args)]
+pub struct S3Args {
+    /// The service's URL (default: AWS for the region).
+    #[arg(long, env = "CAIRN_BACKUP_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// The bucket's region.
+    #[arg(long, env = "CAIRN_BACKUP_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Address the bucket as a path of the endpoint instead of a host name (MinIO and most
+    /// self-hosted services).
+    #[arg(long, env = "CAIRN_BACKUP_S3_PATH_STYLE")]
+    pub s3_path_style: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupSaveArgs {
+    /// Where to keep backups: `s3://bucket/prefix` or a directory.
+    #[arg(long)]
+    pub to: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Keep at most this many backups in the location (the newest always stays).
+    #[arg(long)]
+    pub retain_count: Option<usize>,
+    /// Remove backups older than this (Go-style duration, e.g. `168h`); the newest always stays.
+    #[arg(long, value_parser = parse_duration)]
+    pub retain_age: Option<Duration>,
+    /// Also write the JSON result into this file (a pod's termination message).
+    #[arg(long)]
+    pub result_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupListArgs {
+    /// The location: `s3://bucket/prefix` or a directory.
+    #[arg(long)]
+    pub from: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupFetchArgs {
+    /// The location: `s3://bucket/prefix` or a directory.
+    #[arg(long)]
+    pub from: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// A backup's name as `backup list` prints it, or `latest`.
+    pub name: String,
+    /// The file to write.
+    pub file: PathBuf,
 }
 
 /// etcdctl's `snapshot restore` flags and defaults.

@@ -1,6 +1,7 @@
 //! `cairnctl`: etcdctl's verbs for Cairn (and any etcd v3 server), built on the `etcd-client` crate.
 
 mod auth;
+mod backup;
 mod cli;
 mod concurrency;
 mod endpoint;
@@ -207,6 +208,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Endpoint(command) => endpoint::run(&mut session, command).await,
         Command::MoveLeader(args) => endpoint::move_leader(&mut session, args).await,
         Command::Snapshot(_) => unreachable!("snapshot verbs are run before connecting"),
+        Command::Backup(command) => backup::run(&mut session, command).await,
         Command::Watch(args) => watch::run(&mut session, args).await,
         Command::Lock(args) => concurrency::lock(&mut session, args).await,
         Command::Elect(args) => concurrency::elect(&mut session, args).await,
