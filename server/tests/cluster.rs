@@ -24,7 +24,10 @@ fn three_members_serve_etcdctl_through_every_endpoint() {
     }
     // Every write is timed stage by stage (cairn_write_stage_duration_seconds): where it entered,
     // the leader's round trips to its followers, their handling, each member's log append and apply.
-    let (leader, _) = cluster.leader();
+    // Who led may change under load, so roles are read from the counts: one member sent the
+    // appends of the three writes, the two others handled them.
+    let mut leading = 0;
+    let mut following = 0;
     for (i, member) in cluster.members.iter().enumerate() {
         let metrics = support::http_body(&format!("{}/metrics", member.client_url));
         let count = |stage: &str| -> u64 {
@@ -34,21 +37,17 @@ fn three_members_serve_etcdctl_through_every_endpoint() {
                 .find_map(|line| line.strip_prefix(&prefix))
                 .map_or(0, |n| n.parse().unwrap())
         };
-        let (handled_here, handled_elsewhere) = if i == leader {
-            ("peer_append", "peer_append_handled")
-        } else {
-            ("peer_append_handled", "peer_append")
-        };
         assert!(
-            count("write") >= 1
-                && count("wal_append") >= 3
-                && count("apply") >= 3
-                && count(handled_here) >= 3
-                // An election at start may have let another member lead for a few entries.
-                && count(handled_elsewhere) < count(handled_here),
-            "member {i} (leader {leader}):\n{metrics}"
+            count("write") >= 1 && count("wal_append") >= 3 && count("apply") >= 3,
+            "member {i}:\n{metrics}"
         );
+        leading += usize::from(count("peer_append") >= 3);
+        following += usize::from(count("peer_append_handled") >= 3);
     }
+    assert!(
+        leading >= 1 && following >= 2,
+        "{leading} sent appends, {following} handled them"
+    );
     for member in &cluster.members {
         let got = ok(&member.endpoint(), &["get", "dir/", "--prefix"]);
         assert_eq!(
