@@ -193,6 +193,38 @@ pub fn snapshot_status(snapshot: &SnapshotFile) -> Result<Status, BackupError> {
     })
 }
 
+/// Follows a snapshot file as it passes: its size, and whether its last 32 bytes are the SHA-256
+/// of everything before them.
+#[derive(Default)]
+pub struct TrailerCheck {
+    hasher: Sha256,
+    whole: Sha256,
+    tail: Vec<u8>,
+    size: u64,
+}
+
+impl TrailerCheck {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.size += bytes.len() as u64;
+        self.whole.update(bytes);
+        self.tail.extend_from_slice(bytes);
+        if self.tail.len() > HASH_LEN as usize {
+            let spill = self.tail.len() - HASH_LEN as usize;
+            self.hasher.update(&self.tail[..spill]);
+            self.tail.drain(..spill);
+        }
+    }
+
+    /// The size and the SHA-256 of the whole file (hex), if its trailer matched.
+    pub fn finish(self) -> Option<(u64, String)> {
+        let matches = self.tail.len() == HASH_LEN as usize && self.hasher.finalize().as_slice() == self.tail;
+        matches.then(|| {
+            let whole: String = self.whole.finalize().iter().map(|b| format!("{b:02x}")).collect();
+            (self.size, whole)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,9 +12,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, WriteMultipart};
-use sha2::{Digest, Sha256};
 
-use super::file::HASH_LEN;
+use super::file::TrailerCheck;
 
 /// Parts of a multipart upload: S3's minimum is 5 MiB.
 const PART_SIZE: usize = 8 << 20;
@@ -379,38 +378,6 @@ fn sync_file(path: &std::path::Path) -> std::io::Result<()> {
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
-}
-
-/// Follows a snapshot file as it passes: its size, and whether its last 32 bytes are the SHA-256
-/// of everything before them.
-#[derive(Default)]
-struct TrailerCheck {
-    hasher: Sha256,
-    whole: Sha256,
-    tail: Vec<u8>,
-    size: u64,
-}
-
-impl TrailerCheck {
-    fn update(&mut self, bytes: &[u8]) {
-        self.size += bytes.len() as u64;
-        self.whole.update(bytes);
-        self.tail.extend_from_slice(bytes);
-        if self.tail.len() > HASH_LEN as usize {
-            let spill = self.tail.len() - HASH_LEN as usize;
-            self.hasher.update(&self.tail[..spill]);
-            self.tail.drain(..spill);
-        }
-    }
-
-    /// The size and the SHA-256 of the whole file (hex), if its trailer matched.
-    fn finish(self) -> Option<(u64, String)> {
-        let matches = self.tail.len() == HASH_LEN as usize && self.hasher.finalize().as_slice() == self.tail;
-        matches.then(|| {
-            let whole: String = self.whole.finalize().iter().map(|b| format!("{b:02x}")).collect();
-            (self.size, whole)
-        })
-    }
 }
 
 #[cfg(test)]

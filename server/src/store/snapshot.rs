@@ -29,22 +29,53 @@ fn file_name(meta: &SnapshotMeta) -> String {
 
 /// Writes `snapshot` durably and removes older snapshot files.
 pub fn save(dir: &Path, meta: &SnapshotMeta, data: &[u8]) -> io::Result<()> {
+    save_with(dir, meta, &mut |out| out.write_all(data))
+}
+
+/// Checksums what passes through on its way to the file.
+struct Checksummed<W: Write> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// As `save`, with the state written by `write_data` straight into the file, so a state never has
+/// to be held encoded in memory beside itself (a restore of a large backup writes this way).
+pub fn save_with(
+    dir: &Path,
+    meta: &SnapshotMeta,
+    write_data: &mut dyn FnMut(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
     fs::create_dir_all(dir)?;
     let meta_bytes = postcard::to_stdvec(meta).map_err(io::Error::other)?;
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&meta_bytes);
-    hasher.update(data);
     let name = file_name(meta);
     let tmp = dir.join(format!("{name}.tmp"));
     {
-        let mut file = File::create(&tmp)?;
+        let mut file = io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         file.write_all(MAGIC)?;
         file.write_all(&SNAPSHOT_FORMAT_VERSION.to_le_bytes())?;
         file.write_all(&(meta_bytes.len() as u64).to_le_bytes())?;
-        file.write_all(&meta_bytes)?;
-        file.write_all(data)?;
-        file.write_all(&hasher.finalize().to_le_bytes())?;
-        file.sync_all()?;
+        let mut body = Checksummed {
+            inner: file,
+            hasher: crc32fast::Hasher::new(),
+        };
+        body.write_all(&meta_bytes)?;
+        write_data(&mut body)?;
+        let crc = body.hasher.finalize();
+        let mut file = body.inner;
+        file.write_all(&crc.to_le_bytes())?;
+        file.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     }
     let target = dir.join(&name);
     fs::rename(&tmp, &target)?;

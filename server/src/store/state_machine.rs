@@ -117,8 +117,11 @@ pub fn seed(snap_dir: &Path, machine: &Machine) -> io::Result<()> {
         last_log_id: machine.last_applied,
         last_membership: machine.last_membership.clone(),
     };
-    let data = postcard::to_stdvec(machine).map_err(io::Error::other)?;
-    snapshot::save(snap_dir, &meta, &data)
+    snapshot::save_with(snap_dir, &meta, &mut |out| {
+        postcard::to_io(machine, out)
+            .map(|_| ())
+            .map_err(io::Error::other)
+    })
 }
 
 impl StateMachine {

@@ -7,11 +7,11 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use etcd_client::{AlarmAction, AlarmOptions, AlarmType, StatusResponse};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::cli::{EndpointArgs, EndpointCommand, Format, MoveLeaderArgs, parse_hex_id};
 use crate::output;
 use crate::{Rpc, Session, connect, describe};
+use cairn::backup::file::TrailerCheck;
 
 /// The endpoints to visit: the given ones, or with `--cluster` every member's client URLs.
 async fn endpoints(session: &mut Session, cluster: bool) -> anyhow::Result<Vec<String>> {
@@ -279,27 +279,18 @@ async fn stream_snapshot(session: &mut Session, path: &Path) -> anyhow::Result<u
     let mut file =
         std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut stream = session.client.snapshot().await.rpc()?;
-    let mut hasher = Sha256::new();
-    let mut tail: Vec<u8> = Vec::new();
-    let mut size = 0u64;
+    let mut trailer = TrailerCheck::default();
     while let Some(message) = stream.message().await.rpc()? {
         let blob = message.blob();
         file.write_all(blob)
             .with_context(|| format!("cannot write {}", path.display()))?;
-        size += blob.len() as u64;
-        // The last 32 bytes are the digest of everything before them.
-        tail.extend_from_slice(blob);
-        if tail.len() > 32 {
-            let spill = tail.len() - 32;
-            hasher.update(&tail[..spill]);
-            tail.drain(..spill);
-        }
+        trailer.update(blob);
     }
-    if tail.len() != 32 || hasher.finalize().as_slice() != tail.as_slice() {
+    let Some((size, _)) = trailer.finish() else {
         bail!(
             "the snapshot stream ended early or is corrupt (SHA-256 trailer does not match); nothing saved"
         );
-    }
+    };
     file.sync_all()
         .with_context(|| format!("cannot fsync {}", path.display()))?;
     Ok(size)
