@@ -140,33 +140,71 @@ fn three_backups_keep_two(endpoint: &str, location: &str, s3: &[&str], result_fi
     last
 }
 
-/// Fetches the latest backup from `location`, restores it into a new member and checks every key.
-fn fetch_latest_and_restore(source: &str, location: &str, s3: &[&str], revision: i64) {
+/// The flags that make `member` the only member of a new cluster.
+fn member_flags(member: &Member) -> Vec<String> {
+    vec![
+        format!("--name={}", member.name),
+        format!("--data-dir={}", member.data_dir.display()),
+        format!("--initial-cluster={}={}", member.name, member.peer_url),
+        format!("--initial-cluster-token={}", member.token),
+        format!("--initial-advertise-peer-urls={}", member.peer_url),
+    ]
+}
+
+/// Restores the latest backup in `location` into a new member (with `backup restore` in one step,
+/// or `backup fetch` then `snapshot restore`) and checks every key.
+fn restore_latest(source: &str, location: &str, s3: &[&str], revision: i64, one_step: bool) {
     let root = TempDir::new().unwrap();
-    let file = root.path().join("latest.db");
-    let file_arg = file.to_str().unwrap();
-    let mut args = vec!["backup", "fetch", "--from", location, "latest", file_arg];
-    args.extend_from_slice(s3);
-    assert!(backup_ok("127.0.0.1:1", &args).starts_with("Fetched "));
-    let status = cairnctl("127.0.0.1:1", &["snapshot", "status", file_arg, "-w", "json"]);
-    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["revision"].as_i64(), Some(revision));
     let mut members = vec![Member::new(root.path(), "restored", "from-backup")];
-    let member = &members[0];
-    let restore = cairnctl(
-        "127.0.0.1:1",
-        &[
-            "snapshot",
-            "restore",
-            file_arg,
-            "--name=restored",
-            &format!("--data-dir={}", member.data_dir.display()),
-            &format!("--initial-cluster=restored={}", member.peer_url),
-            "--initial-cluster-token=from-backup",
-            &format!("--initial-advertise-peer-urls={}", member.peer_url),
-        ],
-    );
-    assert!(restore.status.success(), "{}", text(&restore.stderr));
+    let flags = member_flags(&members[0]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    if one_step {
+        let mut args = vec!["backup", "restore", "--from", location, "latest"];
+        args.extend_from_slice(s3);
+        args.extend_from_slice(&flags);
+        let out = cairnctl_with("127.0.0.1:1", SECRET_KEY, &args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(&format!("at revision {revision}")),
+            "{}",
+            text(&out.stderr)
+        );
+        // A pod's restore step runs again when it restarts: with --skip-if-initialized it leaves
+        // the member alone; without, it refuses to overwrite it.
+        let again = cairnctl_with("127.0.0.1:1", SECRET_KEY, &args);
+        assert!(
+            text(&again.stderr).contains("exists and is not empty"),
+            "{}",
+            text(&again.stderr)
+        );
+        args.push("--skip-if-initialized");
+        let skipped = cairnctl_with("127.0.0.1:1", SECRET_KEY, &args);
+        assert!(skipped.status.success(), "{}", text(&skipped.stderr));
+        assert!(
+            text(&skipped.stderr).contains("nothing restored"),
+            "{}",
+            text(&skipped.stderr)
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("download"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    } else {
+        let file = root.path().join("latest.db");
+        let file_arg = file.to_str().unwrap();
+        let mut args = vec!["backup", "fetch", "--from", location, "latest", file_arg];
+        args.extend_from_slice(s3);
+        assert!(backup_ok("127.0.0.1:1", &args).starts_with("Fetched "));
+        let status = cairnctl("127.0.0.1:1", &["snapshot", "status", file_arg, "-w", "json"]);
+        let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(status["revision"].as_i64(), Some(revision));
+        let mut args = vec!["snapshot", "restore", file_arg];
+        args.extend_from_slice(&flags);
+        let restore = cairnctl("127.0.0.1:1", &args);
+        assert!(restore.status.success(), "{}", text(&restore.stderr));
+    }
     start_as_one_cluster(&mut members);
     let restored = members[0].endpoint();
     wait_until("the restored member to serve", Duration::from_secs(30), || {
@@ -202,7 +240,7 @@ fn backups_go_to_s3_verified_pruned_and_restore() {
         .map(|e| e.unwrap().path())
         .collect();
     assert_eq!(files.len(), 2, "{files:?}");
-    fetch_latest_and_restore(&endpoint, location, &flags, revision);
+    restore_latest(&endpoint, location, &flags, revision, true);
 
     // Wrong credentials: the backup fails with the storage's reason, and nothing is added.
     let mut args = vec!["backup", "save", "--to", location];
@@ -237,7 +275,7 @@ fn backups_go_to_a_directory_verified_pruned_and_restore() {
             .all(|n| n.starts_with("snapshot-") && n.ends_with(".db")),
         "{names:?}"
     );
-    fetch_latest_and_restore(&endpoint, &location, &[], revision);
+    restore_latest(&endpoint, &location, &[], revision, false);
     // More than one endpoint is refused before anything is written.
     let two = format!("{endpoint},{endpoint}");
     let refused = cairnctl(&two, &["backup", "save", "--to", &location]);

@@ -44,8 +44,9 @@ fn sorted(urls: &[String]) -> Vec<String> {
 }
 
 impl RestoreTarget {
-    /// The flags agree with each other, and the data dir holds nothing a restore could overwrite.
-    fn check(&self) -> Result<(), BackupError> {
+    /// The flags agree with each other, and the data dir holds nothing a restore could overwrite
+    /// (worth knowing before a backup is downloaded).
+    pub fn check(&self) -> Result<(), BackupError> {
         let listed = self.initial_cluster.get(&self.name).ok_or_else(|| {
             refuse(format!(
                 "member name {:?} is not in --initial-cluster ({})",

@@ -9,18 +9,23 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::json;
 
-use crate::cli::{BackupCommand, BackupFetchArgs, BackupListArgs, BackupSaveArgs, Format, S3Args};
+use crate::cli::{
+    BackupCommand, BackupFetchArgs, BackupListArgs, BackupRestoreArgs, BackupSaveArgs, Format, S3Args,
+};
 use crate::{Rpc, Session, output};
 use cairn::backup::store::{BackupStore, Location, Retention, S3Options, backup_name, to_prune};
 
 /// Progress is reported on stderr each time this many more bytes went up.
 const PROGRESS_EVERY: u64 = 256 << 20;
 
-pub async fn run(session: &mut Session, command: BackupCommand) -> anyhow::Result<()> {
+/// Runs `list`, `fetch` or `restore`, which need no server; `save` streams from one and runs
+/// through `save`.
+pub async fn run_offline(command: BackupCommand, format: Format) -> anyhow::Result<()> {
     match command {
-        BackupCommand::Save(args) => save(session, args).await,
-        BackupCommand::List(args) => list(session.format, args).await,
+        BackupCommand::List(args) => list(format, args).await,
         BackupCommand::Fetch(args) => fetch(args).await,
+        BackupCommand::Restore(args) => restore(args).await,
+        BackupCommand::Save(_) => unreachable!("backup save streams from a server"),
     }
 }
 
@@ -37,7 +42,7 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
-async fn save(session: &mut Session, args: BackupSaveArgs) -> anyhow::Result<()> {
+pub async fn save(session: &mut Session, args: BackupSaveArgs) -> anyhow::Result<()> {
     if session.global.endpoints.len() != 1 {
         bail!(
             "a backup must be taken from one selected endpoint, not {} ({})",
@@ -152,24 +157,59 @@ async fn list(format: Format, args: BackupListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The backup `name` stands for: itself, or the newest one for `latest`.
+async fn resolve(store: &BackupStore, location: &str, name: &str) -> anyhow::Result<String> {
+    if name != "latest" {
+        return Ok(name.to_owned());
+    }
+    store
+        .list()
+        .await?
+        .pop()
+        .map(|b| b.name)
+        .with_context(|| format!("no backups in {location}"))
+}
+
 async fn fetch(args: BackupFetchArgs) -> anyhow::Result<()> {
     let store = open(&args.from, &args.s3)?;
-    let name = if args.name == "latest" {
-        store
-            .list()
-            .await?
-            .pop()
-            .map(|b| b.name)
-            .with_context(|| format!("no backups in {}", args.from))?
-    } else {
-        args.name.clone()
-    };
+    let name = resolve(&store, &args.from, &args.name).await?;
     let size = store.download(&name, &args.file).await?;
     println!(
         "Fetched {} into {} ({})",
         store.describe(&name),
         args.file.display(),
         output::human_bytes(size)
+    );
+    Ok(())
+}
+
+/// Downloads the backup beside the data dir, restores it, and removes the download.
+async fn restore(args: BackupRestoreArgs) -> anyhow::Result<()> {
+    let Some(target) = crate::snapshot::target(args.member)? else {
+        return Ok(());
+    };
+    target.check()?;
+    let store = open(&args.from, &args.s3)?;
+    let name = resolve(&store, &args.from, &args.backup).await?;
+    let download = target
+        .data_dir
+        .with_file_name(format!(".{name}.download-{}", std::process::id()));
+    if let Some(parent) = download.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let fetched = store.download(&name, &download).await;
+    let restored = fetched
+        .map_err(anyhow::Error::from)
+        .and_then(|_| cairn::backup::restore(&download, &target).map_err(anyhow::Error::from));
+    let _ = std::fs::remove_file(&download);
+    let restored = restored?;
+    eprintln!(
+        "Restored backup {} at revision {} into {}: member {:x} of cluster {:x}",
+        store.describe(&name),
+        restored.revision,
+        target.data_dir.display(),
+        restored.member_id,
+        restored.cluster_id
     );
     Ok(())
 }

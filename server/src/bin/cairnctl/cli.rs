@@ -487,6 +487,21 @@ pub enum BackupCommand {
     List(BackupListArgs),
     /// Downloads one backup (by name, or `latest`) into a file.
     Fetch(BackupFetchArgs),
+    /// Makes a new member's data directory from one backup (by name, or `latest`), in one step.
+    Restore(BackupRestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupRestoreArgs {
+    /// The location: `s3://bucket/prefix` or a directory.
+    #[arg(long)]
+    pub from: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// A backup's name as `backup list` prints it, or `latest`.
+    pub backup: String,
+    #[command(flatten)]
+    pub member: RestoreFlags,
 }
 
 /// How to reach S3-compatible storage; credentials come from AWS_ACCESS_KEY_ID and
@@ -545,10 +560,17 @@ pub struct BackupFetchArgs {
     pub file: PathBuf,
 }
 
-/// etcdctl's `snapshot restore` flags and defaults.
+/// `snapshot restore`: a file and etcdctl's flags.
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     pub filename: std::path::PathBuf,
+    #[command(flatten)]
+    pub member: RestoreFlags,
+}
+
+/// The member a restore makes, with etcdctl's `snapshot restore` flags and defaults.
+#[derive(Debug, Args)]
+pub struct RestoreFlags {
     /// Path to the data directory to create (default: `<name>.cairn`, the server's default).
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
@@ -567,6 +589,10 @@ pub struct RestoreArgs {
     /// Ignore a missing SHA-256 trailer (a member's database file copied by hand).
     #[arg(long)]
     pub skip_hash_check: bool,
+    /// Do nothing, successfully, when the data dir already holds a member (a pod that restarts
+    /// runs its restore step again).
+    #[arg(long)]
+    pub skip_if_initialized: bool,
 }
 
 /// The requests a transaction may carry, parsed from each line with the same flags as the verbs.

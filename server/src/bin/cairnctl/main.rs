@@ -196,6 +196,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             offline => snapshot::run_offline(offline, cli.global.write_out),
         };
     }
+    if let Command::Backup(command) = cli.command {
+        return match command {
+            cli::BackupCommand::Save(args) => {
+                let mut session = Session::connect(cli.global).await?;
+                backup::save(&mut session, args).await
+            }
+            offline => backup::run_offline(offline, cli.global.write_out).await,
+        };
+    }
     let mut session = Session::connect(cli.global).await?;
     let outcome = match cli.command {
         Command::Put(args) => kv::put(&mut session, args).await,
@@ -207,8 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Member(command) => member::run(&mut session, command).await,
         Command::Endpoint(command) => endpoint::run(&mut session, command).await,
         Command::MoveLeader(args) => endpoint::move_leader(&mut session, args).await,
-        Command::Snapshot(_) => unreachable!("snapshot verbs are run before connecting"),
-        Command::Backup(command) => backup::run(&mut session, command).await,
+        Command::Snapshot(_) | Command::Backup(_) => unreachable!("run before connecting"),
         Command::Watch(args) => watch::run(&mut session, args).await,
         Command::Lock(args) => concurrency::lock(&mut session, args).await,
         Command::Elect(args) => concurrency::elect(&mut session, args).await,

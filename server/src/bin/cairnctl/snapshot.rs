@@ -4,7 +4,7 @@
 use anyhow::Context;
 use serde_json::json;
 
-use crate::cli::{Format, RestoreArgs, SnapshotCommand};
+use crate::cli::{Format, RestoreArgs, RestoreFlags, SnapshotCommand};
 use crate::output;
 use cairn::backup::{self, RestoreTarget, SnapshotFile};
 use cairn::config::parse_initial_cluster;
@@ -43,26 +43,50 @@ fn status(path: &std::path::Path, format: Format) -> anyhow::Result<()> {
 }
 
 fn restore(args: RestoreArgs) -> anyhow::Result<()> {
-    let initial_cluster = parse_initial_cluster(&args.initial_cluster).context("--initial-cluster")?;
-    let data_dir = args
-        .data_dir
-        .unwrap_or_else(|| format!("{}.cairn", args.name).into());
-    let target = RestoreTarget {
-        name: args.name,
-        data_dir,
-        initial_cluster,
-        token: args.initial_cluster_token,
-        advertise_peer_urls: args.initial_advertise_peer_urls,
-        skip_hash_check: args.skip_hash_check,
+    restore_file(&args.filename, args.member)
+}
+
+/// Restores `file` into the member `flags` describe, unless `--skip-if-initialized` finds one
+/// there already.
+pub fn restore_file(file: &std::path::Path, flags: RestoreFlags) -> anyhow::Result<()> {
+    let Some(target) = target(flags)? else {
+        return Ok(());
     };
-    let restored = backup::restore(&args.filename, &target)?;
+    let restored = backup::restore(file, &target)?;
     eprintln!(
         "Restored snapshot {} at revision {} into {}: member {:x} of cluster {:x}",
-        args.filename.display(),
+        file.display(),
         restored.revision,
         target.data_dir.display(),
         restored.member_id,
         restored.cluster_id
     );
     Ok(())
+}
+
+/// The restore's target, or `None` when `--skip-if-initialized` finds a member in the data dir.
+pub fn target(flags: RestoreFlags) -> anyhow::Result<Option<RestoreTarget>> {
+    let initial_cluster = parse_initial_cluster(&flags.initial_cluster).context("--initial-cluster")?;
+    let data_dir = flags
+        .data_dir
+        .unwrap_or_else(|| format!("{}.cairn", flags.name).into());
+    if flags.skip_if_initialized
+        && let Some(member) = cairn::bootstrap::data_dir::load(&data_dir)?
+    {
+        eprintln!(
+            "Data dir {} already holds member {} of cluster {:x}; nothing restored",
+            data_dir.display(),
+            member.name,
+            member.cluster_id
+        );
+        return Ok(None);
+    }
+    Ok(Some(RestoreTarget {
+        name: flags.name,
+        data_dir,
+        initial_cluster,
+        token: flags.initial_cluster_token,
+        advertise_peer_urls: flags.initial_advertise_peer_urls,
+        skip_hash_check: flags.skip_hash_check,
+    }))
 }
