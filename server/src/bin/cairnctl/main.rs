@@ -191,7 +191,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return match command {
             cli::SnapshotCommand::Save { filename } => {
                 let mut session = Session::connect(cli.global).await?;
-                endpoint::snapshot_save(&mut session, filename).await
+                let saved = endpoint::snapshot_save(&mut session, filename).await;
+                saved.map_err(|error| unreachable_named(&endpoints, error))
             }
             offline => snapshot::run_offline(offline, cli.global.write_out),
         };
@@ -200,7 +201,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return match command {
             cli::BackupCommand::Save(args) => {
                 let mut session = Session::connect(cli.global).await?;
-                backup::save(&mut session, args).await
+                let saved = backup::save(&mut session, args).await;
+                saved.map_err(|error| unreachable_named(&endpoints, error))
             }
             offline => backup::run_offline(offline, cli.global.write_out).await,
         };
@@ -225,10 +227,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Role(command) => auth::role(&mut session, command).await,
         Command::Auth(command) => auth::auth(&mut session, command).await,
     };
-    outcome.map_err(|error| match error.downcast_ref::<RpcError>() {
+    outcome.map_err(|error| unreachable_named(&endpoints, error))
+}
+
+/// Names the endpoints in an error that says they could not be reached.
+fn unreachable_named(endpoints: &str, error: anyhow::Error) -> anyhow::Error {
+    match error.downcast_ref::<RpcError>() {
         Some(RpcError::Unreachable(why)) => anyhow::anyhow!("cannot reach {endpoints}: {why}"),
         _ => error,
-    })
+    }
 }
 
 fn main() -> ExitCode {
