@@ -47,7 +47,8 @@ fn cluster_id(endpoint: &str) -> u64 {
         .unwrap()
 }
 
-/// Writes a store with history, deletes, a txn, a lease with a key, a compaction and auth users.
+/// Writes a store with history, values larger than a page, deletes, a lease with a key, a
+/// compaction and auth users.
 fn write_history(endpoint: &str) {
     for i in 0..120 {
         ok(
@@ -55,6 +56,9 @@ fn write_history(endpoint: &str) {
             &["put", &format!("app/{}", i % 40), &format!("value-{i}")],
         );
     }
+    // Values larger than a page go to bbolt's overflow pages.
+    ok(endpoint, &["put", "large/1", &"L".repeat(10_000)]);
+    ok(endpoint, &["put", "large/2", &"M".repeat(50_000)]);
     ok(endpoint, &["del", "app/3"]);
     ok(endpoint, &["del", "app/1", "app/2"]);
     let lease = ok(endpoint, &["lease", "grant", "600"]);
