@@ -189,6 +189,8 @@ impl BucketPlan {
 #[derive(Debug)]
 pub struct Layout {
     buckets: Vec<BucketPlan>,
+    /// The root bucket's page: one element per bucket.
+    root: Group,
     pages: u64,
 }
 
@@ -225,15 +227,23 @@ pub fn plan(contents: &dyn Contents) -> io::Result<Layout> {
         next += bucket.pages();
         buckets.push(bucket);
     }
-    let root_bytes: usize = PAGE_HEADER
-        + buckets
-            .iter()
-            .map(|b| ELEMENT + b.name.len() + BUCKET_HEADER)
-            .sum::<usize>();
-    if root_bytes > PAGE_SIZE {
+    let root = Group {
+        count: buckets.len(),
+        bytes: PAGE_HEADER
+            + buckets
+                .iter()
+                .map(|b| ELEMENT + b.name.len() + BUCKET_HEADER)
+                .sum::<usize>(),
+        first_key_len: 0,
+    };
+    if root.bytes > PAGE_SIZE {
         return Err(io::Error::other("too many buckets for one root page"));
     }
-    Ok(Layout { buckets, pages: next })
+    Ok(Layout {
+        buckets,
+        root,
+        pages: next,
+    })
 }
 
 fn page_header(out: &mut Vec<u8>, id: u64, flags: u16, count: usize, pages: u64) {
@@ -329,17 +339,7 @@ pub fn write(contents: &dyn Contents, layout: &Layout, out: &mut dyn Write) -> i
         header.extend_from_slice(&0u64.to_le_bytes());
         root.elements.push((BUCKET_LEAF, bucket.name.clone(), header, 0));
     }
-    let root_group = Group {
-        count: layout.buckets.len(),
-        bytes: PAGE_HEADER
-            + layout
-                .buckets
-                .iter()
-                .map(|b| ELEMENT + b.name.len() + BUCKET_HEADER)
-                .sum::<usize>(),
-        first_key_len: 0,
-    };
-    out.write_all(&root.build(ROOT_ID, root_group)?)?;
+    out.write_all(&root.build(ROOT_ID, layout.root)?)?;
 
     for (index, bucket) in layout.buckets.iter().enumerate() {
         write_bucket(contents, index, bucket, out)?;
