@@ -254,7 +254,7 @@ impl ControlPlane {
             .arg("--port=0")
             .arg(
                 "--controllers=garbagecollector,statefulset,namespace,serviceaccount,serviceaccount-token,\
-                 endpoint,endpointslice,disruption,replicaset,deployment,pvc-protection",
+                 endpoint,endpointslice,disruption,replicaset,deployment,pvc-protection,job",
             )
             .arg(format!(
                 "--service-account-private-key-file={}",

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
@@ -23,6 +24,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
 use crate::access::MemberAddress;
+use crate::build::backup_job::backup_job;
 use crate::build::bootstrap::bootstrap_files;
 use crate::build::names::{MEMBER_PODS, Names, cluster_of_member};
 use crate::build::network_policy::{ClientNamespaces, network_policy};
@@ -31,7 +33,7 @@ use crate::build::services::{client_service, peer_service};
 use crate::build::statefulset::{LISTEN_CLIENT_URLS_ENV, LISTEN_PEER_URLS_ENV, statefulset};
 use crate::build::{FIELD_MANAGER, owner_reference};
 use crate::certificates::{TlsError, ensure_tls};
-use crate::crd::{KVCluster, KVClusterStatus};
+use crate::crd::{BackupStatus, KVCluster, KVClusterStatus, MemberStatus};
 use crate::membership::{ClaimSeen, PodSeen, Step};
 use crate::metrics::Metrics;
 use crate::observe::{ClusterView, listed_in, observe};
@@ -39,8 +41,8 @@ use crate::plan::{Observed, Plan, plan};
 use crate::status::{Observation, cluster_token, for_failed_pass, for_invalid_spec, for_valid_spec};
 use crate::storage;
 use crate::storage::StorageDecision;
-use crate::validate::{ValidSpec, validate};
-use crate::{access, change, deletion, peer_move, quorum};
+use crate::validate::{BackupPlan, ValidSpec, validate};
+use crate::{access, backup, change, deletion, peer_move, quorum};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -245,6 +247,11 @@ pub async fn run(context: Context) {
             watcher::Config::default(),
         )
         .owns(Api::<Service>::all(client.clone()), watcher::Config::default())
+        // A backup Job that ends is recorded at once.
+        .owns(
+            Api::<Job>::all(client.clone()),
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=cairn-operator"),
+        )
         // Member pods belong to the StatefulSet, not the KVCluster, but their comings and goings
         // are what status reports: a deleted member pod is back within seconds, faster than the
         // periodic refresh, and status must still show it was away.
@@ -378,6 +385,20 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         (Step::PeersOnTls, Ok(_)) => spec.with_peers_on_tls(),
         _ => spec,
     };
+    let (backup, backup_requeue) = match &spec.backup {
+        Some(backup_plan) => {
+            let backups = Backups {
+                cluster: &cluster,
+                spec: &spec,
+                plan: backup_plan,
+                owner: &owner,
+                members: &observed.view.members,
+                previous: previous.backup.as_ref(),
+            };
+            backups.run(&context).await
+        }
+        None => (None, None),
+    };
     let refused_growth = grow_claims(&context.client, &spec, &plan.storage).await;
     let storage = storage_report(&plan.storage, refused_growth);
     let (change, error) = match outcome {
@@ -399,6 +420,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
             .filter(|(_, pod)| pod.outdated && !pod.terminating)
             .map(|(name, _)| name.clone())
             .collect(),
+        backup,
         now,
     };
     let status = for_valid_spec(&spec, &token, &seen);
@@ -409,8 +431,136 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     }
     let settled = status.phase.as_deref() == Some("Running") && change.is_none();
     write_status(&clusters, &name, &status).await?;
-    // Health is refreshed periodically as well as on events; faster while things change.
-    Ok(Action::requeue(Duration::from_secs(if settled { 15 } else { 2 })))
+    // Health is refreshed periodically as well as on events; faster while things change, and
+    // in time for the next backup.
+    let refresh = Duration::from_secs(if settled { 15 } else { 2 });
+    Ok(Action::requeue(
+        backup_requeue.map_or(refresh, |due| due.min(refresh)),
+    ))
+}
+
+/// One pass over a cluster's backups: what its Jobs did, and what starts now.
+struct Backups<'a> {
+    cluster: &'a KVCluster,
+    spec: &'a ValidSpec,
+    plan: &'a BackupPlan,
+    owner: &'a OwnerReference,
+    members: &'a [MemberStatus],
+    previous: Option<&'a BackupStatus>,
+}
+
+impl Backups<'_> {
+    /// The backup status to write and when backups next need a pass. An API error leaves the
+    /// previous status, to be tried again soon: a backup is never a reason to fail a pass.
+    async fn run(&self, context: &Context) -> (Option<BackupStatus>, Option<Duration>) {
+        match self.try_run(context).await {
+            Ok(done) => done,
+            Err(error) => {
+                tracing::warn!(cluster = %self.spec.name, %error, "backups: will retry");
+                (self.previous.cloned(), Some(Duration::from_secs(5)))
+            }
+        }
+    }
+
+    async fn try_run(
+        &self,
+        context: &Context,
+    ) -> Result<(Option<BackupStatus>, Option<Duration>), kube::Error> {
+        let names = Names::of(self.spec);
+        let client = &context.client;
+        let jobs = backup::jobs::observe(client, &names).await?;
+        let seen = backup::Seen {
+            cluster: &self.spec.name,
+            previous: self.previous,
+            jobs: &jobs,
+            request: self
+                .cluster
+                .annotations()
+                .get(backup::REQUEST_ANNOTATION)
+                .map(String::as_str),
+            members: self.members,
+            created: self
+                .cluster
+                .creation_timestamp()
+                .map_or_else(k8s_openapi::jiff::Timestamp::now, |t| t.0),
+            now: k8s_openapi::jiff::Timestamp::now(),
+        };
+        let decision = backup::decide(self.plan, &seen);
+        if let Some(start) = &decision.start {
+            let job = backup_job(self.spec, self.plan, self.owner, &start.job, &start.member);
+            backup::jobs::start(client, &self.spec.namespace, &job).await?;
+            tracing::info!(cluster = %self.spec.name, job = %start.job, member = %start.member, trigger = ?start.trigger, "backup started");
+        }
+        for outcome in &decision.outcomes {
+            self.announce(context, outcome).await;
+        }
+        for job in &decision.delete {
+            backup::jobs::delete(client, &self.spec.namespace, job).await?;
+        }
+        Ok((Some(decision.status), decision.requeue))
+    }
+
+    async fn announce(&self, context: &Context, outcome: &backup::Outcome) {
+        let (namespace, cluster) = (&self.spec.namespace, &self.spec.name);
+        // Each backup's Event names its Job: Events of one reason and related object are
+        // aggregated into one, and every backup deserves its own.
+        let about = |job: &str| ObjectReference {
+            api_version: Some("batch/v1".to_owned()),
+            kind: Some("Job".to_owned()),
+            name: Some(job.to_owned()),
+            namespace: Some(namespace.clone()),
+            ..ObjectReference::default()
+        };
+        match outcome {
+            backup::Outcome::Succeeded { job, backup } => {
+                let note = format!(
+                    "{job}: backup {} of revision {} ({} bytes) saved and verified at {}{}",
+                    backup.name,
+                    backup.revision,
+                    backup.size,
+                    backup.location,
+                    match backup.pruned {
+                        0 => String::new(),
+                        n => format!("; {n} older pruned"),
+                    }
+                );
+                tracing::info!(%cluster, %note, "backup succeeded");
+                context.metrics.backup_succeeded(
+                    namespace,
+                    cluster,
+                    backup.size,
+                    backup.seconds,
+                    backup.taken_at,
+                );
+                context
+                    .publish(
+                        self.cluster,
+                        EventType::Normal,
+                        "BackupSucceeded",
+                        note,
+                        Some(about(job)),
+                    )
+                    .await;
+            }
+            backup::Outcome::Failed { job, reason } => {
+                let note = match job {
+                    Some(job) => format!("{job}: {reason}"),
+                    None => reason.clone(),
+                };
+                tracing::warn!(%cluster, %note, "backup failed");
+                context.metrics.backup_failed(namespace, cluster);
+                context
+                    .publish(
+                        self.cluster,
+                        EventType::Warning,
+                        "BackupFailed",
+                        note,
+                        job.as_deref().map(about),
+                    )
+                    .await;
+            }
+        }
+    }
 }
 
 /// Grows the claims the plan says to; what the API refuses (a storage class that cannot expand
@@ -478,6 +628,7 @@ fn unobserved(generation: Option<i64>, previous: &KVClusterStatus, now: Time) ->
         error: None,
         storage: None,
         outdated: Vec::new(),
+        backup: previous.backup.clone(),
         now,
     }
 }

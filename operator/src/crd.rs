@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name": "Leader", "type": "string", "jsonPath": ".status.leader"}"#,
     printcolumn = r#"{"name": "Available", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Available\")].status"}"#,
     printcolumn = r#"{"name": "Version", "type": "string", "jsonPath": ".status.version"}"#,
-    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#,
+    printcolumn = r#"{"name": "Last Backup", "type": "date", "jsonPath": ".status.backup.lastSuccessful.time", "priority": 1}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KVClusterSpec {
@@ -97,6 +98,94 @@ pub struct KVClusterSpec {
     /// TLS on the members' ports.
     #[serde(default)]
     pub tls: Tls,
+
+    /// Backups of the cluster's data on a schedule, to object storage or a volume. Annotate the
+    /// KVCluster `cairn.dev/backup-now=<any new value>` for one now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<Backup>,
+}
+
+/// Backups on a schedule: each is a Job that streams a snapshot from a healthy member (a
+/// follower where there is one) to the destination, reads it back to verify its size and
+/// checksum, then prunes what retention no longer keeps.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Backup {
+    /// When to take one: a cron schedule of five fields (minute, hour, day of month, month, day
+    /// of week) in UTC, as a CronJob takes it (`0 */6 * * *`, `@daily`). Missed times (the
+    /// operator was down) make one backup, not one each.
+    pub schedule: String,
+
+    /// Which backups the destination keeps; the newest always stays.
+    #[serde(default)]
+    pub retention: BackupRetention,
+
+    /// S3-compatible object storage (AWS, MinIO, Ceph, ...). Exactly one of `s3` and `volume`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+
+    /// A PersistentVolumeClaim of the cluster's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeDestination>,
+
+    /// Takes no scheduled backups while true (on-demand ones still run).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// Which backups the destination keeps.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupRetention {
+    /// Keep at most this many (default 7 when `maxAge` is unset too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub count: Option<u32>,
+
+    /// Remove backups older than this: hours, minutes and seconds as Go writes them (`168h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+/// A bucket of S3-compatible object storage.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Destination {
+    /// The service's URL (`https://minio.storage:9000`); AWS for `region` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// The bucket, which must exist.
+    pub bucket: String,
+
+    /// The key prefix backups go under (default `<namespace>/<cluster>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+
+    /// The bucket's region (default us-east-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+
+    /// A Secret of the cluster's namespace with the keys `accessKeyID` and `secretAccessKey`.
+    pub credentials_secret: String,
+
+    /// Address the bucket as a path of the endpoint rather than a host name (MinIO and most
+    /// self-hosted services).
+    #[serde(default)]
+    pub path_style: bool,
+}
+
+/// A PersistentVolumeClaim backups are written to.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeDestination {
+    /// The claim, in the cluster's namespace; it must allow the backup Job's pod to mount it
+    /// while it is mounted elsewhere (ReadWriteMany) or be free when backups run.
+    pub claim_name: String,
+
+    /// The directory within the claim (default `<cluster>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// TLS on the members' ports.
@@ -488,6 +577,71 @@ pub struct KVClusterStatus {
     /// URLs change to https:// one at a time, then they restart on TLS only.
     #[serde(default, rename = "peerTLSMove", skip_serializing_if = "Option::is_none")]
     pub peer_tls_move: Option<PeerTlsMove>,
+
+    /// The backups `spec.backup` asks for: the last that succeeded and the last that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// Where the cluster's backups stand.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    /// The newest backup that was taken and verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful: Option<SuccessfulBackup>,
+
+    /// The newest backup that failed, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failed: Option<FailedBackup>,
+
+    /// The Job taking a backup now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
+
+    /// When the schedule last started a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_schedule_time: Option<Time>,
+
+    /// When the schedule starts the next one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_schedule_time: Option<Time>,
+
+    /// The value of the `cairn.dev/backup-now` annotation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_request: Option<String>,
+}
+
+/// A backup that was taken and verified.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SuccessfulBackup {
+    /// The Job that took it.
+    pub job: String,
+    /// Its name in the destination (`cairnctl backup list` shows it).
+    pub name: String,
+    /// Where it is: `s3://bucket/prefix/name` or its path in the claim.
+    pub location: String,
+    /// The cluster's revision it holds.
+    pub revision: i64,
+    pub size_bytes: u64,
+    /// When its snapshot was taken.
+    pub time: Time,
+    /// How long taking, uploading and verifying it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds: Option<f64>,
+}
+
+/// A backup that failed.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedBackup {
+    /// The Job that tried (none when no Job could start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    pub time: Time,
+    /// Why, in the words of what failed.
+    pub reason: String,
 }
 
 /// Where a move of the peers to TLS stands.

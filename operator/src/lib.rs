@@ -6,6 +6,7 @@
 //! plaintext cluster's peers moved to TLS (`peer_move`).
 
 pub mod access;
+pub mod backup;
 pub mod build;
 pub mod certificates;
 pub mod change;

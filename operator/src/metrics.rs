@@ -1,11 +1,12 @@
 //! The operator's metrics in Prometheus text format (the `prometheus` crate): whether this replica
-//! leads, reconciles, their errors by a bounded kind, their durations, and membership steps taken
-//! by kind.
+//! leads, reconciles, their errors by a bounded kind, their durations, membership steps taken
+//! by kind, and each cluster's backups.
 
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Upper bounds of the reconcile duration histogram, in seconds.
@@ -21,6 +22,13 @@ pub struct Metrics {
     /// By step kind (`Step::kind`).
     steps: IntCounterVec,
     durations: Histogram,
+    /// Backups that finished, by cluster and result (`succeeded`, `failed`).
+    backups: IntCounterVec,
+    /// Of each cluster's last successful backup: when its snapshot was taken, its size, and how
+    /// long it took.
+    backup_time: IntGaugeVec,
+    backup_size: IntGaugeVec,
+    backup_seconds: GaugeVec,
 }
 
 fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
@@ -64,7 +72,44 @@ impl Default for Metrics {
             .buckets(BUCKETS.to_vec()),
         )
         .expect("valid metric");
+        let cluster = ["namespace", "cluster"];
+        let backups = IntCounterVec::new(
+            Opts::new(
+                "cairn_operator_backups_total",
+                "Backups that finished, by cluster and result.",
+            ),
+            &["namespace", "cluster", "result"],
+        )
+        .expect("valid metric");
+        let backup_time = IntGaugeVec::new(
+            Opts::new(
+                "cairn_operator_backup_last_success_timestamp_seconds",
+                "When the snapshot of the cluster's last successful backup was taken.",
+            ),
+            &cluster,
+        )
+        .expect("valid metric");
+        let backup_size = IntGaugeVec::new(
+            Opts::new(
+                "cairn_operator_backup_last_size_bytes",
+                "The size of the cluster's last successful backup.",
+            ),
+            &cluster,
+        )
+        .expect("valid metric");
+        let backup_seconds = GaugeVec::new(
+            Opts::new(
+                "cairn_operator_backup_last_duration_seconds",
+                "How long the cluster's last successful backup took, verification included.",
+            ),
+            &cluster,
+        )
+        .expect("valid metric");
         Metrics {
+            backups: registered(&registry, backups),
+            backup_time: registered(&registry, backup_time),
+            backup_size: registered(&registry, backup_size),
+            backup_seconds: registered(&registry, backup_seconds),
             leading: registered(&registry, leading),
             reconciles: registered(&registry, reconciles),
             errors: registered(&registry, errors),
@@ -92,6 +137,35 @@ impl Metrics {
         self.steps.with_label_values(&[kind]).inc();
     }
 
+    pub fn backup_succeeded(
+        &self,
+        namespace: &str,
+        cluster: &str,
+        size: u64,
+        seconds: Option<f64>,
+        taken_at: k8s_openapi::jiff::Timestamp,
+    ) {
+        let labels = [namespace, cluster];
+        self.backups
+            .with_label_values(&[namespace, cluster, "succeeded"])
+            .inc();
+        self.backup_time
+            .with_label_values(&labels)
+            .set(taken_at.as_second());
+        self.backup_size
+            .with_label_values(&labels)
+            .set(i64::try_from(size).unwrap_or(i64::MAX));
+        if let Some(seconds) = seconds {
+            self.backup_seconds.with_label_values(&labels).set(seconds);
+        }
+    }
+
+    pub fn backup_failed(&self, namespace: &str, cluster: &str) {
+        self.backups
+            .with_label_values(&[namespace, cluster, "failed"])
+            .inc();
+    }
+
     /// The text `/metrics` serves.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
@@ -112,6 +186,9 @@ mod tests {
         metrics.reconciled(Duration::from_millis(30), None);
         metrics.reconciled(Duration::from_secs(3), Some("api"));
         metrics.step_taken("add_learner");
+        metrics.backup_failed("prod", "kv");
+        let taken = k8s_openapi::jiff::Timestamp::from_second(1_765_000_000).unwrap();
+        metrics.backup_succeeded("prod", "kv", 4096, Some(1.5), taken);
         assert!(metrics.render().lines().any(|l| l == "cairn_operator_leader 0"));
         metrics.set_leading(true);
         let text = metrics.render();
@@ -125,6 +202,11 @@ mod tests {
             "cairn_operator_reconcile_duration_seconds_bucket{le=\"5\"} 2",
             "cairn_operator_reconcile_duration_seconds_bucket{le=\"+Inf\"} 2",
             "cairn_operator_reconcile_duration_seconds_count 2",
+            "cairn_operator_backups_total{cluster=\"kv\",namespace=\"prod\",result=\"failed\"} 1",
+            "cairn_operator_backups_total{cluster=\"kv\",namespace=\"prod\",result=\"succeeded\"} 1",
+            "cairn_operator_backup_last_success_timestamp_seconds{cluster=\"kv\",namespace=\"prod\"} 1765000000",
+            "cairn_operator_backup_last_size_bytes{cluster=\"kv\",namespace=\"prod\"} 4096",
+            "cairn_operator_backup_last_duration_seconds{cluster=\"kv\",namespace=\"prod\"} 1.5",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }

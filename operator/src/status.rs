@@ -6,10 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::build::names::Names;
 use crate::build::pdb::quorum;
-use crate::crd::{KVClusterStatus, MemberStatus, PeerTlsMove};
+use crate::crd::{BackupStatus, KVClusterStatus, MemberStatus, PeerTlsMove};
 use crate::observe::{ClusterView, MAX_LAG};
-use crate::peer_move;
 use crate::validate::{SpecError, ValidSpec};
+use crate::{backup, peer_move};
 
 /// Everything one status computation needs.
 pub struct Observation<'a> {
@@ -26,6 +26,8 @@ pub struct Observation<'a> {
     pub storage: Option<(&'static str, String)>,
     /// Member pods still on an older pod template (an upgrade under way).
     pub outdated: Vec<String>,
+    /// The backups' status after this pass (None without `spec.backup`).
+    pub backup: Option<BackupStatus>,
     pub now: Time,
 }
 
@@ -226,6 +228,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         peer_tls_move: spec.peer_move.then(|| PeerTlsMove {
             last_url_change: peer_move::last_url_change(seen.previous, view, &seen.now),
         }),
+        backup: spec.backup.as_ref().and(seen.backup.clone()),
         conditions: Vec::new(),
     };
     let storage = match &seen.storage {
@@ -244,6 +247,11 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         ("StorageChange", storage),
     ] {
         set_condition(&mut status, seen, type_, state, reason, &message);
+    }
+    // A failed backup is a warning of its own: the cluster serves on, so it is never Degraded.
+    if let Some(backups) = status.backup.clone() {
+        let (state, reason, message) = backup::failing(&backups);
+        set_condition(&mut status, seen, "BackupFailing", state, reason, &message);
     }
     status
 }
@@ -376,6 +384,7 @@ mod tests {
             error: None,
             storage: None,
             outdated: Vec::new(),
+            backup: None,
             now: time(now),
         }
     }

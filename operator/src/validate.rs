@@ -10,8 +10,8 @@ use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use crate::build::names::Names;
 
 use crate::crd::{
-    BootstrapMode, ClientService, ClientTls, CompactionMode, DeletionPolicy, KVClusterSpec, PullPolicy,
-    QuorumLossPolicy,
+    Backup, BootstrapMode, ClientService, ClientTls, CompactionMode, DeletionPolicy, KVClusterSpec,
+    PullPolicy, QuorumLossPolicy,
 };
 
 /// The image repository members run when the spec names none.
@@ -86,6 +86,14 @@ pub enum SpecError {
          writes them (8760h, 720h30m, 90s), from 1m to 876000h"
     )]
     CertificateLifetime(String),
+    #[error("{field} {value:?} {reason}")]
+    Backup {
+        field: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("spec.backup needs exactly one destination, spec.backup.s3 or spec.backup.volume; it has {0}")]
+    BackupDestination(&'static str),
 }
 
 /// Something the spec allows but a user should hear about (as a condition).
@@ -163,6 +171,36 @@ pub struct AuthPlan {
     pub made_by_operator: bool,
 }
 
+/// Backups as the spec asks for them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupPlan {
+    pub schedule: croner::Cron,
+    pub destination: BackupDestination,
+    pub retain_count: Option<u32>,
+    pub retain_age: Option<Duration>,
+    /// No scheduled backups (requested ones still run).
+    pub suspend: bool,
+}
+
+/// Where backups go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackupDestination {
+    S3 {
+        bucket: String,
+        prefix: String,
+        endpoint: Option<String>,
+        region: Option<String>,
+        path_style: bool,
+        /// Holds `accessKeyID` and `secretAccessKey`.
+        credentials_secret: String,
+    },
+    Volume {
+        claim: String,
+        /// The directory within the claim.
+        path: String,
+    },
+}
+
 /// A spec the builders can use as is.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ValidSpec {
@@ -205,6 +243,8 @@ pub struct ValidSpec {
     pub client_tls: ClientTlsPlan,
     /// How long the certificates the operator issues are valid.
     pub certificate_lifetime: Duration,
+    /// None without `spec.backup`.
+    pub backup: Option<BackupPlan>,
     pub warnings: Vec<Warning>,
 }
 
@@ -383,6 +423,11 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         None => None,
     };
 
+    let backup = match &spec.backup {
+        Some(backup) => Some(backup_plan(name, namespace, backup)?),
+        None => None,
+    };
+
     let mut warnings = Vec::new();
     if spec.replicas % 2 == 0 {
         warnings.push(Warning::EvenSize(spec.replicas));
@@ -432,8 +477,160 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         peer_tls_supplied,
         client_tls,
         certificate_lifetime,
+        backup,
         warnings,
     })
+}
+
+/// Backups keep this many when the spec sets no retention at all.
+const DEFAULT_BACKUP_COUNT: u32 = 7;
+
+fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPlan, SpecError> {
+    let refuse = |field, value: &str, reason| SpecError::Backup {
+        field,
+        value: value.to_owned(),
+        reason,
+    };
+    let schedule = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(&backup.schedule)
+        .map_err(|_| {
+            refuse(
+                "spec.backup.schedule",
+                &backup.schedule,
+                "is not a cron schedule: five fields (minute hour day-of-month month day-of-week),                  as in \"0 */6 * * *\", or a macro such as @daily",
+            )
+        })?;
+    let destination = match (&backup.s3, &backup.volume) {
+        (Some(_), Some(_)) => return Err(SpecError::BackupDestination("both")),
+        (None, None) => return Err(SpecError::BackupDestination("neither")),
+        (Some(s3), None) => {
+            if !is_bucket(&s3.bucket) {
+                return Err(refuse(
+                    "spec.backup.s3.bucket",
+                    &s3.bucket,
+                    "is not a bucket name: 3 to 63 lowercase letters, digits, '.' and '-', \
+                     starting and ending with a letter or digit",
+                ));
+            }
+            let prefix = match &s3.prefix {
+                Some(prefix) if !is_relative_path(prefix) => {
+                    return Err(refuse(
+                        "spec.backup.s3.prefix",
+                        prefix,
+                        "is not a key prefix: '/'-separated names without empty, '.' or '..' \
+                         parts, spaces or control characters",
+                    ));
+                }
+                Some(prefix) => prefix.clone(),
+                None => format!("{namespace}/{name}"),
+            };
+            let url = |e: &String| {
+                (e.starts_with("http://") || e.starts_with("https://"))
+                    && !e.chars().any(|c| c.is_whitespace() || c.is_control())
+            };
+            if s3.endpoint.as_ref().is_some_and(|e| !url(e)) {
+                return Err(refuse(
+                    "spec.backup.s3.endpoint",
+                    s3.endpoint.as_deref().unwrap_or_default(),
+                    "is not a URL: it must start with http:// or https://",
+                ));
+            }
+            BackupDestination::S3 {
+                bucket: s3.bucket.clone(),
+                prefix,
+                endpoint: s3.endpoint.clone(),
+                region: s3.region.clone(),
+                path_style: s3.path_style,
+                credentials_secret: secret_name(
+                    "spec.backup.s3.credentialsSecret".into(),
+                    &s3.credentials_secret,
+                )?,
+            }
+        }
+        (None, Some(volume)) => {
+            if !is_subdomain(&volume.claim_name) {
+                return Err(refuse(
+                    "spec.backup.volume.claimName",
+                    &volume.claim_name,
+                    "is not a claim name (lowercase letters, digits, '-' and '.', starting and \
+                     ending with a letter or digit)",
+                ));
+            }
+            let path = match &volume.path {
+                Some(path) if !is_relative_path(path) => {
+                    return Err(refuse(
+                        "spec.backup.volume.path",
+                        path,
+                        "is not a directory within the claim: '/'-separated names without \
+                         empty, '.' or '..' parts, spaces or control characters",
+                    ));
+                }
+                Some(path) => path.clone(),
+                None => name.to_owned(),
+            };
+            BackupDestination::Volume {
+                claim: volume.claim_name.clone(),
+                path,
+            }
+        }
+    };
+    let retain_age = match &backup.retention.max_age {
+        Some(text) => Some(
+            go_duration(text)
+                .filter(|age| *age >= Duration::from_secs(60))
+                .ok_or_else(|| {
+                    refuse(
+                        "spec.backup.retention.maxAge",
+                        text,
+                        "is not an age: hours, minutes and seconds as Go writes them (168h, \
+                         90m), at least 1m",
+                    )
+                })?,
+        ),
+        None => None,
+    };
+    let retain_count = match (backup.retention.count, retain_age) {
+        (Some(0), _) => {
+            return Err(refuse(
+                "spec.backup.retention.count",
+                "0",
+                "keeps nothing; the newest backup always stays, so the least is 1",
+            ));
+        }
+        (None, None) => Some(DEFAULT_BACKUP_COUNT),
+        (count, _) => count,
+    };
+    Ok(BackupPlan {
+        schedule,
+        destination,
+        retain_count,
+        retain_age,
+        suspend: backup.suspend,
+    })
+}
+
+/// An S3 bucket name as every S3 service takes it.
+fn is_bucket(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (3..=63).contains(&bytes.len())
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+}
+
+/// A relative path (or key prefix) that stays where it is put.
+fn is_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 512
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && !path.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// A Secret name the spec gives in `field`, checked.
@@ -599,6 +796,94 @@ mod tests {
         ))
         .unwrap();
         object.spec
+    }
+
+    fn backup(yaml: &str) -> Result<BackupPlan, SpecError> {
+        let spec = spec(&format!("spec:\n  backup:\n{yaml}"));
+        validate("kv", "ns", &spec).map(|valid| valid.backup.expect("a plan"))
+    }
+
+    #[test]
+    fn backups_default_to_a_prefix_of_the_cluster_and_seven_kept() {
+        let plan =
+            backup("    schedule: '@hourly'\n    s3: {bucket: my-backups, credentialsSecret: creds}\n")
+                .unwrap();
+        assert_eq!(plan.retain_count, Some(7));
+        assert_eq!(plan.retain_age, None);
+        assert!(matches!(
+            &plan.destination,
+            BackupDestination::S3 { prefix, .. } if prefix == "ns/kv"
+        ));
+        let plan = backup(
+            "    schedule: '0 3 * * 1-5'\n    retention: {maxAge: 168h}\n    volume: {claimName: b}\n",
+        )
+        .unwrap();
+        assert_eq!(plan.retain_count, None);
+        assert_eq!(plan.retain_age, Some(Duration::from_secs(168 * 3600)));
+        assert_eq!(
+            plan.destination,
+            BackupDestination::Volume {
+                claim: "b".into(),
+                path: "kv".into()
+            }
+        );
+    }
+
+    #[test]
+    fn backup_specs_that_cannot_work_are_refused_by_field() {
+        let s3 = "    s3: {bucket: b-1, credentialsSecret: creds}\n";
+        for (yaml, words) in [
+            (
+                format!("    schedule: '* * *'\n{s3}"),
+                "spec.backup.schedule \"* * *\" is not a cron schedule",
+            ),
+            (
+                format!("    schedule: '0 0 * * * *'\n{s3}"),
+                "is not a cron schedule",
+            ),
+            (
+                format!("    schedule: '61 * * * *'\n{s3}"),
+                "is not a cron schedule",
+            ),
+            ("    schedule: '@daily'\n".to_owned(), "it has neither"),
+            (
+                format!("    schedule: '@daily'\n{s3}    volume: {{claimName: b}}\n"),
+                "it has both",
+            ),
+            (
+                "    schedule: '@daily'\n    s3: {bucket: B_1, credentialsSecret: creds}\n".to_owned(),
+                "spec.backup.s3.bucket \"B_1\" is not a bucket name",
+            ),
+            (
+                "    schedule: '@daily'\n    s3: {bucket: b-1, prefix: ../x, credentialsSecret: c}\n"
+                    .to_owned(),
+                "spec.backup.s3.prefix \"../x\" is not a key prefix",
+            ),
+            (
+                "    schedule: '@daily'\n    s3: {bucket: b-1, endpoint: minio:9000, credentialsSecret: c}\n"
+                    .to_owned(),
+                "spec.backup.s3.endpoint \"minio:9000\" is not a URL",
+            ),
+            (
+                "    schedule: '@daily'\n    s3: {bucket: b-1, credentialsSecret: Creds}\n".to_owned(),
+                "spec.backup.s3.credentialsSecret \"Creds\" is not a Secret name",
+            ),
+            (
+                "    schedule: '@daily'\n    volume: {claimName: b, path: /abs}\n".to_owned(),
+                "spec.backup.volume.path \"/abs\" is not a directory within the claim",
+            ),
+            (
+                format!("    schedule: '@daily'\n    retention: {{maxAge: 30s}}\n{s3}"),
+                "spec.backup.retention.maxAge \"30s\" is not an age",
+            ),
+            (
+                format!("    schedule: '@daily'\n    retention: {{count: 0}}\n{s3}"),
+                "spec.backup.retention.count \"0\" keeps nothing",
+            ),
+        ] {
+            let error = backup(&yaml).expect_err(&yaml).to_string();
+            assert!(error.contains(words), "{yaml}: {error}");
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::pod::PodRun;
 use super::probes::probe_once;
 use super::status::RunState;
 use super::volumes::container_mounts;
-use crate::podexec::ContainerSpec;
+use crate::podexec::{BindMount, ContainerSpec};
 
 /// Back-off between restarts: doubles from the first to the cap, and starts over after a run that
 /// lasted longer than `RESET_AFTER` (kubelet: 10 s to 5 min; shorter here, tests wait on it).
@@ -161,7 +161,25 @@ async fn start(
     let context = run.env_context(&maps, &secrets).await.map_err(config_error)?;
     let env = container_env(&run.pod, container, &context).map_err(|e| config_error(e.to_string()))?;
     let volumes = run.volumes();
-    let mounts = container_mounts(container, &volumes, &run.pod).map_err(|e| config_error(e.to_string()))?;
+    let mut mounts =
+        container_mounts(container, &volumes, &run.pod).map_err(|e| config_error(e.to_string()))?;
+    // What the process writes at its termination message path is its message (each run starts
+    // with an empty file).
+    let termination_path = PathBuf::from(
+        container
+            .termination_message_path
+            .as_deref()
+            .unwrap_or("/dev/termination-log"),
+    );
+    if !mounts.iter().any(|m| m.target == termination_path) {
+        let file = run.termination_file(&container.name);
+        std::fs::write(&file, b"").map_err(|e| config_error(format!("{}: {e}", file.display())))?;
+        mounts.push(BindMount {
+            source: file,
+            target: termination_path,
+            read_only: false,
+        });
+    }
     for mount in &mounts {
         run.kubelet
             .mount_points
@@ -179,13 +197,17 @@ async fn start(
     let json = serde_json::to_vec_pretty(&spec).map_err(|e| config_error(e.to_string()))?;
     write_private(&spec_file, &json).map_err(|e| config_error(format!("{}: {e}", spec_file.display())))?;
 
-    // A command naming the image's own program (as images' entrypoints do) runs its binary; any
-    // other command runs from this machine's PATH.
+    // A command naming the image's own program (as images' entrypoints do) runs its binary, one
+    // naming a program the image ships runs the workspace's binary of it; any other command runs
+    // from this machine's PATH.
     let (program, args) = command_line(container, &env);
     let program = match program {
         None => binary.display().to_string(),
         Some(p) if repository_name(&p) == repository_name(&image) => binary.display().to_string(),
-        Some(p) => p,
+        Some(p) => match run.kubelet.images.shipped(&image, &p) {
+            Some(shipped) => shipped.display().to_string(),
+            None => p,
+        },
     };
     let log = run
         .rotate_log(&container.name)
@@ -284,7 +306,12 @@ async fn watch_process(
         None => (-1, None),
     };
     let reason = if exit_code == 0 { "Completed" } else { "Error" };
-    let message = termination_message(container, exit_code, &run.log_file(&container.name));
+    let message = termination_message(
+        container,
+        exit_code,
+        &run.termination_file(&container.name),
+        &run.log_file(&container.name),
+    );
     run.update(kind, index, |c| {
         c.state = RunState::Terminated {
             exit_code,
@@ -307,9 +334,21 @@ async fn watch_process(
     }
 }
 
-/// The message a failed container leaves in its status: with `FallbackToLogsOnError`, the tail of
-/// its log (kubelet's limits: 80 lines, 2048 bytes). Termination message files are not read.
-fn termination_message(container: &Container, exit_code: i32, log: &std::path::Path) -> Option<String> {
+/// The message a container leaves in its status: what it wrote at its termination message path
+/// (kubelet keeps 4096 bytes of it), else, when it failed with `FallbackToLogsOnError`, the tail
+/// of its log (kubelet's limits: 80 lines, 2048 bytes).
+fn termination_message(
+    container: &Container,
+    exit_code: i32,
+    file: &std::path::Path,
+    log: &std::path::Path,
+) -> Option<String> {
+    if let Ok(written) = std::fs::read(file)
+        && !written.is_empty()
+    {
+        let kept = &written[..written.len().min(4096)];
+        return Some(String::from_utf8_lossy(kept).into_owned());
+    }
     let policy = container.termination_message_policy.as_deref();
     if exit_code == 0 || policy != Some("FallbackToLogsOnError") {
         return None;
@@ -456,5 +495,39 @@ impl PodRun {
             &self.spec_file(&container.name),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(policy: Option<&str>) -> Container {
+        Container {
+            name: "c".to_owned(),
+            termination_message_policy: policy.map(str::to_owned),
+            ..Container::default()
+        }
+    }
+
+    #[test]
+    fn the_message_file_wins_and_the_log_is_the_fallback_of_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (file, log) = (dir.path().join("message"), dir.path().join("log"));
+        std::fs::write(&log, "starting\nError: refused\n").unwrap();
+        std::fs::write(&file, "").unwrap();
+        let fallback = container(Some("FallbackToLogsOnError"));
+        assert_eq!(
+            termination_message(&fallback, 1, &file, &log).as_deref(),
+            Some("starting\nError: refused")
+        );
+        assert_eq!(termination_message(&fallback, 0, &file, &log), None);
+        assert_eq!(termination_message(&container(None), 1, &file, &log), None);
+
+        std::fs::write(&file, "x".repeat(5000)).unwrap();
+        for (policy, code) in [(None, 0), (Some("FallbackToLogsOnError"), 1)] {
+            let message = termination_message(&container(policy), code, &file, &log).unwrap();
+            assert_eq!(message, "x".repeat(4096));
+        }
     }
 }

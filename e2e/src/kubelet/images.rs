@@ -41,6 +41,24 @@ impl ImageMap {
     }
 }
 
+/// Programs an image ships beside its entrypoint, as the Dockerfile puts them in it.
+const SHIPPED_PROGRAMS: &[(&str, &[&str])] = &[("cairn", &["cairnctl"])];
+
+impl ImageMap {
+    /// The binary standing in for `program` when `image` ships it (a container's command may
+    /// name it): the workspace's binary of that name, beside the image's own.
+    pub fn shipped(&self, image: &str, program: &str) -> Option<PathBuf> {
+        let (_, programs) = SHIPPED_PROGRAMS
+            .iter()
+            .find(|(name, _)| *name == repository_name(image))?;
+        if !programs.contains(&program) {
+            return None;
+        }
+        let path = self.resolve(image).ok()?.with_file_name(program);
+        path.is_file().then_some(path)
+    }
+}
+
 /// `registry:5000/team/name:tag@sha256:...` → `name`.
 pub fn repository_name(image: &str) -> &str {
     let without_digest = image.split('@').next().unwrap_or(image);

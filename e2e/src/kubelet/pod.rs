@@ -92,6 +92,11 @@ impl PodRun {
         self.dir.join(format!("{container}{SPEC_SUFFIX}"))
     }
 
+    /// The file the container's termination message path is bound to.
+    pub fn termination_file(&self, container: &str) -> PathBuf {
+        self.dir.join(format!("{container}.termination-log"))
+    }
+
     pub fn log_file(&self, container: &str) -> PathBuf {
         self.dir.join("logs").join(format!("{container}.log"))
     }

@@ -2,6 +2,7 @@
 //! Kubernetes objects a cluster consists of. Nothing here talks to the API; every builder is
 //! unit-tested against the YAML it must produce.
 
+pub mod backup_job;
 pub mod bootstrap;
 pub mod names;
 pub mod network_policy;
