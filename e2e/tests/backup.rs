@@ -2,7 +2,8 @@
 //! credentials) and to a claim: a one-minute schedule and on-demand requests take verified
 //! backups from a follower, retention prunes the bucket, status, Events and metrics report each
 //! one; a destination that refuses the credentials makes `BackupFailing` say why while the
-//! cluster stays Available.
+//! cluster stays Available. A new cluster restored from the latest backup has every key; one
+//! whose source cannot be read says so and starts nothing.
 
 mod common;
 
@@ -11,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_e2e::testkit::{TestNamespace, TestSandbox, poll_until};
-use cairn_operator::crd::{BackupStatus, KVCluster, KVClusterStatus};
+use cairn_operator::crd::{BackupStatus, KVCluster, KVClusterStatus, SuccessfulBackup};
 use common::{
     OperatorSandbox, client_options, member_endpoint, operator_events, wait_settled, with_operator,
 };
@@ -84,7 +85,15 @@ async fn scheduled_and_requested_backups_are_verified_pruned_and_reported() {
     } = OperatorSandbox::start(20743, 27890, 31).await;
     let metrics = context.metrics.clone();
     with_operator(&env, context, async {
-        tokio::join!(to_s3(&env, &s3), to_volume(&env), refused(&env, &s3));
+        tokio::join!(
+            async {
+                let (source, newest) = to_s3(&env, &s3).await;
+                from_backup(&env, &s3, &source, &newest).await;
+            },
+            to_volume(&env),
+            refused(&env, &s3),
+            unreadable(&env, &s3),
+        );
     })
     .await;
     let text = metrics.render();
@@ -117,8 +126,9 @@ fn s3_cluster(replicas: u32, endpoint: &str) -> String {
     )
 }
 
-/// Three members backed up to S3 every minute and on request, two backups kept.
-async fn to_s3(env: &TestSandbox, s3: &S3Server) {
+/// Three members backed up to S3 every minute and on request, two backups kept. Returns the
+/// namespace and the newest backup.
+async fn to_s3(env: &TestSandbox, s3: &S3Server) -> (String, SuccessfulBackup) {
     let ns = env.namespace("backup-s3").await;
     ns.apply(&credentials(SECRET_KEY)).await;
     ns.apply(&s3_cluster(3, &s3.endpoint)).await;
@@ -197,6 +207,98 @@ async fn to_s3(env: &TestSandbox, s3: &S3Server) {
             .iter()
             .any(|(_, note, _)| note.contains(&newest.name) && note.contains("verified")),
         "{events:?}"
+    );
+    (ns.name.clone(), newest)
+}
+
+fn restoring_cluster(endpoint: &str, prefix: &str) -> String {
+    format!(
+        "apiVersion: cairn.dev/v1alpha1\nkind: KVCluster\nmetadata: {{name: kv}}\n\
+         spec:\n  replicas: 3\n  storage: {{size: 64Mi}}\n  bootstrap:\n    restore:\n      \
+         s3: {{endpoint: '{endpoint}', bucket: {BUCKET}, prefix: {prefix}, pathStyle: true, \
+         credentialsSecret: s3-credentials}}\n"
+    )
+}
+
+/// A new three-member cluster from the newest backup of `source`'s cluster: every key.
+async fn from_backup(env: &TestSandbox, s3: &S3Server, source: &str, newest: &SuccessfulBackup) {
+    let ns = env.namespace("restored").await;
+    ns.apply(&credentials(SECRET_KEY)).await;
+    ns.apply(&restoring_cluster(&s3.endpoint, &format!("{source}/kv")))
+        .await;
+    let status = wait_settled(&ns, 3, Duration::from_secs(240)).await;
+    let from = status
+        .restored_from
+        .clone()
+        .expect("status says what it was restored from");
+    assert_eq!(
+        (from.backup.as_str(), from.revision, from.size_bytes),
+        (newest.name.as_str(), newest.revision, newest.size_bytes)
+    );
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "RestoreSource")
+        .unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Chosen")
+    );
+
+    // Every member serves the backup's data.
+    for member in ["kv-0", "kv-1", "kv-2"] {
+        let endpoint = member_endpoint(&ns, member).await;
+        let mut client = Client::connect([endpoint.as_str()], Some(client_options()))
+            .await
+            .unwrap();
+        let options = etcd_client::GetOptions::new().with_prefix().with_serializable();
+        let keys = client.get("backed/", Some(options)).await.unwrap();
+        assert_eq!(keys.kvs().len(), 100, "{member}");
+        assert!(
+            keys.kvs()
+                .iter()
+                .all(|kv| kv.value() == vec![b'v'; 1000].as_slice())
+        );
+    }
+    // A cluster of its own: another ID than the source's.
+    let source_id = {
+        let clusters: Api<KVCluster> = Api::namespaced(ns.client.clone(), source);
+        clusters.get("kv").await.unwrap().status.unwrap().cluster_id
+    };
+    assert_ne!(status.cluster_id, source_id);
+}
+
+/// A restore from a location without backups: the condition says so, and nothing starts.
+async fn unreadable(env: &TestSandbox, s3: &S3Server) {
+    let ns = env.namespace("unreadable").await;
+    ns.apply(&credentials(SECRET_KEY)).await;
+    ns.apply(&restoring_cluster(&s3.endpoint, "nothing/here")).await;
+    let said = poll_until(Duration::from_secs(120), || async {
+        let status = cluster_status(&ns).await;
+        let condition = status.conditions.iter().find(|c| c.type_ == "RestoreSource")?;
+        (condition.status == "False").then(|| condition.clone())
+    })
+    .await;
+    let Some(condition) = said else {
+        panic!(
+            "no RestoreSource=False; status {:#?}\n{}",
+            cluster_status(&ns).await,
+            ns.report().await
+        );
+    };
+    assert_eq!(condition.reason, "SourceUnreadable");
+    assert!(
+        condition
+            .message
+            .contains(&format!("no backups in s3://{BUCKET}/nothing/here")),
+        "{condition:#?}"
+    );
+    let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = ns.api();
+    assert!(sets.get_opt("kv").await.unwrap().is_none(), "nothing starts");
+    assert!(
+        !operator_events(&ns, &["RestoreSourceUnreadable"])
+            .await
+            .is_empty()
     );
 }
 

@@ -38,11 +38,13 @@ use crate::membership::{ClaimSeen, PodSeen, Step};
 use crate::metrics::Metrics;
 use crate::observe::{ClusterView, listed_in, observe};
 use crate::plan::{Observed, Plan, plan};
-use crate::status::{Observation, cluster_token, for_failed_pass, for_invalid_spec, for_valid_spec};
+use crate::status::{
+    Observation, cluster_token, for_failed_pass, for_invalid_spec, for_restore, for_valid_spec,
+};
 use crate::storage;
 use crate::storage::StorageDecision;
 use crate::validate::{BackupPlan, ValidSpec, validate};
-use crate::{access, backup, change, deletion, peer_move, quorum};
+use crate::{access, backup, change, deletion, peer_move, quorum, restore};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -367,8 +369,71 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
             return Err(error);
         }
     };
-    let plan = plan(&spec, &observed);
     let owner = owner_reference(&name, &uid);
+
+    // A cluster made from a backup: nothing of it is made before the backup is chosen.
+    let spec = spec.with_restore_chosen(previous.restored_from.as_ref().map(|r| r.backup.as_str()));
+    if let Some(restore_plan) = &spec.restore
+        && restore_plan.chosen.is_none()
+        && !observed.formed_before
+        && observed.statefulset_replicas.is_none()
+    {
+        let seen = unobserved(generation, &previous, now.clone());
+        let choice = match restore::choose(&context.client, &spec, restore_plan, &owner, &now).await {
+            Ok(choice) => choice,
+            Err(source) => {
+                let error = api_error("choose the backup to restore")(source);
+                let status = for_failed_pass(&error.to_string(), &seen);
+                write_status_after_error(&clusters, &name, &status).await;
+                return Err(error);
+            }
+        };
+        let (status, requeue) = match choice {
+            restore::Choice::Choosing(message) => (
+                for_restore(&seen, ("Unknown", "Choosing", &message), None),
+                Duration::from_secs(3),
+            ),
+            restore::Choice::Unreadable(reason) => {
+                let status = for_restore(&seen, ("False", "SourceUnreadable", &reason), None);
+                let said_before = previous
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "RestoreSource" && c.message == reason);
+                if !said_before {
+                    let note = format!("the backup to restore cannot be read: {reason}");
+                    context
+                        .publish(
+                            &cluster,
+                            EventType::Warning,
+                            "RestoreSourceUnreadable",
+                            note,
+                            None,
+                        )
+                        .await;
+                }
+                (status, Duration::from_secs(15))
+            }
+            restore::Choice::Chosen(from) => {
+                let message = restore::chosen_message(&from);
+                tracing::info!(cluster = %name, %message, "backup to restore chosen");
+                context
+                    .publish(
+                        &cluster,
+                        EventType::Normal,
+                        "RestoreSourceChosen",
+                        message.clone(),
+                        None,
+                    )
+                    .await;
+                let status = for_restore(&seen, ("True", "Chosen", &message), Some(from));
+                (status, Duration::from_secs(1))
+            }
+        };
+        write_status(&clusters, &name, &status).await?;
+        return Ok(Action::requeue(requeue));
+    }
+
+    let plan = plan(&spec, &observed);
     let outcome = match apply_plan(&context, &spec, &owner, &token, &observed, &plan).await {
         Ok(()) if plan.clear_approval && observed.approval.is_some() => {
             match clear_approval(&clusters, &name).await {

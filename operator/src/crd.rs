@@ -363,6 +363,32 @@ pub struct Bootstrap {
     /// through the SRV records of the cluster's headless Service (`--discovery-srv`).
     #[serde(default)]
     pub mode: BootstrapMode,
+
+    /// Start the new cluster with the data of a backup: each initial member restores the same
+    /// backup into its data directory before it first starts, and the cluster gets its own
+    /// token and ID. Needs `mode: Static`. Acted on only while the cluster is being created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<Restore>,
+}
+
+/// The backup a new cluster starts from.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Restore {
+    /// A backup's name as `cairnctl backup list` shows it, or `latest` (the default): the
+    /// newest when the cluster is created, chosen once for every member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<String>,
+
+    /// Object storage the backup is in, as `spec.backup.s3` takes it (the prefix defaults to
+    /// `<namespace>/<this cluster's name>`, where a cluster of this name kept its backups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Destination>,
+
+    /// A claim the backup is in; mounted read-only by every member, so it must allow that
+    /// (ReadOnlyMany or ReadWriteMany where members run on several nodes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<VolumeDestination>,
 }
 
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -581,6 +607,23 @@ pub struct KVClusterStatus {
     /// The backups `spec.backup` asks for: the last that succeeded and the last that failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupStatus>,
+
+    /// The backup the cluster was created from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<RestoreStatus>,
+}
+
+/// The backup a cluster was created from (`spec.bootstrap.restore`), chosen once.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreStatus {
+    /// Its name.
+    pub backup: String,
+    /// Where it is.
+    pub location: String,
+    /// The revision of the data it holds.
+    pub revision: i64,
+    pub size_bytes: u64,
 }
 
 /// Where the cluster's backups stand.

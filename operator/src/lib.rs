@@ -21,6 +21,7 @@ pub mod observe;
 pub mod peer_move;
 pub mod plan;
 pub mod quorum;
+pub mod restore;
 pub mod status;
 pub mod storage;
 pub mod supplied_tls;

@@ -6,10 +6,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::build::names::Names;
 use crate::build::pdb::quorum;
-use crate::crd::{BackupStatus, KVClusterStatus, MemberStatus, PeerTlsMove};
+use crate::crd::{BackupStatus, KVClusterStatus, MemberStatus, PeerTlsMove, RestoreStatus};
 use crate::observe::{ClusterView, MAX_LAG};
 use crate::validate::{SpecError, ValidSpec};
-use crate::{backup, peer_move};
+use crate::{backup, peer_move, restore};
 
 /// Everything one status computation needs.
 pub struct Observation<'a> {
@@ -229,6 +229,7 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
             last_url_change: peer_move::last_url_change(seen.previous, view, &seen.now),
         }),
         backup: spec.backup.as_ref().and(seen.backup.clone()),
+        restored_from: seen.previous.restored_from.clone(),
         conditions: Vec::new(),
     };
     let storage = match &seen.storage {
@@ -247,6 +248,19 @@ pub fn for_valid_spec(spec: &ValidSpec, token: &str, seen: &Observation) -> KVCl
         ("StorageChange", storage),
     ] {
         set_condition(&mut status, seen, type_, state, reason, &message);
+    }
+    if spec.restore.is_some() {
+        let (state, reason, message) = match &status.restored_from {
+            Some(from) => ("True", "Chosen", restore::chosen_message(from)),
+            None => (
+                "False",
+                "ClusterExisted",
+                "the cluster existed before spec.bootstrap.restore was set; a restore makes only \
+                 new clusters"
+                    .to_owned(),
+            ),
+        };
+        set_condition(&mut status, seen, "RestoreSource", state, reason, &message);
     }
     // A failed backup is a warning of its own: the cluster serves on, so it is never Degraded.
     if let Some(backups) = status.backup.clone() {
@@ -294,6 +308,24 @@ pub fn for_failed_pass(error: &str, seen: &Observation) -> KVClusterStatus {
     status.observed_generation = seen.generation;
     status.phase = Some("Degraded".to_owned());
     set_condition(&mut status, seen, "Degraded", "True", "ReconcileFailed", error);
+    status
+}
+
+/// A cluster waiting for the backup it is made from to be chosen: the previous status, phase
+/// Creating, with the `RestoreSource` condition `(state, reason, message)` and, once chosen, the
+/// backup latched.
+pub fn for_restore(
+    seen: &Observation,
+    (state, reason, message): (&str, &str, &str),
+    chosen: Option<RestoreStatus>,
+) -> KVClusterStatus {
+    let mut status = seen.previous.clone();
+    status.observed_generation = seen.generation;
+    status.phase = Some("Creating".to_owned());
+    if chosen.is_some() {
+        status.restored_from = chosen;
+    }
+    set_condition(&mut status, seen, "RestoreSource", state, reason, message);
     status
 }
 

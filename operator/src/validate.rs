@@ -11,7 +11,7 @@ use crate::build::names::Names;
 
 use crate::crd::{
     Backup, BootstrapMode, ClientService, ClientTls, CompactionMode, DeletionPolicy, KVClusterSpec,
-    PullPolicy, QuorumLossPolicy,
+    PullPolicy, QuorumLossPolicy, Restore, S3Destination, VolumeDestination,
 };
 
 /// The image repository members run when the spec names none.
@@ -88,12 +88,17 @@ pub enum SpecError {
     CertificateLifetime(String),
     #[error("{field} {value:?} {reason}")]
     Backup {
-        field: &'static str,
+        field: String,
         value: String,
         reason: &'static str,
     },
-    #[error("spec.backup needs exactly one destination, spec.backup.s3 or spec.backup.volume; it has {0}")]
-    BackupDestination(&'static str),
+    #[error("{field} needs exactly one of {field}.s3 and {field}.volume; it has {has}")]
+    BackupLocation { field: &'static str, has: &'static str },
+    #[error(
+        "spec.bootstrap.restore needs spec.bootstrap.mode Static: a restore gives every initial \
+         member the list of all of them, which DnsSrv discovers only as they start"
+    )]
+    RestoreWithDnsSrv,
 }
 
 /// Something the spec allows but a user should hear about (as a condition).
@@ -182,7 +187,17 @@ pub struct BackupPlan {
     pub suspend: bool,
 }
 
-/// Where backups go.
+/// The backup a new cluster starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestorePlan {
+    pub source: BackupDestination,
+    /// A backup's name, or `latest`.
+    pub backup: String,
+    /// The backup chosen for every member (latched in status), once it is.
+    pub chosen: Option<String>,
+}
+
+/// Where backups go (or a restore finds them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackupDestination {
     S3 {
@@ -245,6 +260,8 @@ pub struct ValidSpec {
     pub certificate_lifetime: Duration,
     /// None without `spec.backup`.
     pub backup: Option<BackupPlan>,
+    /// None without `spec.bootstrap.restore`.
+    pub restore: Option<RestorePlan>,
     pub warnings: Vec<Warning>,
 }
 
@@ -427,6 +444,11 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         Some(backup) => Some(backup_plan(name, namespace, backup)?),
         None => None,
     };
+    let restore = match &spec.bootstrap.restore {
+        Some(_) if spec.bootstrap.mode == BootstrapMode::DnsSrv => return Err(SpecError::RestoreWithDnsSrv),
+        Some(restore) => Some(restore_plan(name, namespace, restore)?),
+        None => None,
+    };
 
     let mut warnings = Vec::new();
     if spec.replicas % 2 == 0 {
@@ -478,6 +500,7 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
         client_tls,
         certificate_lifetime,
         backup,
+        restore,
         warnings,
     })
 }
@@ -485,31 +508,53 @@ pub fn validate(name: &str, namespace: &str, spec: &KVClusterSpec) -> Result<Val
 /// Backups keep this many when the spec sets no retention at all.
 const DEFAULT_BACKUP_COUNT: u32 = 7;
 
-fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPlan, SpecError> {
-    let refuse = |field, value: &str, reason| SpecError::Backup {
-        field,
+fn refuse(field: impl Into<String>, value: &str, reason: &'static str) -> SpecError {
+    SpecError::Backup {
+        field: field.into(),
         value: value.to_owned(),
         reason,
-    };
-    let schedule = croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Disallowed)
-        .year(croner::parser::Year::Disallowed)
-        .build()
-        .parse(&backup.schedule)
-        .map_err(|_| {
-            refuse(
-                "spec.backup.schedule",
-                &backup.schedule,
-                "is not a cron schedule: five fields (minute hour day-of-month month day-of-week),                  as in \"0 */6 * * *\", or a macro such as @daily",
-            )
-        })?;
-    let destination = match (&backup.s3, &backup.volume) {
-        (Some(_), Some(_)) => return Err(SpecError::BackupDestination("both")),
-        (None, None) => return Err(SpecError::BackupDestination("neither")),
+    }
+}
+
+fn restore_plan(name: &str, namespace: &str, restore: &Restore) -> Result<RestorePlan, SpecError> {
+    let field = "spec.bootstrap.restore";
+    let source = location(field, name, namespace, &restore.s3, &restore.volume)?;
+    let backup = restore.backup.clone().unwrap_or_else(|| "latest".to_owned());
+    let plain = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    if backup.is_empty() || backup.len() > 255 || !backup.chars().all(plain) || backup.starts_with('.') {
+        return Err(refuse(
+            "spec.bootstrap.restore.backup",
+            &backup,
+            "is not a backup's name (as cairnctl backup list shows it) nor latest",
+        ));
+    }
+    Ok(RestorePlan {
+        source,
+        backup,
+        chosen: None,
+    })
+}
+
+/// Where backups are, from the `s3` or `volume` under `field`.
+fn location(
+    field: &'static str,
+    name: &str,
+    namespace: &str,
+    s3: &Option<S3Destination>,
+    volume: &Option<VolumeDestination>,
+) -> Result<BackupDestination, SpecError> {
+    let destination = match (s3, volume) {
+        (Some(_), Some(_)) => return Err(SpecError::BackupLocation { field, has: "both" }),
+        (None, None) => {
+            return Err(SpecError::BackupLocation {
+                field,
+                has: "neither",
+            });
+        }
         (Some(s3), None) => {
             if !is_bucket(&s3.bucket) {
                 return Err(refuse(
-                    "spec.backup.s3.bucket",
+                    format!("{field}.s3.bucket"),
                     &s3.bucket,
                     "is not a bucket name: 3 to 63 lowercase letters, digits, '.' and '-', \
                      starting and ending with a letter or digit",
@@ -518,7 +563,7 @@ fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPla
             let prefix = match &s3.prefix {
                 Some(prefix) if !is_relative_path(prefix) => {
                     return Err(refuse(
-                        "spec.backup.s3.prefix",
+                        format!("{field}.s3.prefix"),
                         prefix,
                         "is not a key prefix: '/'-separated names without empty, '.' or '..' \
                          parts, spaces or control characters",
@@ -533,7 +578,7 @@ fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPla
             };
             if s3.endpoint.as_ref().is_some_and(|e| !url(e)) {
                 return Err(refuse(
-                    "spec.backup.s3.endpoint",
+                    format!("{field}.s3.endpoint"),
                     s3.endpoint.as_deref().unwrap_or_default(),
                     "is not a URL: it must start with http:// or https://",
                 ));
@@ -545,7 +590,7 @@ fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPla
                 region: s3.region.clone(),
                 path_style: s3.path_style,
                 credentials_secret: secret_name(
-                    "spec.backup.s3.credentialsSecret".into(),
+                    format!("{field}.s3.credentialsSecret"),
                     &s3.credentials_secret,
                 )?,
             }
@@ -553,7 +598,7 @@ fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPla
         (None, Some(volume)) => {
             if !is_subdomain(&volume.claim_name) {
                 return Err(refuse(
-                    "spec.backup.volume.claimName",
+                    format!("{field}.volume.claimName"),
                     &volume.claim_name,
                     "is not a claim name (lowercase letters, digits, '-' and '.', starting and \
                      ending with a letter or digit)",
@@ -562,7 +607,7 @@ fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPla
             let path = match &volume.path {
                 Some(path) if !is_relative_path(path) => {
                     return Err(refuse(
-                        "spec.backup.volume.path",
+                        format!("{field}.volume.path"),
                         path,
                         "is not a directory within the claim: '/'-separated names without \
                          empty, '.' or '..' parts, spaces or control characters",
@@ -577,6 +622,23 @@ fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPla
             }
         }
     };
+    Ok(destination)
+}
+
+fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPlan, SpecError> {
+    let schedule = croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Disallowed)
+        .year(croner::parser::Year::Disallowed)
+        .build()
+        .parse(&backup.schedule)
+        .map_err(|_| {
+            refuse(
+                "spec.backup.schedule",
+                &backup.schedule,
+                "is not a cron schedule: five fields (minute hour day-of-month month day-of-week),                  as in \"0 */6 * * *\", or a macro such as @daily",
+            )
+        })?;
+    let destination = location("spec.backup", name, namespace, &backup.s3, &backup.volume)?;
     let retain_age = match &backup.retention.max_age {
         Some(text) => Some(
             go_duration(text)
@@ -751,6 +813,14 @@ impl ValidSpec {
         self
     }
 
+    /// The spec once the backup to restore is chosen (latched in status).
+    pub fn with_restore_chosen(mut self, chosen: Option<&str>) -> ValidSpec {
+        if let Some(restore) = &mut self.restore {
+            restore.chosen = chosen.map(str::to_owned);
+        }
+        self
+    }
+
     /// The spec once a move has brought every member's peers onto TLS.
     pub fn with_peers_on_tls(mut self) -> ValidSpec {
         self.peer_tls = true;
@@ -827,6 +897,39 @@ mod tests {
                 path: "kv".into()
             }
         );
+    }
+
+    #[test]
+    fn restores_take_the_newest_backup_of_a_cluster_of_this_name_unless_told() {
+        let spec = spec("spec:\n  bootstrap:\n    restore:\n      s3: {bucket: b-1, credentialsSecret: c}\n");
+        let plan = validate("kv", "ns", &spec).unwrap().restore.unwrap();
+        assert_eq!(plan.backup, "latest");
+        assert_eq!(plan.chosen, None);
+        assert!(matches!(plan.source, BackupDestination::S3 { prefix, .. } if prefix == "ns/kv"));
+        for (yaml, words) in [
+            (
+                "spec:\n  bootstrap:\n    mode: DnsSrv\n    restore:\n      volume: {claimName: b}\n",
+                "spec.bootstrap.restore needs spec.bootstrap.mode Static",
+            ),
+            (
+                "spec:\n  bootstrap:\n    restore:\n      backup: ../etc/passwd\n      volume: {claimName: b}\n",
+                "spec.bootstrap.restore.backup \"../etc/passwd\" is not a backup's name",
+            ),
+            (
+                "spec:\n  bootstrap:\n    restore: {}\n",
+                "spec.bootstrap.restore needs exactly one of spec.bootstrap.restore.s3 and \
+                 spec.bootstrap.restore.volume; it has neither",
+            ),
+            (
+                "spec:\n  bootstrap:\n    restore:\n      s3: {bucket: x, credentialsSecret: c}\n",
+                "spec.bootstrap.restore.s3.bucket \"x\" is not a bucket name",
+            ),
+        ] {
+            let error = validate("kv", "ns", &self::spec(yaml))
+                .expect_err(yaml)
+                .to_string();
+            assert!(error.contains(words), "{yaml}: {error}");
+        }
     }
 
     #[test]

@@ -276,9 +276,113 @@ fn backups_go_to_a_directory_verified_pruned_and_restore() {
         "{names:?}"
     );
     restore_latest(&endpoint, &location, &[], revision, false);
+    pod_restore_steps(cluster.root.path(), &location);
     // More than one endpoint is refused before anything is written.
     let two = format!("{endpoint},{endpoint}");
     let refused = cairnctl(&two, &["backup", "save", "--to", &location]);
     assert!(text(&refused.stderr).contains("from one selected endpoint"));
     assert_eq!(listed(&location, &[]).len(), 2);
+}
+
+/// What a member pod's restore step does: it names the newest backup once (`list --result-file`)
+/// and each member restores it only when its bootstrap file forms a new cluster.
+fn pod_restore_steps(root: &Path, location: &str) {
+    let newest_file = root.join("newest.json");
+    let newest_arg = newest_file.to_str().unwrap();
+    backup_ok(
+        "127.0.0.1:1",
+        &["backup", "list", "--from", location, "--result-file", newest_arg],
+    );
+    let newest: Value = serde_json::from_slice(&std::fs::read(&newest_file).unwrap()).unwrap();
+    let all = listed(location, &[]);
+    assert_eq!(newest["name"], all.last().unwrap()["name"], "{newest}");
+    assert_eq!(newest["count"].as_u64(), Some(2));
+    let empty = root.join("no-backups-here");
+    std::fs::create_dir_all(&empty).unwrap();
+    let none = cairnctl(
+        "127.0.0.1:1",
+        &[
+            "backup",
+            "list",
+            "--from",
+            empty.to_str().unwrap(),
+            "--result-file",
+            newest_arg,
+        ],
+    );
+    assert!(
+        text(&none.stderr).contains("no backups in"),
+        "{}",
+        text(&none.stderr)
+    );
+    let oldest = all[0]["name"].as_str().unwrap();
+    let args = ["backup", "list", "--from", location, "--result-file", newest_arg];
+    backup_ok("127.0.0.1:1", &[&args[..], &["--backup", oldest]].concat());
+    let named: Value = serde_json::from_slice(&std::fs::read(&newest_file).unwrap()).unwrap();
+    assert_eq!(named["name"].as_str(), Some(oldest));
+    let missing = cairnctl(
+        "127.0.0.1:1",
+        &[&args[..], &["--backup", "snapshot-x.db"]].concat(),
+    );
+    assert!(
+        text(&missing.stderr).contains("no backup snapshot-x.db in"),
+        "{}",
+        text(&missing.stderr)
+    );
+    std::fs::write(&newest_file, newest.to_string()).unwrap();
+
+    let name = newest["name"].as_str().unwrap();
+    let restore = |member: &str, bootstrap: &str| {
+        let file = root.join(format!("{member}.yaml"));
+        std::fs::write(&file, bootstrap).unwrap();
+        let data_dir = root.join(format!("pods/{member}/data"));
+        let out = cairnctl(
+            "127.0.0.1:1",
+            &[
+                "backup",
+                "restore",
+                "--from",
+                location,
+                name,
+                "--name",
+                member,
+                "--data-dir",
+                data_dir.to_str().unwrap(),
+                "--bootstrap-file",
+                file.to_str().unwrap(),
+                "--initial-cluster-token=restored",
+                "--skip-if-initialized",
+            ],
+        );
+        (out, data_dir)
+    };
+    let initial = "initial-cluster: kv-0=http://127.0.0.1:1,kv-1=http://127.0.0.1:2\n";
+    let (formed, data_dir) = restore("kv-1", &format!("{initial}initial-cluster-state: new\n"));
+    assert!(formed.status.success(), "{}", text(&formed.stderr));
+    assert!(
+        text(&formed.stderr).contains("member "),
+        "{}",
+        text(&formed.stderr)
+    );
+    assert!(data_dir.exists());
+    let (joins, data_dir) = restore("kv-2", &format!("{initial}initial-cluster-state: existing\n"));
+    assert!(joins.status.success(), "{}", text(&joins.stderr));
+    assert!(
+        text(&joins.stderr).contains("joins a running cluster"),
+        "{}",
+        text(&joins.stderr)
+    );
+    assert!(!data_dir.exists());
+    let (unnamed, _) = restore("kv-5", &format!("{initial}initial-cluster-state: new\n"));
+    assert!(
+        text(&unnamed.stderr).contains("has no entry for kv-5"),
+        "{}",
+        text(&unnamed.stderr)
+    );
+    let (srv, _) = restore("kv-0", "discovery-srv: kv-peer\ninitial-cluster-state: new\n");
+    assert!(
+        text(&srv.stderr).contains("DNS SRV cannot be restored into"),
+        "{}",
+        text(&srv.stderr)
+    );
 }

@@ -3,6 +3,7 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PropagationPolicy};
 use kube::{Api, Client, ResourceExt};
 
@@ -31,7 +32,18 @@ pub async fn observe(client: &Client, names: &Names) -> Result<Vec<JobSeen>, kub
     Ok(jobs.iter().map(|job| seen(job, &pods)).collect())
 }
 
-fn seen(job: &Job, pods: &[Pod]) -> JobSeen {
+/// How a Job of one pod ended, with what its pod left.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEnd {
+    Running,
+    /// With the pod's termination message, when it is still there.
+    Succeeded(Option<String>),
+    /// With the reason, in the words of what failed.
+    Failed(String),
+}
+
+/// How `job` ended (and when), from it and its pods.
+pub fn ending(job: &Job, pods: &[Pod]) -> (JobEnd, Option<Time>) {
     let name = job.name_any();
     let status = job.status.clone().unwrap_or_default();
     let condition = |type_: &str| {
@@ -46,34 +58,39 @@ fn seen(job: &Job, pods: &[Pod]) -> JobSeen {
         .filter(|pod| pod.labels().get(JOB_LABEL) == Some(&name))
         .max_by_key(|pod| pod.creation_timestamp());
     let message = pod.and_then(termination_message);
-    let (outcome, finished) = if let Some(done) = condition("Complete") {
-        let outcome = match message.as_deref().map(serde_json::from_str::<SavedBackup>) {
-            Some(Ok(saved)) => JobOutcome::Succeeded(saved),
-            Some(Err(error)) => JobOutcome::Failed(format!(
-                "the backup's pod left a result that cannot be read ({error})"
-            )),
-            None => JobOutcome::Failed("the backup's pod is gone, and with it its result".to_owned()),
-        };
+    if let Some(done) = condition("Complete") {
         let at = status
             .completion_time
             .clone()
             .or(done.last_transition_time.clone());
-        (outcome, at)
+        (JobEnd::Succeeded(message), at)
     } else if let Some(failed) = condition("Failed") {
         let reason = message
             .as_deref()
             .and_then(last_words)
             .or_else(|| failed.message.clone())
-            .unwrap_or_else(|| "the backup Job failed".to_owned());
-        (
-            JobOutcome::Failed(cut(reason)),
-            failed.last_transition_time.clone(),
-        )
+            .unwrap_or_else(|| format!("the Job {name} failed"));
+        (JobEnd::Failed(cut(reason)), failed.last_transition_time.clone())
     } else {
-        (JobOutcome::Running, None)
+        (JobEnd::Running, None)
+    }
+}
+
+fn seen(job: &Job, pods: &[Pod]) -> JobSeen {
+    let (end, finished) = ending(job, pods);
+    let outcome = match end {
+        JobEnd::Running => JobOutcome::Running,
+        JobEnd::Failed(reason) => JobOutcome::Failed(reason),
+        JobEnd::Succeeded(message) => match message.as_deref().map(serde_json::from_str::<SavedBackup>) {
+            Some(Ok(saved)) => JobOutcome::Succeeded(saved),
+            Some(Err(error)) => JobOutcome::Failed(format!(
+                "the backup's pod left a result that cannot be read ({error})"
+            )),
+            None => JobOutcome::Failed("the backup's pod is gone, and with it its result".to_owned()),
+        },
     };
     JobSeen {
-        name,
+        name: job.name_any(),
         created: job
             .creation_timestamp()
             .map_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH, |t| t.0),
@@ -125,7 +142,26 @@ pub async fn start(client: &Client, namespace: &str, job: &Job) -> Result<(), ku
         .map(drop)
 }
 
-/// Deletes a finished backup Job and its pod.
+/// A Job of the cluster's and how it ended; None when there is no such Job.
+pub async fn one(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<(JobEnd, Option<Time>)>, kube::Error> {
+    let Some(job) = Api::<Job>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().labels(&format!("{JOB_LABEL}={name}")))
+        .await?
+        .items;
+    Ok(Some(ending(&job, &pods)))
+}
+
+/// Deletes a finished Job and its pod.
 pub async fn delete(client: &Client, namespace: &str, name: &str) -> Result<(), kube::Error> {
     let params = DeleteParams {
         propagation_policy: Some(PropagationPolicy::Background),

@@ -1,6 +1,8 @@
-//! The Job that takes one backup: `cairnctl backup save` in the cluster's own image, streaming a
-//! snapshot from one member to the destination, verifying it and pruning by retention. Its pod
-//! leaves the result (or the tail of its log) as its termination message, which the operator reads.
+//! The pods that reach backups, all `cairnctl` in the cluster's own image: the Job that takes
+//! one (`backup save`, streaming a snapshot from one member to the destination, verifying it and
+//! pruning by retention), the Job that chooses the backup a new cluster restores (`backup list`),
+//! and the members' init container that restores it (`backup restore`). Jobs leave their result
+//! (or the tail of their log) as their pod's termination message, which the operator reads.
 
 use std::collections::BTreeMap;
 
@@ -8,14 +10,19 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 
-use super::names::{CLIENT_PORT, Names};
+use super::names::{BOOTSTRAP_DIR, CLIENT_PORT, DATA_DIR, Names};
+use super::statefulset::MEMBER_USER;
 use super::tls::{CA_CERT, CERT, KEY};
 use crate::access::{PASSWORD_KEY, USERNAME_KEY};
-use crate::validate::{BackupDestination, BackupPlan, ValidSpec};
+use crate::validate::{BackupDestination, BackupPlan, RestorePlan, ValidSpec};
 
 /// The label every backup Job and its pod carry with the cluster's name (beside the instance
 /// label; the name label differs from the members' so their selector never matches).
 pub const BACKUP_APP: &str = "cairn-backup";
+/// The name label of the Job that chooses the backup a new cluster restores.
+pub const RESTORE_APP: &str = "cairn-restore";
+/// The volume of a claim backups are kept in.
+const BACKUPS_VOLUME: &str = "backups";
 /// The label a backup pod carries with its Job's name.
 pub const JOB_LABEL: &str = "cairn.dev/backup-job";
 /// Where the destination claim is mounted.
@@ -59,42 +66,10 @@ pub fn backup_job(
     let mut command: Vec<String> = ["cairnctl", "backup", "save", "--endpoints", &endpoint]
         .map(str::to_owned)
         .to_vec();
-    let mut env: Vec<Value> = Vec::new();
-    let mut mounts: Vec<Value> = Vec::new();
-    let mut volumes: Vec<Value> = Vec::new();
-    let secret_env = |name: &str, secret: &str, key: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
-    match &plan.destination {
-        BackupDestination::S3 {
-            bucket,
-            prefix,
-            endpoint,
-            region,
-            path_style,
-            credentials_secret,
-        } => {
-            command.extend(["--to".to_owned(), format!("s3://{bucket}/{prefix}")]);
-            if let Some(endpoint) = endpoint {
-                command.extend(["--s3-endpoint".to_owned(), endpoint.clone()]);
-            }
-            if let Some(region) = region {
-                command.extend(["--s3-region".to_owned(), region.clone()]);
-            }
-            if *path_style {
-                command.push("--s3-path-style".to_owned());
-            }
-            env.push(secret_env("AWS_ACCESS_KEY_ID", credentials_secret, "accessKeyID"));
-            env.push(secret_env(
-                "AWS_SECRET_ACCESS_KEY",
-                credentials_secret,
-                "secretAccessKey",
-            ));
-        }
-        BackupDestination::Volume { claim, path } => {
-            command.extend(["--to".to_owned(), format!("{BACKUPS_DIR}/{path}")]);
-            mounts.push(json!({"name": "backups", "mountPath": BACKUPS_DIR}));
-            volumes.push(json!({"name": "backups", "persistentVolumeClaim": {"claimName": claim}}));
-        }
-    }
+    let access = location_access(&plan.destination, false);
+    command.extend(["--to".to_owned(), access.location.clone()]);
+    command.extend(access.flags.iter().cloned());
+    let (mut env, mut mounts, mut volumes) = (access.env, access.mounts, access.volumes);
     if let Some(count) = plan.retain_count {
         command.extend(["--retain-count".to_owned(), count.to_string()]);
     }
@@ -104,6 +79,7 @@ pub fn backup_job(
     command.extend(["--result-file".to_owned(), "/dev/termination-log".to_owned()]);
     if spec.auth.is_some() {
         let secret = names.operator_credentials_secret();
+        let secret_env = |name: &str, secret: &str, key: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
         env.push(secret_env("CAIRNCTL_USER", &secret, USERNAME_KEY));
         env.push(secret_env("CAIRNCTL_PASSWORD", &secret, PASSWORD_KEY));
     }
@@ -123,22 +99,221 @@ pub fn backup_job(
         volumes.push(json!({"name": "client-tls", "secret": {"secretName": secret}}));
     }
 
-    let labels = backup_labels(&names);
-    let mut pod_labels = labels.clone();
-    pod_labels.insert(JOB_LABEL.to_owned(), job.to_owned());
-    let mut container = json!({
+    let container = json!({
         "name": "backup",
         "image": spec.image,
         "command": command,
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     });
+    let labels = backup_labels(&names);
+    job_of(spec, owner, job, labels, container, env, mounts, volumes)
+}
+
+/// The Job that chooses the backup a new cluster restores (the newest, or the one named) and
+/// proves its location readable, leaving the backup's name, revision and size as its result.
+pub fn restore_source_job(spec: &ValidSpec, plan: &RestorePlan, owner: &OwnerReference) -> Job {
+    let names = Names::of(spec);
+    let access = location_access(&plan.source, true);
+    let mut command: Vec<String> = ["cairnctl", "backup", "list", "--from", &access.location]
+        .map(str::to_owned)
+        .to_vec();
+    command.extend(access.flags.iter().cloned());
+    command.extend(["--result-file".to_owned(), "/dev/termination-log".to_owned()]);
+    if plan.backup != "latest" {
+        command.extend(["--backup".to_owned(), plan.backup.clone()]);
+    }
+    let container = json!({
+        "name": "restore-source",
+        "image": spec.image,
+        "command": command,
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
+    let labels = restore_labels(&names);
+    let name = restore_source_job_name(&names);
+    job_of(
+        spec,
+        owner,
+        &name,
+        labels,
+        container,
+        access.env,
+        access.mounts,
+        access.volumes,
+    )
+}
+
+/// The restore-source Job's name, within the 63 characters its pods carry in a label.
+pub fn restore_source_job_name(names: &Names) -> String {
+    let suffix = "-restore-source";
+    let prefix: String = names.cluster.chars().take(63 - suffix.len()).collect();
+    format!("{}{suffix}", prefix.trim_end_matches('-'))
+}
+
+/// The labels of a cluster's restore-source Job and its pod.
+pub fn restore_labels(names: &Names) -> BTreeMap<String, String> {
+    let mut labels = backup_labels(names);
+    labels.insert("app.kubernetes.io/name".to_owned(), RESTORE_APP.to_owned());
+    labels
+}
+
+/// The init container that restores the chosen backup into a member's data directory before it
+/// first starts, when its bootstrap file forms the new cluster; members that join a running
+/// cluster, and members that restart with data, skip it. Credentials are optional, so a pod
+/// whose Secret is gone long after the restore still starts.
+pub fn restore_init_container(
+    spec: &ValidSpec,
+    plan: &RestorePlan,
+    chosen: &str,
+    token: &str,
+) -> RestoreStep {
+    let access = location_access(&plan.source, true);
+    let mut command: Vec<String> = ["cairnctl", "backup", "restore", "--from", &access.location]
+        .map(str::to_owned)
+        .to_vec();
+    command.extend(access.flags.iter().cloned());
+    command.extend(
+        [
+            chosen,
+            "--name",
+            "$(POD_NAME)",
+            "--data-dir",
+            &format!("{DATA_DIR}/data"),
+            "--bootstrap-file",
+            &format!("{BOOTSTRAP_DIR}/$(POD_NAME).yaml"),
+            "--initial-cluster-token",
+            token,
+            "--skip-if-initialized",
+        ]
+        .map(str::to_owned),
+    );
+    let mut env =
+        vec![json!({"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})];
+    env.extend(access.env.into_iter().map(|mut var| {
+        var["valueFrom"]["secretKeyRef"]["optional"] = json!(true);
+        var
+    }));
+    let mut mounts = vec![
+        json!({"name": "data", "mountPath": DATA_DIR}),
+        json!({"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": true}),
+    ];
+    mounts.extend(access.mounts);
+    let mut container = json!({
+        "name": "restore",
+        "image": spec.image,
+        "command": command,
+        "env": env,
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    });
     if let Some(policy) = spec.pull_policy {
         container["imagePullPolicy"] = json!(policy);
     }
+    RestoreStep {
+        container,
+        volumes: access.volumes,
+    }
+}
+
+/// The restore init container and the volumes it needs beside the members'.
+pub struct RestoreStep {
+    pub container: Value,
+    pub volumes: Vec<Value>,
+}
+
+/// How cairnctl reaches a location, and what its pod needs for it.
+struct LocationAccess {
+    /// `s3://bucket/prefix`, or the directory in the mounted claim.
+    location: String,
+    flags: Vec<String>,
+    env: Vec<Value>,
+    mounts: Vec<Value>,
+    volumes: Vec<Value>,
+}
+
+fn location_access(destination: &BackupDestination, read_only: bool) -> LocationAccess {
+    let secret_env = |name: &str, secret: &str, key: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}});
+    match destination {
+        BackupDestination::S3 {
+            bucket,
+            prefix,
+            endpoint,
+            region,
+            path_style,
+            credentials_secret,
+        } => {
+            let mut flags = Vec::new();
+            if let Some(endpoint) = endpoint {
+                flags.extend(["--s3-endpoint".to_owned(), endpoint.clone()]);
+            }
+            if let Some(region) = region {
+                flags.extend(["--s3-region".to_owned(), region.clone()]);
+            }
+            if *path_style {
+                flags.push("--s3-path-style".to_owned());
+            }
+            LocationAccess {
+                location: format!("s3://{bucket}/{prefix}"),
+                flags,
+                env: vec![
+                    secret_env("AWS_ACCESS_KEY_ID", credentials_secret, "accessKeyID"),
+                    secret_env("AWS_SECRET_ACCESS_KEY", credentials_secret, "secretAccessKey"),
+                ],
+                mounts: Vec::new(),
+                volumes: Vec::new(),
+            }
+        }
+        BackupDestination::Volume { claim, path } => {
+            let mut mount = json!({"name": BACKUPS_VOLUME, "mountPath": BACKUPS_DIR});
+            let mut source = json!({"claimName": claim});
+            if read_only {
+                mount["readOnly"] = json!(true);
+                source["readOnly"] = json!(true);
+            }
+            LocationAccess {
+                location: format!("{BACKUPS_DIR}/{path}"),
+                flags: Vec::new(),
+                env: Vec::new(),
+                mounts: vec![mount],
+                volumes: vec![json!({"name": BACKUPS_VOLUME, "persistentVolumeClaim": source})],
+            }
+        }
+    }
+}
+
+/// A Job of one pod that runs `container` once, with the members' security settings.
+#[allow(clippy::too_many_arguments)]
+fn job_of(
+    spec: &ValidSpec,
+    owner: &OwnerReference,
+    job: &str,
+    labels: BTreeMap<String, String>,
+    mut container: Value,
+    env: Vec<Value>,
+    mounts: Vec<Value>,
+    volumes: Vec<Value>,
+) -> Job {
+    if let Some(policy) = spec.pull_policy {
+        container["imagePullPolicy"] = json!(policy);
+    }
+    container["securityContext"] = json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+    });
+    let mut pod_labels = labels.clone();
+    pod_labels.insert(JOB_LABEL.to_owned(), job.to_owned());
     let mut pod = json!({
         "restartPolicy": "Never",
         "automountServiceAccountToken": false,
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": MEMBER_USER,
+            "runAsGroup": MEMBER_USER,
+            "fsGroup": MEMBER_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
     });
     // Empty lists and maps stay out, as the API would leave them.
     let set = |object: &mut Value, key: &str, value: Value| {
@@ -212,6 +387,7 @@ spec:
     spec:
       restartPolicy: Never
       automountServiceAccountToken: false
+      securityContext: {{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: {{type: RuntimeDefault}}}}
       containers:
       - name: backup
         image: cairn:dev
@@ -223,6 +399,7 @@ spec:
         - {{name: AWS_SECRET_ACCESS_KEY, valueFrom: {{secretKeyRef: {{name: s3-creds, key: secretAccessKey}}}}}}
         terminationMessagePath: /dev/termination-log
         terminationMessagePolicy: FallbackToLogsOnError
+        securityContext: {{allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {{drop: [ALL]}}}}
 "#
             ),
         );
@@ -238,6 +415,7 @@ spec:
             r#"
 restartPolicy: Never
 automountServiceAccountToken: false
+securityContext: {runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532, seccompProfile: {type: RuntimeDefault}}
 containers:
 - name: backup
   image: cairn:dev
@@ -254,10 +432,84 @@ containers:
   - {name: client-tls, mountPath: /etc/cairn/operator-tls, readOnly: true}
   terminationMessagePath: /dev/termination-log
   terminationMessagePolicy: FallbackToLogsOnError
+  securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
 volumes:
 - {name: backups, persistentVolumeClaim: {claimName: kv-backups}}
 - {name: client-tls, secret: {secretName: kv-operator-tls}}
 "#,
+        );
+    }
+
+    #[test]
+    fn the_restore_source_job_lists_the_location_and_names_the_chosen_backup() {
+        let spec = valid(
+            "spec:\n  image: cairn:dev\n  bootstrap:\n    restore:\n      backup: snapshot-20261207T101500.000Z-r7.db\n      volume: {claimName: old-backups, path: prod/kv}\n",
+        );
+        let plan = spec.restore.clone().unwrap();
+        let job = restore_source_job(&spec, &plan, &owner());
+        assert_eq!(job.metadata.name.as_deref(), Some("kv-restore-source"));
+        assert_eq!(
+            job.metadata.labels.as_ref().unwrap()["app.kubernetes.io/name"],
+            "cairn-restore"
+        );
+        assert_yaml(
+            &job.spec.unwrap().template.spec.unwrap().containers[0],
+            r#"
+name: restore-source
+image: cairn:dev
+command: [cairnctl, backup, list, --from, /backups/prod/kv, --result-file, /dev/termination-log,
+          --backup, snapshot-20261207T101500.000Z-r7.db]
+volumeMounts:
+- {name: backups, mountPath: /backups, readOnly: true}
+terminationMessagePath: /dev/termination-log
+terminationMessagePolicy: FallbackToLogsOnError
+securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
+"#,
+        );
+        let long = Names::new(&"k".repeat(crate::validate::MAX_NAME_LENGTH), "prod");
+        assert!(restore_source_job_name(&long).len() <= 63);
+    }
+
+    #[test]
+    fn members_restore_the_chosen_backup_only_when_they_form_the_cluster() {
+        let spec = valid(
+            "spec:\n  image: cairn:dev\n  bootstrap:\n    restore:\n      s3: {bucket: b-1, prefix: prod/old, endpoint: 'http://s3:9000', pathStyle: true, credentialsSecret: creds}\n",
+        );
+        let plan = spec.restore.clone().unwrap();
+        let step = restore_init_container(&spec, &plan, "snapshot-x-r9.db", "kv-token");
+        assert!(step.volumes.is_empty());
+        assert_yaml(
+            &step.container,
+            r#"
+name: restore
+image: cairn:dev
+command: [cairnctl, backup, restore, --from, s3://b-1/prod/old, --s3-endpoint, "http://s3:9000", --s3-path-style,
+          snapshot-x-r9.db, --name, $(POD_NAME), --data-dir, /var/lib/cairn/data,
+          --bootstrap-file, /etc/cairn/bootstrap/$(POD_NAME).yaml, --initial-cluster-token, kv-token,
+          --skip-if-initialized]
+env:
+- {name: POD_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+- {name: AWS_ACCESS_KEY_ID, valueFrom: {secretKeyRef: {name: creds, key: accessKeyID, optional: true}}}
+- {name: AWS_SECRET_ACCESS_KEY, valueFrom: {secretKeyRef: {name: creds, key: secretAccessKey, optional: true}}}
+volumeMounts:
+- {name: data, mountPath: /var/lib/cairn}
+- {name: bootstrap, mountPath: /etc/cairn/bootstrap, readOnly: true}
+terminationMessagePolicy: FallbackToLogsOnError
+"#,
+        );
+
+        // In the StatefulSet once the backup is chosen; not before.
+        let set = crate::build::statefulset::statefulset(&spec, &owner(), "kv-token", 3);
+        let pod = set.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.init_containers, None);
+        let chosen = spec.with_restore_chosen(Some("snapshot-x-r9.db"));
+        let set = crate::build::statefulset::statefulset(&chosen, &owner(), "kv-token", 3);
+        let pod = set.spec.unwrap().template.spec.unwrap();
+        let init = &pod.init_containers.unwrap()[0];
+        assert_eq!(init.name, "restore");
+        assert_eq!(
+            init.security_context, pod.containers[0].security_context,
+            "the restore runs as the member does"
         );
     }
 

@@ -8,6 +8,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 
+use super::backup_job::restore_init_container;
 use super::metadata;
 use super::names::{
     BOOTSTRAP_DIR, CLIENT_PORT, CLIENT_PORT_NAME, CLIENT_TLS_DIR, DATA_DIR, METRICS_PORT, METRICS_PORT_NAME,
@@ -201,6 +202,16 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         }
     }
 
+    // A cluster restored from a backup: its initial members restore it before they first start.
+    let mut init_containers = Vec::new();
+    if let Some(plan) = &spec.restore
+        && let Some(chosen) = &plan.chosen
+    {
+        let mut step = restore_init_container(spec, plan, chosen, token);
+        step.container["securityContext"] = container["securityContext"].clone();
+        init_containers.push(step.container);
+        volumes.extend(step.volumes);
+    }
     let mut pod_spec = json!({
         "containers": [container],
         "volumes": volumes,
@@ -214,6 +225,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     });
+    insert_nonempty(&mut pod_spec, "initContainers", json!(init_containers));
     insert_nonempty(&mut pod_spec, "affinity", json!(spec.affinity));
     insert_nonempty(&mut pod_spec, "tolerations", json!(spec.tolerations));
     insert_nonempty(&mut pod_spec, "nodeSelector", json!(spec.node_selector));
@@ -246,7 +258,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
 }
 
 /// The user the cairn image runs as (distroless' `nonroot`).
-const MEMBER_USER: i64 = 65532;
+pub const MEMBER_USER: i64 = 65532;
 
 fn env(name: &str, value: &str) -> Value {
     json!({"name": name, "value": value})

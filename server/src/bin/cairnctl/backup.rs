@@ -130,6 +130,26 @@ pub async fn save(session: &mut Session, args: BackupSaveArgs) -> anyhow::Result
 async fn list(format: Format, args: BackupListArgs) -> anyhow::Result<()> {
     let store = open(&args.from, &args.s3)?;
     let backups = store.list().await?;
+    if let Some(path) = &args.result_file {
+        let newest = match args.backup.as_deref() {
+            None | Some("latest") => backups
+                .last()
+                .with_context(|| format!("no backups in {}", args.from))?,
+            Some(name) => backups
+                .iter()
+                .find(|b| b.name == name)
+                .with_context(|| format!("no backup {name} in {}", args.from))?,
+        };
+        let result = json!({
+            "name": newest.name,
+            "revision": newest.revision,
+            "size": newest.size,
+            "location": store.describe(&newest.name),
+            "count": backups.len(),
+        });
+        std::fs::write(path, result.to_string())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let rows: Vec<Vec<String>> = backups
         .iter()
         .map(|b| {

@@ -545,6 +545,14 @@ pub struct BackupListArgs {
     pub from: String,
     #[command(flatten)]
     pub s3: S3Args,
+    /// Also write the newest backup as JSON into this file (a pod's termination message); an
+    /// empty location is then an error.
+    #[arg(long)]
+    pub result_file: Option<PathBuf>,
+    /// With `--result-file`: write this backup instead of the newest; an error when the
+    /// location does not hold it.
+    #[arg(long, requires = "result_file")]
+    pub backup: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -593,6 +601,12 @@ pub struct RestoreFlags {
     /// runs its restore step again).
     #[arg(long)]
     pub skip_if_initialized: bool,
+    /// A member's bootstrap file (keys are cairn's flag names, as `--config-file` takes it):
+    /// restore only when it forms a new cluster (`initial-cluster-state: new`), with its
+    /// `initial-cluster` and this member's peer URL from it; a member that joins a running
+    /// cluster has nothing to restore.
+    #[arg(long, conflicts_with_all = ["initial_cluster", "initial_advertise_peer_urls"])]
+    pub bootstrap_file: Option<std::path::PathBuf>,
 }
 
 /// The requests a transaction may carry, parsed from each line with the same flags as the verbs.

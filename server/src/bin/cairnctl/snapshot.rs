@@ -64,8 +64,25 @@ pub fn restore_file(file: &std::path::Path, flags: RestoreFlags) -> anyhow::Resu
     Ok(())
 }
 
-/// The restore's target, or `None` when `--skip-if-initialized` finds a member in the data dir.
-pub fn target(flags: RestoreFlags) -> anyhow::Result<Option<RestoreTarget>> {
+/// The restore's target, or `None` when `--skip-if-initialized` finds a member in the data dir
+/// or `--bootstrap-file` says the member joins a running cluster.
+pub fn target(mut flags: RestoreFlags) -> anyhow::Result<Option<RestoreTarget>> {
+    if let Some(file) = flags.bootstrap_file.take() {
+        match from_bootstrap_file(&file, &flags.name)? {
+            Some((initial_cluster, peer_urls)) => {
+                flags.initial_cluster = initial_cluster;
+                flags.initial_advertise_peer_urls = peer_urls;
+            }
+            None => {
+                eprintln!(
+                    "{} joins a running cluster ({}); nothing restored",
+                    flags.name,
+                    file.display()
+                );
+                return Ok(None);
+            }
+        }
+    }
     let initial_cluster = parse_initial_cluster(&flags.initial_cluster).context("--initial-cluster")?;
     let data_dir = flags
         .data_dir
@@ -89,4 +106,33 @@ pub fn target(flags: RestoreFlags) -> anyhow::Result<Option<RestoreTarget>> {
         advertise_peer_urls: flags.initial_advertise_peer_urls,
         skip_hash_check: flags.skip_hash_check,
     }))
+}
+
+/// From a member's bootstrap file: `--initial-cluster` and the member's peer URLs when it forms a
+/// new cluster, None when it joins a running one.
+fn from_bootstrap_file(file: &std::path::Path, name: &str) -> anyhow::Result<Option<(String, Vec<String>)>> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let keys: std::collections::BTreeMap<String, serde_yaml::Value> = serde_yaml::from_str(&text)
+        .with_context(|| format!("{} is not a bootstrap file (YAML of flag names)", file.display()))?;
+    let text_of = |key: &str| keys.get(key).and_then(|v| v.as_str().map(str::to_owned));
+    if text_of("initial-cluster-state").as_deref() != Some("new") {
+        return Ok(None);
+    }
+    let initial_cluster = text_of("initial-cluster").with_context(|| {
+        format!(
+            "{} forms a new cluster without initial-cluster: a restore needs every member's peer URL \
+             (discovery through DNS SRV cannot be restored into)",
+            file.display()
+        )
+    })?;
+    let peer_urls: Vec<String> = parse_initial_cluster(&initial_cluster)
+        .context("initial-cluster")?
+        .remove(name)
+        .unwrap_or_default();
+    anyhow::ensure!(
+        !peer_urls.is_empty(),
+        "{} has no entry for {name} in initial-cluster {initial_cluster}",
+        file.display()
+    );
+    Ok(Some((initial_cluster, peer_urls)))
 }
