@@ -19,7 +19,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch,
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::{WatchStreamExt, predicates, reflector, watcher};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -43,7 +43,7 @@ use crate::status::{
 };
 use crate::storage;
 use crate::storage::StorageDecision;
-use crate::validate::{BackupPlan, ValidSpec, validate};
+use crate::validate::{BackupPlan, RestorePlan, ValidSpec, validate};
 use crate::{access, backup, change, deletion, peer_move, quorum, restore};
 
 #[derive(Debug, thiserror::Error)]
@@ -236,13 +236,14 @@ pub async fn run(context: Context) {
     let client = context.client.clone();
     let clusters: Api<KVCluster> = Api::all(client.clone());
     let (reader, writer) = reflector::store();
-    // Only spec changes (and first sight) trigger a reconcile: the operator's own status writes
-    // change the object all the time (members' applied indexes), and must not loop it.
+    // Only spec changes, requests by annotation (and first sight) trigger a reconcile: the
+    // operator's own status writes change the object all the time (members' applied indexes),
+    // and must not loop it.
     let spec_changes = watcher(clusters, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
         .applied_objects()
-        .predicate_filter(predicates::generation, Default::default());
+        .predicate_filter(spec_or_request, Default::default());
     Controller::for_stream(spec_changes, reader)
         .owns(
             Api::<StatefulSet>::all(client.clone()),
@@ -277,6 +278,18 @@ pub async fn run(context: Context) {
         .await;
 }
 
+/// What a reconcile is triggered by: a new generation of the spec, or a new value of an
+/// annotation that asks for something now (a backup, a quorum recovery).
+fn spec_or_request(cluster: &KVCluster) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    cluster.meta().generation.hash(&mut hasher);
+    for annotation in [backup::REQUEST_ANNOTATION, quorum::ANNOTATION] {
+        cluster.annotations().get(annotation).hash(&mut hasher);
+    }
+    Some(hasher.finish())
+}
+
 fn error_policy(cluster: Arc<KVCluster>, error: &ReconcileError, _: Arc<Context>) -> Action {
     tracing::warn!(cluster = %cluster.name_any(), %error, "will retry");
     Action::requeue(Duration::from_secs(5))
@@ -298,8 +311,19 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     let namespace = cluster
         .namespace()
         .ok_or(ReconcileError::Incomplete("namespace"))?;
-    let uid = cluster.uid().ok_or(ReconcileError::Incomplete("uid"))?;
     let clusters: Api<KVCluster> = Api::namespaced(context.client.clone(), &namespace);
+    // The cache can lag behind this operator's own last status write (an owned object's event
+    // may come first), and status holds what is latched once (the token, the backup a restore
+    // chose, the backup that is running): a pass starts from the API's copy.
+    let cluster = match clusters
+        .get_opt(&name)
+        .await
+        .map_err(api_error(format!("read the KVCluster {name}")))?
+    {
+        Some(fresh) if fresh.uid() == cluster.uid() => Arc::new(fresh),
+        _ => return Ok(Action::await_change()),
+    };
+    let uid = cluster.uid().ok_or(ReconcileError::Incomplete("uid"))?;
     let previous = cluster.status.clone().unwrap_or_default();
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let generation = cluster.meta().generation;
@@ -378,59 +402,16 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
         && !observed.formed_before
         && observed.statefulset_replicas.is_none()
     {
-        let seen = unobserved(generation, &previous, now.clone());
-        let choice = match restore::choose(&context.client, &spec, restore_plan, &owner, &now).await {
-            Ok(choice) => choice,
-            Err(source) => {
-                let error = api_error("choose the backup to restore")(source);
-                let status = for_failed_pass(&error.to_string(), &seen);
-                write_status_after_error(&clusters, &name, &status).await;
-                return Err(error);
-            }
+        let choosing = RestoreChoice {
+            cluster: &cluster,
+            spec: &spec,
+            plan: restore_plan,
+            owner: &owner,
+            previous: &previous,
+            generation,
+            now,
         };
-        let (status, requeue) = match choice {
-            restore::Choice::Choosing(message) => (
-                for_restore(&seen, ("Unknown", "Choosing", &message), None),
-                Duration::from_secs(3),
-            ),
-            restore::Choice::Unreadable(reason) => {
-                let status = for_restore(&seen, ("False", "SourceUnreadable", &reason), None);
-                let said_before = previous
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "RestoreSource" && c.message == reason);
-                if !said_before {
-                    let note = format!("the backup to restore cannot be read: {reason}");
-                    context
-                        .publish(
-                            &cluster,
-                            EventType::Warning,
-                            "RestoreSourceUnreadable",
-                            note,
-                            None,
-                        )
-                        .await;
-                }
-                (status, Duration::from_secs(15))
-            }
-            restore::Choice::Chosen(from) => {
-                let message = restore::chosen_message(&from);
-                tracing::info!(cluster = %name, %message, "backup to restore chosen");
-                context
-                    .publish(
-                        &cluster,
-                        EventType::Normal,
-                        "RestoreSourceChosen",
-                        message.clone(),
-                        None,
-                    )
-                    .await;
-                let status = for_restore(&seen, ("True", "Chosen", &message), Some(from));
-                (status, Duration::from_secs(1))
-            }
-        };
-        write_status(&clusters, &name, &status).await?;
-        return Ok(Action::requeue(requeue));
+        return choosing.pass(&context, &clusters).await;
     }
 
     let plan = plan(&spec, &observed);
@@ -502,6 +483,79 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
     Ok(Action::requeue(
         backup_requeue.map_or(refresh, |due| due.min(refresh)),
     ))
+}
+
+/// A pass of a cluster made from a backup while the backup is being chosen: only the choice and
+/// status, nothing of the cluster itself.
+struct RestoreChoice<'a> {
+    cluster: &'a KVCluster,
+    spec: &'a ValidSpec,
+    plan: &'a RestorePlan,
+    owner: &'a OwnerReference,
+    previous: &'a KVClusterStatus,
+    generation: Option<i64>,
+    now: Time,
+}
+
+impl RestoreChoice<'_> {
+    async fn pass(&self, context: &Context, clusters: &Api<KVCluster>) -> Result<Action, ReconcileError> {
+        let name = &self.spec.name;
+        let seen = unobserved(self.generation, self.previous, self.now.clone());
+        let choice = match restore::choose(&context.client, self.spec, self.plan, self.owner, &self.now).await
+        {
+            Ok(choice) => choice,
+            Err(source) => {
+                let error = api_error("choose the backup to restore")(source);
+                let status = for_failed_pass(&error.to_string(), &seen);
+                write_status_after_error(clusters, name, &status).await;
+                return Err(error);
+            }
+        };
+        let (status, requeue) = match choice {
+            restore::Choice::Choosing(message) => (
+                for_restore(&seen, ("Unknown", "Choosing", &message), None),
+                Duration::from_secs(3),
+            ),
+            restore::Choice::Unreadable(reason) => {
+                let status = for_restore(&seen, ("False", "SourceUnreadable", &reason), None);
+                let said_before = self
+                    .previous
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "RestoreSource" && c.message == reason);
+                if !said_before {
+                    let note = format!("the backup to restore cannot be read: {reason}");
+                    context
+                        .publish(
+                            self.cluster,
+                            EventType::Warning,
+                            "RestoreSourceUnreadable",
+                            note,
+                            None,
+                        )
+                        .await;
+                }
+                (status, Duration::from_secs(15))
+            }
+            restore::Choice::Chosen(from) => {
+                let message = restore::chosen_message(&from);
+                tracing::info!(cluster = %name, %message, "backup to restore chosen");
+                context
+                    .publish(
+                        self.cluster,
+                        EventType::Normal,
+                        "RestoreSourceChosen",
+                        message.clone(),
+                        None,
+                    )
+                    .await;
+                let status = for_restore(&seen, ("True", "Chosen", &message), Some(from));
+                (status, Duration::from_secs(1))
+            }
+        };
+        write_status(clusters, name, &status).await?;
+        Ok(Action::requeue(requeue))
+    }
 }
 
 /// One pass over a cluster's backups: what its Jobs did, and what starts now.
