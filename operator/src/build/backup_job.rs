@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 
 use super::names::{BOOTSTRAP_DIR, CLIENT_PORT, DATA_DIR, Names};
-use super::statefulset::MEMBER_USER;
+use super::statefulset::{container_security, insert_nonempty, pod_security};
 use super::tls::{CA_CERT, CERT, KEY};
 use crate::access::{PASSWORD_KEY, USERNAME_KEY};
 use crate::validate::{BackupDestination, BackupPlan, RestorePlan, ValidSpec};
@@ -206,6 +206,7 @@ pub fn restore_init_container(
         "env": env,
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(),
     });
     if let Some(policy) = spec.pull_policy {
         container["imagePullPolicy"] = json!(policy);
@@ -297,37 +298,19 @@ fn job_of(
     if let Some(policy) = spec.pull_policy {
         container["imagePullPolicy"] = json!(policy);
     }
-    container["securityContext"] = json!({
-        "allowPrivilegeEscalation": false,
-        "readOnlyRootFilesystem": true,
-        "capabilities": {"drop": ["ALL"]},
-    });
+    container["securityContext"] = container_security();
     let mut pod_labels = labels.clone();
     pod_labels.insert(JOB_LABEL.to_owned(), job.to_owned());
     let mut pod = json!({
         "restartPolicy": "Never",
         "automountServiceAccountToken": false,
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": MEMBER_USER,
-            "runAsGroup": MEMBER_USER,
-            "fsGroup": MEMBER_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
     });
-    // Empty lists and maps stay out, as the API would leave them.
-    let set = |object: &mut Value, key: &str, value: Value| {
-        let empty = value.as_array().is_some_and(Vec::is_empty)
-            || value.as_object().is_some_and(serde_json::Map::is_empty);
-        if !empty {
-            object[key] = value;
-        }
-    };
-    set(&mut container, "env", json!(env));
-    set(&mut container, "volumeMounts", json!(mounts));
-    set(&mut pod, "volumes", json!(volumes));
-    set(&mut pod, "tolerations", json!(spec.tolerations));
-    set(&mut pod, "nodeSelector", json!(spec.node_selector));
+    insert_nonempty(&mut container, "env", json!(env));
+    insert_nonempty(&mut container, "volumeMounts", json!(mounts));
+    insert_nonempty(&mut pod, "volumes", json!(volumes));
+    insert_nonempty(&mut pod, "tolerations", json!(spec.tolerations));
+    insert_nonempty(&mut pod, "nodeSelector", json!(spec.node_selector));
     pod["containers"] = json!([container]);
     let job = json!({
         "apiVersion": "batch/v1",
@@ -495,6 +478,7 @@ volumeMounts:
 - {name: data, mountPath: /var/lib/cairn}
 - {name: bootstrap, mountPath: /etc/cairn/bootstrap, readOnly: true}
 terminationMessagePolicy: FallbackToLogsOnError
+securityContext: {allowPrivilegeEscalation: false, readOnlyRootFilesystem: true, capabilities: {drop: [ALL]}}
 "#,
         );
 

@@ -143,12 +143,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         // Why a member refused to start (e.g. its data was lost) reaches the pod's status, where
         // the operator reads it.
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        // cairn writes only its data directory (a volume), as the image's non-root user.
-        "securityContext": {
-            "allowPrivilegeEscalation": false,
-            "readOnlyRootFilesystem": true,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": container_security(),
         "volumeMounts": [
             {"name": "data", "mountPath": DATA_DIR},
             {"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": true},
@@ -207,8 +202,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
     if let Some(plan) = &spec.restore
         && let Some(chosen) = &plan.chosen
     {
-        let mut step = restore_init_container(spec, plan, chosen, token);
-        step.container["securityContext"] = container["securityContext"].clone();
+        let step = restore_init_container(spec, plan, chosen, token);
         init_containers.push(step.container);
         volumes.extend(step.volumes);
     }
@@ -216,14 +210,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
         "containers": [container],
         "volumes": volumes,
         "terminationGracePeriodSeconds": 30,
-        // The claim is made writable for the image's user (65532) through fsGroup.
-        "securityContext": {
-            "runAsNonRoot": true,
-            "runAsUser": MEMBER_USER,
-            "runAsGroup": MEMBER_USER,
-            "fsGroup": MEMBER_USER,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": pod_security(),
     });
     insert_nonempty(&mut pod_spec, "initContainers", json!(init_containers));
     insert_nonempty(&mut pod_spec, "affinity", json!(spec.affinity));
@@ -258,7 +245,7 @@ pub fn statefulset(spec: &ValidSpec, owner: &OwnerReference, token: &str, replic
 }
 
 /// The user the cairn image runs as (distroless' `nonroot`).
-pub const MEMBER_USER: i64 = 65532;
+const MEMBER_USER: i64 = 65532;
 
 fn env(name: &str, value: &str) -> Value {
     json!({"name": name, "value": value})
@@ -270,7 +257,29 @@ fn field_env(name: &str, path: &str) -> Value {
 
 /// Sets `key` unless `value` is null or empty, so the object carries no empty fields that
 /// server-side apply would then own.
-fn insert_nonempty(object: &mut Value, key: &str, value: Value) {
+/// The security settings of every pod of a cluster's (members, backups): claims are made
+/// writable for the image's user (65532) through fsGroup.
+pub(super) fn pod_security() -> Value {
+    json!({
+        "runAsNonRoot": true,
+        "runAsUser": MEMBER_USER,
+        "runAsGroup": MEMBER_USER,
+        "fsGroup": MEMBER_USER,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    })
+}
+
+/// The security settings of every container of a cluster's: cairn and cairnctl write only to
+/// volumes, as the image's non-root user.
+pub(super) fn container_security() -> Value {
+    json!({
+        "allowPrivilegeEscalation": false,
+        "readOnlyRootFilesystem": true,
+        "capabilities": {"drop": ["ALL"]},
+    })
+}
+
+pub(super) fn insert_nonempty(object: &mut Value, key: &str, value: Value) {
     let empty = match &value {
         Value::Null => true,
         Value::Array(items) => items.is_empty(),
