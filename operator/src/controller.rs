@@ -440,6 +440,7 @@ pub async fn reconcile(cluster: Arc<KVCluster>, context: Arc<Context>) -> Result
                 owner: &owner,
                 members: &observed.view.members,
                 previous: previous.backup.as_ref(),
+                now: now.0,
             };
             backups.run(&context).await
         }
@@ -566,6 +567,7 @@ struct Backups<'a> {
     owner: &'a OwnerReference,
     members: &'a [MemberStatus],
     previous: Option<&'a BackupStatus>,
+    now: k8s_openapi::jiff::Timestamp,
 }
 
 impl Backups<'_> {
@@ -602,7 +604,7 @@ impl Backups<'_> {
                 .cluster
                 .creation_timestamp()
                 .map_or_else(k8s_openapi::jiff::Timestamp::now, |t| t.0),
-            now: k8s_openapi::jiff::Timestamp::now(),
+            now: self.now,
         };
         let decision = backup::decide(self.plan, &seen);
         if let Some(start) = &decision.start {

@@ -674,15 +674,9 @@ fn backup_plan(name: &str, namespace: &str, backup: &Backup) -> Result<BackupPla
     })
 }
 
-/// An S3 bucket name as every S3 service takes it.
+/// An S3 bucket name as every S3 service takes it: a DNS subdomain of 3 to 63 characters.
 fn is_bucket(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (3..=63).contains(&bytes.len())
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+    (3..=63).contains(&name.len()) && is_subdomain(name)
 }
 
 /// A relative path (or key prefix) that stays where it is put.

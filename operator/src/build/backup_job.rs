@@ -34,22 +34,12 @@ const DEADLINE_SECONDS: i64 = 6 * 3600;
 
 /// The labels of a cluster's backup Jobs and their pods.
 pub fn backup_labels(names: &Names) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), BACKUP_APP.to_owned()),
-        ("app.kubernetes.io/instance".to_owned(), names.cluster.clone()),
-        (
-            "app.kubernetes.io/managed-by".to_owned(),
-            "cairn-operator".to_owned(),
-        ),
-    ])
+    names.part_labels(BACKUP_APP)
 }
 
 /// The selector of a cluster's backup Jobs, as a label query.
 pub fn backup_selector(names: &Names) -> String {
-    format!(
-        "app.kubernetes.io/name={BACKUP_APP},app.kubernetes.io/instance={}",
-        names.cluster
-    )
+    names.part_selector(BACKUP_APP)
 }
 
 /// The Job `job` that backs the cluster up from `member`.
@@ -99,15 +89,8 @@ pub fn backup_job(
         volumes.push(json!({"name": "client-tls", "secret": {"secretName": secret}}));
     }
 
-    let container = json!({
-        "name": "backup",
-        "image": spec.image,
-        "command": command,
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    });
-    let labels = backup_labels(&names);
-    job_of(spec, owner, job, labels, container, env, mounts, volumes)
+    let container = cairnctl_container(spec, "backup", command, env, mounts);
+    job_of(spec, owner, job, backup_labels(&names), container, volumes)
 }
 
 /// The Job that chooses the backup a new cluster restores (the newest, or the one named) and
@@ -123,23 +106,14 @@ pub fn restore_source_job(spec: &ValidSpec, plan: &RestorePlan, owner: &OwnerRef
     if plan.backup != "latest" {
         command.extend(["--backup".to_owned(), plan.backup.clone()]);
     }
-    let container = json!({
-        "name": "restore-source",
-        "image": spec.image,
-        "command": command,
-        "terminationMessagePath": "/dev/termination-log",
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-    });
-    let labels = restore_labels(&names);
+    let container = cairnctl_container(spec, "restore-source", command, access.env, access.mounts);
     let name = restore_source_job_name(&names);
     job_of(
         spec,
         owner,
         &name,
-        labels,
+        restore_labels(&names),
         container,
-        access.env,
-        access.mounts,
         access.volumes,
     )
 }
@@ -153,9 +127,7 @@ pub fn restore_source_job_name(names: &Names) -> String {
 
 /// The labels of a cluster's restore-source Job and its pod.
 pub fn restore_labels(names: &Names) -> BTreeMap<String, String> {
-    let mut labels = backup_labels(names);
-    labels.insert("app.kubernetes.io/name".to_owned(), RESTORE_APP.to_owned());
-    labels
+    names.part_labels(RESTORE_APP)
 }
 
 /// The init container that restores the chosen backup into a member's data directory before it
@@ -199,20 +171,8 @@ pub fn restore_init_container(
         json!({"name": "bootstrap", "mountPath": BOOTSTRAP_DIR, "readOnly": true}),
     ];
     mounts.extend(access.mounts);
-    let mut container = json!({
-        "name": "restore",
-        "image": spec.image,
-        "command": command,
-        "env": env,
-        "volumeMounts": mounts,
-        "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security(),
-    });
-    if let Some(policy) = spec.pull_policy {
-        container["imagePullPolicy"] = json!(policy);
-    }
     RestoreStep {
-        container,
+        container: cairnctl_container(spec, "restore", command, env, mounts),
         volumes: access.volumes,
     }
 }
@@ -283,22 +243,41 @@ fn location_access(destination: &BackupDestination, read_only: bool) -> Location
     }
 }
 
-/// A Job of one pod that runs `container` once, with the members' security settings.
-#[allow(clippy::too_many_arguments)]
+/// A container that runs `command` (cairnctl) in the cluster's image, with the members'
+/// security settings; what it says when it fails is the tail of its log.
+fn cairnctl_container(
+    spec: &ValidSpec,
+    name: &str,
+    command: Vec<String>,
+    env: Vec<Value>,
+    mounts: Vec<Value>,
+) -> Value {
+    let mut container = json!({
+        "name": name,
+        "image": spec.image,
+        "command": command,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": container_security(),
+    });
+    if let Some(policy) = spec.pull_policy {
+        container["imagePullPolicy"] = json!(policy);
+    }
+    insert_nonempty(&mut container, "env", json!(env));
+    insert_nonempty(&mut container, "volumeMounts", json!(mounts));
+    container
+}
+
+/// A Job of one pod that runs `container` once and leaves its result in its termination
+/// message, with the members' security settings.
 fn job_of(
     spec: &ValidSpec,
     owner: &OwnerReference,
     job: &str,
     labels: BTreeMap<String, String>,
     mut container: Value,
-    env: Vec<Value>,
-    mounts: Vec<Value>,
     volumes: Vec<Value>,
 ) -> Job {
-    if let Some(policy) = spec.pull_policy {
-        container["imagePullPolicy"] = json!(policy);
-    }
-    container["securityContext"] = container_security();
+    container["terminationMessagePath"] = json!("/dev/termination-log");
     let mut pod_labels = labels.clone();
     pod_labels.insert(JOB_LABEL.to_owned(), job.to_owned());
     let mut pod = json!({
@@ -306,8 +285,6 @@ fn job_of(
         "automountServiceAccountToken": false,
         "securityContext": pod_security(),
     });
-    insert_nonempty(&mut container, "env", json!(env));
-    insert_nonempty(&mut container, "volumeMounts", json!(mounts));
     insert_nonempty(&mut pod, "volumes", json!(volumes));
     insert_nonempty(&mut pod, "tolerations", json!(spec.tolerations));
     insert_nonempty(&mut pod, "nodeSelector", json!(spec.node_selector));

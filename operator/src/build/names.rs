@@ -258,6 +258,20 @@ impl Names {
             .join(",")
     }
 
+    /// Labels of the objects of a part of the cluster other than its members (`app`: backups,
+    /// a restore): the cluster's labels with the part's name label, which keeps the members'
+    /// selector from matching them.
+    pub fn part_labels(&self, app: &str) -> BTreeMap<String, String> {
+        let mut labels = self.labels();
+        labels.insert(APP_LABEL.to_owned(), app.to_owned());
+        labels
+    }
+
+    /// The selector of a part's objects (see `part_labels`), as a label query.
+    pub fn part_selector(&self, app: &str) -> String {
+        format!("{APP_LABEL}={app},{INSTANCE_LABEL}={}", self.cluster)
+    }
+
     /// Labels on every object the operator makes.
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.selector_labels();
